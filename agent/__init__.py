@@ -1,0 +1,1 @@
+"""failover-agent: config, daemon wiring and the failoverctl command."""

@@ -1,0 +1,237 @@
+"""The agent's TOML configuration: parsing, validation with messages that name file and key.
+
+Every section is a dataclass built from a table of key specs, so unknown keys, wrong types
+and out-of-range values are all caught in one place and reported the same way. Sections are
+kept separate (`[vrrp]` today; storage sections later) so new groups can be added without
+breaking existing files.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from ipaddress import AddressValueError, IPv4Address, IPv4Interface, NetmaskValueError
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/failover-agent/agent.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, located by file and dotted key."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+        self.file, self.key, self.reason = file, key, reason
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Invalid(f"must be an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise _Invalid(f"must be in {lo}..{hi}, got {v}")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            raise _Invalid(f"must be a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise _Invalid(f"must be in {lo:g}..{hi:g}, got {v:g}")
+        return float(v)
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Invalid(f"must be true or false, got {v!r}")
+    return v
+
+
+def _str(max_len: int = 4096) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise _Invalid(f"must be a string, got {v!r}")
+        if len(v) > max_len:
+            raise _Invalid(f"must be at most {max_len} characters")
+        return v
+
+    return check
+
+
+def _ifname(v: Any) -> str:
+    name = _str(15)(v)
+    if not name or "/" in name or name.strip() != name or name in (".", ".."):
+        raise _Invalid(f"{name!r} is not an interface name")
+    return name
+
+
+def _list_of(item: Callable[[Any], Any], min_len: int = 0) -> Callable[[Any], tuple[Any, ...]]:
+    def check(v: Any) -> tuple[Any, ...]:
+        if not isinstance(v, list):
+            raise _Invalid(f"must be a list, got {v!r}")
+        if len(v) < min_len:
+            raise _Invalid(f"needs at least {min_len} entr{'y' if min_len == 1 else 'ies'}")
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(item(x))
+            except _Invalid as e:
+                raise _Invalid(f"entry {i + 1}: {e}") from None
+        if len(set(out)) != len(out):
+            raise _Invalid("has duplicate entries")
+        return tuple(out)
+
+    return check
+
+
+def _ipv4(v: Any) -> IPv4Address:
+    try:
+        return IPv4Address(_str()(v))
+    except AddressValueError as e:
+        raise _Invalid(f"{v!r} is not an IPv4 address") from e
+
+
+def _vip(v: Any) -> IPv4Interface:
+    """'192.0.2.100/24' or bare '192.0.2.100' (taken as /32, like keepalived)."""
+    try:
+        iface = IPv4Interface(_str()(v))
+    except (AddressValueError, NetmaskValueError, ValueError) as e:
+        raise _Invalid(f"{v!r} is not an IPv4 address with optional /prefix") from e
+    if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
+        raise _Invalid(f"{v!r} cannot be a virtual address")
+    return iface
+
+
+@dataclass(frozen=True)
+class VrrpConfig:
+    interface: str
+    vrid: int
+    vips: tuple[IPv4Interface, ...]
+    priority: int = 100
+    version: int = 2
+    advert_interval: float = 1.0
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    unicast_peers: tuple[IPv4Address, ...] = ()
+    auth_pass: str = ""
+    garp_count: int = 5
+    garp_interval: float = 0.2
+    garp_refresh: float = 0.0
+
+
+_VRRP_KEYS: dict[str, Callable[[Any], Any]] = {
+    "interface": _ifname,
+    "vrid": _int(1, 255),
+    "priority": _int(1, 255),
+    "version": _int(2, 3),
+    "advert_interval": _float(0.01, 255),
+    "preempt": _bool,
+    "preempt_delay": _float(0, 3600),
+    "vips": _list_of(_vip, min_len=1),
+    "unicast_peers": _list_of(_ipv4),
+    "auth_pass": _str(8),
+    "garp_count": _int(0, 100),
+    "garp_interval": _float(0.001, 10),
+    "garp_refresh": _float(0, 86400),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    vrrp: VrrpConfig
+
+
+def _section(file: str, name: str, table: Any, specs: Mapping[str, Callable[[Any], Any]],
+             cls: type[Any]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(file, name, "must be a table")
+    for key in table:
+        if key not in specs:
+            raise ConfigError(file, f"{name}.{key}", f"unknown key (known: {', '.join(specs)})")
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    values: dict[str, Any] = {}
+    for key, check in specs.items():
+        if key not in table:
+            if key in required:
+                raise ConfigError(file, f"{name}.{key}", "is required")
+            continue
+        try:
+            values[key] = check(table[key])
+        except _Invalid as e:
+            raise ConfigError(file, f"{name}.{key}", str(e)) from None
+    return values
+
+
+def _check_vrrp(file: str, v: dict[str, Any]) -> VrrpConfig:
+    cfg = VrrpConfig(**v)
+    key = "vrrp.advert_interval"
+    if cfg.version == 2:
+        if cfg.advert_interval != int(cfg.advert_interval) or cfg.advert_interval < 1:
+            raise ConfigError(file, key, f"VRRPv2 needs whole seconds 1..255, got {cfg.advert_interval:g}")
+    else:
+        cs = cfg.advert_interval * 100
+        if abs(cs - round(cs)) > 1e-6 or not 1 <= round(cs) <= 4095:
+            raise ConfigError(file, key,
+                              f"VRRPv3 needs 0.01..40.95 s in steps of 0.01, got {cfg.advert_interval:g}")
+    if cfg.auth_pass and cfg.version == 3:
+        raise ConfigError(file, "vrrp.auth_pass", "VRRPv3 has no authentication; remove auth_pass")
+    if cfg.preempt_delay and not cfg.preempt:
+        raise ConfigError(file, "vrrp.preempt_delay", "has no effect with preempt = false")
+    ips = [v.ip for v in cfg.vips]
+    if len(set(ips)) != len(ips):
+        raise ConfigError(file, "vrrp.vips", "the same address is listed twice")
+    return cfg
+
+
+def parse(text: str, file: str = "<config>") -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"not valid TOML: {e}") from None
+    known = {"vrrp"}
+    for name in doc:
+        if name not in known:
+            raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
+    if "vrrp" not in doc:
+        raise ConfigError(file, "vrrp", "section is required")
+    vrrp = _check_vrrp(file, _section(file, "vrrp", doc["vrrp"], _VRRP_KEYS, VrrpConfig))
+    return Config(file=file, vrrp=vrrp)
+
+
+def load(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), "", f"cannot read: {e}") from None
+    return parse(text, str(path))
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """Human-readable 'section.key: old -> new' lines, for the reload log."""
+    out = []
+    for f in fields(VrrpConfig):
+        a, b = getattr(old.vrrp, f.name), getattr(new.vrrp, f.name)
+        if a != b:
+            if f.name == "auth_pass":
+                a, b = "***" if a else "''", "***" if b else "''"
+            out.append(f"vrrp.{f.name}: {_show(a)} -> {_show(b)}")
+    return out
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return str(v)

@@ -1,0 +1,1 @@
+"""DRBD status model and drbdadm adapter (storage failover; see issue 3)."""

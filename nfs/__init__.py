@@ -1,0 +1,1 @@
+"""NFS server backends (storage failover; see issue 3)."""

@@ -1,0 +1,125 @@
+"""Run failover-agent inside a lab node, the way systemd would: foreground, log on stderr.
+
+The agent is started from the repository (``python -m agent.daemon``) with the interpreter
+running the tests, so tests exercise the working tree rather than whatever copy is installed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.lab.netns import NetnsLab, stop_process, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+TRANSITION = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) INFO VRRP \d+ on \S+: (\w+) -> (\w+): (.*)$", re.M)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot render {v!r} as TOML")
+
+
+def render_agent_conf(**vrrp: Any) -> str:
+    """A [vrrp] section; defaults fit the lab (eth0, VRID 51, VIP 192.0.2.100/24)."""
+    values: dict[str, Any] = {"interface": "eth0", "vrid": 51, "vips": ["192.0.2.100/24"]}
+    values.update(vrrp)
+    lines = ["[vrrp]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Logged:
+    clock: str
+    old: str
+    new: str
+    reason: str
+
+
+class AgentProc:
+    """One failover-agent process in one lab node."""
+
+    def __init__(self, lab: NetnsLab, node: str, workdir: Path, **vrrp: Any) -> None:
+        self.lab, self.node = lab, node
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / f"agent-{node}.toml"
+        self.log_path = workdir / f"agent-{node}.log"
+        self.config_path.write_text(render_agent_conf(**vrrp))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def write_config(self, text: str) -> None:
+        self.config_path.write_text(text)
+
+    def start(self, extra_args: Sequence[str] = ()) -> AgentProc:
+        log = self.log_path.open("ab")
+        self.started_at = time.monotonic()
+        self.proc = self.lab.popen(self.node, [sys.executable, "-m", "agent.daemon", "--config",
+                                               str(self.config_path), *extra_args],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        if not wait_until(lambda: "failover-agent running" in self.log() or not self.alive, 10):
+            raise AssertionError(f"agent on {self.node} did not start:\n{self.log()}")
+        if not self.alive:
+            raise AssertionError(f"agent on {self.node} exited at startup:\n{self.log()}")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def transitions(self) -> list[Logged]:
+        return [Logged(*m.groups()) for m in TRANSITION.finditer(self.log())]
+
+    def state(self) -> str | None:
+        ts = self.transitions()
+        return ts[-1].new if ts else None
+
+    def wait_state(self, state: str, timeout: float) -> bool:
+        return wait_until(lambda: self.state() == state, timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds to exit)."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - t0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc)

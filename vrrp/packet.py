@@ -1,0 +1,190 @@
+"""VRRPv2 (RFC 3768) and VRRPv3 (RFC 5798, IPv4) advertisements on the wire.
+
+The daemon encodes and decodes with `struct` rather than scapy: scapy's IP and VRRP
+layers alone take the process past its 60 MB RSS budget and cost ~50-150 us a packet
+(see bench/packet_cost.py). scapy stays the reference: tests check that both agree
+byte for byte, and keepalived 2.2.7 captures pin the exact bytes.
+
+Decoding never raises on bad input: `Validator.check` turns every packet into either an
+`Advertisement` or a `Drop` with a named reason, and counts it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+PROTO_VRRP = 112
+GROUP = IPv4Address("224.0.0.18")
+TTL = 255
+TOS = 0xC0
+AUTH_NONE = 0
+AUTH_PASS = 1
+UNSPECIFIED = IPv4Address("0.0.0.0")
+
+_IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_V2_HEAD = struct.Struct("!BBBBBBH")
+_V3_HEAD = struct.Struct("!BBBBHH")
+
+
+class DropReason(enum.StrEnum):
+    """Why a received packet was not accepted as an advertisement for us."""
+
+    MALFORMED_IP = "malformed_ip"
+    TTL = "ttl"
+    VERSION = "version"
+    TYPE = "type"
+    CHECKSUM = "checksum"
+    VRID = "vrid"
+    LENGTH = "length"
+    INTERVAL = "interval"
+    AUTH = "auth"
+    NOT_PEER = "not_peer"
+    OWN = "own"
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """One VRRP advertisement; `interval` is in seconds for both versions."""
+
+    version: int
+    vrid: int
+    priority: int
+    interval: float
+    addresses: tuple[IPv4Address, ...]
+    auth_type: int = AUTH_NONE
+    auth_data: bytes = b"\0" * 8
+    src: IPv4Address = UNSPECIFIED
+    dst: IPv4Address = GROUP
+    ttl: int = TTL
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: DropReason
+    detail: str
+
+
+def checksum(data: bytes) -> int:
+    """RFC 1071 internet checksum."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def auth_bytes(password: str) -> bytes:
+    """keepalived sends the PASS password NUL-padded (and cut) to 8 bytes."""
+    return password.encode()[:8].ljust(8, b"\0")
+
+
+def encode_vrrp(adv: Advertisement, src: IPv4Address, dst: IPv4Address) -> bytes:
+    """The VRRP message alone (what follows the IP header)."""
+    addrs = b"".join(a.packed for a in adv.addresses)
+    if adv.version == 2:
+        head = _V2_HEAD.pack(0x21, adv.vrid, adv.priority, len(adv.addresses), adv.auth_type,
+                             round(adv.interval), 0)
+        body = head + addrs + adv.auth_data.ljust(8, b"\0")[:8]
+        ck = checksum(body)
+    else:
+        head = _V3_HEAD.pack(0x31, adv.vrid, adv.priority, len(adv.addresses),
+                             round(adv.interval * 100) & 0x0FFF, 0)
+        body = head + addrs
+        pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, PROTO_VRRP, len(body))
+        ck = checksum(pseudo + body)
+    return body[:6] + struct.pack("!H", ck) + body[8:]
+
+
+def encode(adv: Advertisement, src: IPv4Address, dst: IPv4Address, ip_id: int) -> bytes:
+    """A whole IPv4 datagram, as keepalived sends it (for an IP_HDRINCL socket)."""
+    vrrp = encode_vrrp(adv, src, dst)
+    header = _IP_HEADER.pack(0x45, TOS, 20 + len(vrrp), ip_id & 0xFFFF, 0, TTL, PROTO_VRRP, 0,
+                             src.packed, dst.packed)
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return header + vrrp
+
+
+def decode(datagram: bytes) -> Advertisement | Drop:
+    """Parse an IPv4 datagram holding VRRP; no policy beyond what makes it a VRRP packet."""
+    if len(datagram) < 20:
+        return Drop(DropReason.MALFORMED_IP, f"{len(datagram)} bytes is shorter than an IP header")
+    ver_ihl, _tos, total, _id, _frag, ttl, proto, _ck, src_b, dst_b = _IP_HEADER.unpack_from(datagram)
+    ihl = (ver_ihl & 0x0F) * 4
+    if ver_ihl >> 4 != 4 or ihl < 20 or total < ihl or total > len(datagram) or proto != PROTO_VRRP:
+        return Drop(DropReason.MALFORMED_IP, "not a well-formed IPv4 datagram of protocol 112")
+    src, dst = IPv4Address(src_b), IPv4Address(dst_b)
+    msg = datagram[ihl:total]
+    if len(msg) < 8:
+        return Drop(DropReason.LENGTH, f"VRRP message of {len(msg)} bytes")
+    version, vtype = msg[0] >> 4, msg[0] & 0x0F
+    if version not in (2, 3):
+        return Drop(DropReason.VERSION, f"version {version}")
+    if vtype != 1:
+        return Drop(DropReason.TYPE, f"type {vtype}")
+    count = msg[3]
+    expected = 8 + 4 * count + (8 if version == 2 else 0)
+    if len(msg) != expected:
+        return Drop(DropReason.LENGTH, f"{count} addresses need {expected} bytes, got {len(msg)}")
+    if version == 2:
+        ok = checksum(msg) == 0
+    else:
+        pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, PROTO_VRRP, len(msg))
+        ok = checksum(pseudo + msg) == 0
+    if not ok:
+        return Drop(DropReason.CHECKSUM, "checksum does not verify")
+    addresses = tuple(IPv4Address(msg[8 + 4 * i: 12 + 4 * i]) for i in range(count))
+    if version == 2:
+        return Advertisement(2, msg[1], msg[2], float(msg[5]), addresses, msg[4], bytes(msg[-8:]),
+                             src, dst, ttl)
+    interval = (struct.unpack_from("!H", msg, 4)[0] & 0x0FFF) / 100
+    return Advertisement(3, msg[1], msg[2], interval, addresses, AUTH_NONE, b"\0" * 8, src, dst, ttl)
+
+
+@dataclass
+class Validator:
+    """RFC receive checks for one virtual router, with a counter per drop reason."""
+
+    version: int
+    vrid: int
+    interval: float
+    auth_pass: str = ""
+    own: frozenset[IPv4Address] = frozenset()
+    peers: frozenset[IPv4Address] = frozenset()
+    drops: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+
+    def check(self, datagram: bytes) -> Advertisement | Drop:
+        result = self._check(datagram)
+        if isinstance(result, Drop):
+            self.drops[result.reason.value] += 1
+        else:
+            self.accepted += 1
+        return result
+
+    def _check(self, datagram: bytes) -> Advertisement | Drop:
+        adv = decode(datagram)
+        if isinstance(adv, Drop):
+            return adv
+        if adv.src in self.own:
+            return Drop(DropReason.OWN, f"our own advert from {adv.src}")
+        if self.peers and adv.src not in self.peers:
+            return Drop(DropReason.NOT_PEER, f"{adv.src} is not a configured unicast peer")
+        if not self.peers and adv.ttl != TTL:
+            return Drop(DropReason.TTL, f"IP TTL {adv.ttl} from {adv.src}, must be 255")
+        if adv.version != self.version:
+            return Drop(DropReason.VERSION, f"version {adv.version} from {adv.src}, we run {self.version}")
+        if adv.vrid != self.vrid:
+            return Drop(DropReason.VRID, f"VRID {adv.vrid} from {adv.src}, ours is {self.vrid}")
+        if self.version == 2 and adv.interval != self.interval:
+            return Drop(DropReason.INTERVAL,
+                        f"Adver Int {adv.interval:g} s from {adv.src}, ours is {self.interval:g} s")
+        if self.version == 2 and self.auth_pass and (
+            adv.auth_type != AUTH_PASS or adv.auth_data != auth_bytes(self.auth_pass)
+        ):
+            return Drop(DropReason.AUTH, f"authentication mismatch from {adv.src} (type {adv.auth_type})")
+        return adv

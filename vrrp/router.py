@@ -1,0 +1,244 @@
+"""The VRRP router state machine of RFC 3768 section 6.4 / RFC 5798 section 6.4, sans I/O.
+
+The router never reads a clock or touches a socket: callers feed it events with the
+current time and carry out the actions it returns. That is what lets the property
+tests run dozens of routers over a simulated LAN with a virtual clock, and what keeps
+the daemon's adapters free of protocol decisions.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+
+
+class State(enum.StrEnum):
+    INITIALIZE = "INITIALIZE"
+    BACKUP = "BACKUP"
+    MASTER = "MASTER"
+    FAULT = "FAULT"
+
+
+@dataclass(frozen=True)
+class Params:
+    """What the state machine needs of the configuration; intervals in seconds."""
+
+    vrid: int
+    priority: int
+    address: IPv4Address
+    version: int = 2
+    advert_interval: float = 1.0
+    preempt: bool = True
+    preempt_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The parts of a validated advertisement that drive the state machine."""
+
+    src: IPv4Address
+    priority: int
+    interval: float
+
+
+@dataclass(frozen=True)
+class SendAdvert:
+    priority: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    old: State
+    new: State
+    reason: str
+
+
+Action = SendAdvert | Transition
+
+
+class Router:
+    """One virtual router. Call `deadline` after every event and `tick` when it passes."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.state = State.INITIALIZE
+        self.master_adver_interval = params.advert_interval
+        self.master_down_at: float | None = None
+        self.adver_at: float | None = None
+        self.master: IPv4Address | None = None
+        self.last_heard_at: float | None = None
+        self.preempt_at: float | None = None
+        self.leaving: IPv4Address | None = None
+        self.preempting: Heard | None = None
+
+    # -- derived timing (RFC 3768 6.1 / RFC 5798 6.1) -------------------------------------
+    @property
+    def priority(self) -> int:
+        return self.params.priority
+
+    @property
+    def skew_time(self) -> float:
+        if self.params.version == 3:
+            return (256 - self.priority) * self.master_adver_interval / 256
+        return (256 - self.priority) / 256
+
+    @property
+    def master_down_interval(self) -> float:
+        return 3 * self.master_adver_interval + self.skew_time
+
+    @property
+    def deadline(self) -> float | None:
+        if self.state == State.MASTER:
+            return self.adver_at
+        if self.state == State.BACKUP:
+            return self.master_down_at
+        return None
+
+    # -- events ------------------------------------------------------------------------
+    def start(self, now: float, reason: str = "startup") -> list[Action]:
+        """Startup event from Initialize (also how FAULT recovers)."""
+        if self.state not in (State.INITIALIZE, State.FAULT):
+            return []
+        self.master_adver_interval = self.params.advert_interval
+        self.master = self.last_heard_at = self.leaving = self.preempting = None
+        if self.priority == 255:
+            return self._become_master(now, f"{reason}: address owner (priority 255) starts as master")
+        return self._become_backup(now, reason)
+
+    def receive(self, heard: Heard, now: float) -> list[Action]:
+        if self.state == State.BACKUP:
+            return self._backup_receive(heard, now)
+        if self.state == State.MASTER:
+            return self._master_receive(heard, now)
+        return []
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.state == State.MASTER and self.adver_at is not None and now >= self.adver_at:
+            self.adver_at = now + self.params.advert_interval
+            actions.append(SendAdvert(self.priority))
+        elif self.state == State.BACKUP and self.master_down_at is not None and now >= self.master_down_at:
+            if self.leaving is not None:
+                why = (f"master {self.leaving} left (priority 0 advert); "
+                       f"took over after Skew_Time {self.skew_time:.3f} s")
+            elif self.preempting is not None:
+                p = self.preempting
+                why = f"preempting lower-priority master {p.src} ({p.priority} < {self.priority})"
+            elif self.last_heard_at is None:
+                why = f"no advertisement heard within {self.master_down_interval:.3f} s of startup"
+            else:
+                why = (f"master {self.master} silent for {now - self.last_heard_at:.3f} s "
+                       f"(Master_Down_Interval {self.master_down_interval:.3f} s)")
+            actions += self._become_master(now, why)
+        return actions
+
+    def shutdown(self, now: float) -> list[Action]:
+        """Leave the group; a master says so with priority 0 so a backup takes over after Skew_Time."""
+        actions: list[Action] = []
+        if self.state == State.MASTER:
+            actions.append(SendAdvert(0))
+        if self.state != State.INITIALIZE:
+            actions.append(self._go(State.INITIALIZE, "shutdown"))
+        return actions
+
+    def fault(self, reason: str, now: float, farewell: bool = False) -> list[Action]:
+        """Stop taking part (link down, failed takeover). `farewell`: the link still works, say priority 0."""
+        if self.state == State.FAULT:
+            return []
+        actions: list[Action] = []
+        if farewell and self.state == State.MASTER:
+            actions.append(SendAdvert(0))
+        actions.append(self._go(State.FAULT, reason))
+        return actions
+
+    def recover(self, now: float, reason: str = "fault cleared") -> list[Action]:
+        return self.start(now, reason) if self.state == State.FAULT else []
+
+    def reconfigure(self, params: Params, now: float) -> list[Action]:
+        """Apply live changes (priority, interval, preempt) without a transition of their own."""
+        if (params.vrid, params.version) != (self.params.vrid, self.params.version):
+            raise ValueError("vrid and version changes need a restart of the instance")
+        old = self.params
+        self.params = params
+        if params.version == 2 or self.state != State.BACKUP:
+            self.master_adver_interval = params.advert_interval
+        actions: list[Action] = []
+        if self.state == State.MASTER and old.advert_interval != params.advert_interval:
+            self.adver_at = now
+        if self.state == State.MASTER and old.priority != params.priority:
+            actions.append(SendAdvert(params.priority))
+            self.adver_at = now + params.advert_interval
+        if self.state == State.BACKUP and self.master_down_at is not None:
+            self.master_down_at = min(self.master_down_at, now + self.master_down_interval)
+        return actions
+
+    def with_priority(self, priority: int, now: float) -> list[Action]:
+        return self.reconfigure(replace(self.params, priority=priority), now)
+
+    # -- state handlers ----------------------------------------------------------------
+    def _backup_receive(self, heard: Heard, now: float) -> list[Action]:
+        if heard.priority == 0:
+            self.leaving = heard.src
+            self.master_down_at = now + self.skew_time
+            return []
+        self.leaving = None
+        lower = heard.priority < self.priority
+        if lower and self.params.preempt:
+            if self.params.preempt_delay <= 0:
+                self.preempting = heard
+                return []
+            if self.preempt_at is None:
+                self.preempt_at = now + self.params.preempt_delay
+            if now >= self.preempt_at:
+                self.preempting = heard
+                return []
+        else:
+            self.preempt_at = None
+        self.preempting = None
+        self.master = heard.src
+        self.last_heard_at = now
+        if self.params.version == 3:
+            self.master_adver_interval = heard.interval
+        self.master_down_at = now + self.master_down_interval
+        return []
+
+    def _master_receive(self, heard: Heard, now: float) -> list[Action]:
+        if heard.priority == 0:
+            self.adver_at = now + self.params.advert_interval
+            return [SendAdvert(self.priority)]
+        wins = heard.priority > self.priority or (
+            heard.priority == self.priority and int(heard.src) > int(self.params.address)
+        )
+        if not wins:
+            return []
+        if heard.priority > self.priority:
+            why = f"{heard.src} advertises higher priority {heard.priority} > {self.priority}"
+        else:
+            why = f"{heard.src} has equal priority {heard.priority} and a higher address"
+        self.master = heard.src
+        self.last_heard_at = now
+        if self.params.version == 3:
+            self.master_adver_interval = heard.interval
+        return self._become_backup(now, why)
+
+    def _become_master(self, now: float, reason: str) -> list[Action]:
+        self.adver_at = now + self.params.advert_interval
+        self.master_down_at = None
+        self.master = self.params.address
+        self.preempt_at = None
+        self.leaving = self.preempting = None
+        return [SendAdvert(self.priority), self._go(State.MASTER, reason)]
+
+    def _become_backup(self, now: float, reason: str) -> list[Action]:
+        self.adver_at = None
+        self.preempt_at = None
+        self.leaving = self.preempting = None
+        self.master_down_at = now + self.master_down_interval
+        return [self._go(State.BACKUP, reason)]
+
+    def _go(self, new: State, reason: str) -> Transition:
+        old, self.state = self.state, new
+        if new in (State.FAULT, State.INITIALIZE):
+            self.adver_at = self.master_down_at = None
+        return Transition(old, new, reason)
