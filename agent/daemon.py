@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from agent.config import Config, ConfigError
 from vrrp.link import LinkMonitor
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Drop, Validator, auth_bytes, encode
 from vrrp.router import Action, Heard, Params, Router, SendAdvert, State, Transition
-from vrrp.socket import VrrpSocket
+from vrrp.socket import WAKE_NEVER, VrrpSocket
 from vrrp.vip import Garp, LinkInfo, VipHolder
 
 log = logging.getLogger("failover-agent")
@@ -69,11 +71,13 @@ class Instance:
                                    auth_pass=v.auth_pass, own=frozenset({info.primary}),
                                    peers=frozenset(v.unicast_peers))
         self.validator.drops.update(counters.drops)
-        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._on_datagram)
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._process)
         self.garp = Garp(v.interface, info.mac)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, self._on_link)
         self._ip_id = 0
+        self._templates: dict[tuple[int, IPv4Address], bytearray] = {}
+        self._wake_threshold = WAKE_NEVER
         self._timer: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._vip_wake = asyncio.Event()
@@ -88,7 +92,8 @@ class Instance:
         stale = await self.vips.remove()
         if stale:
             log.warning("removed VIP(s) %s left on %s by an earlier run", _addrs(stale), self.info.name)
-        self.sock.open()
+        v = self.cfg.vrrp
+        self.sock.open(first_byte=(v.version << 4) | 1, vrid=v.vrid)
         self.garp.open()
         self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor"),
                        asyncio.create_task(self._vip_worker(), name="vip-worker")]
@@ -125,18 +130,26 @@ class Instance:
             await asyncio.wait_for(self._vip_idle.wait(), timeout)
 
     # -- events in ----------------------------------------------------------------------
-    def _on_datagram(self, data: bytes, received_at: float) -> None:
-        result = self.validator.check(data)
-        if isinstance(result, Drop):
-            log.debug("dropped VRRP packet: %s (%s)", result.reason, result.detail)
-            return
-        self.counters.adverts_received += 1
-        heard = Heard(result.src, result.priority, result.interval)
-        self.apply(self.router.receive(heard, received_at))
+    def _process(self) -> None:
+        """Feed the router everything queued, in arrival order, then let its timers run."""
+        actions: list[Action] = []
+        router = self.router
+        for data, at in self.sock.drain():
+            deadline = router.deadline
+            if deadline is not None and deadline <= at:
+                actions += router.tick(deadline)
+            result = self.validator.check(data)
+            if isinstance(result, Drop):
+                log.debug("dropped VRRP packet: %s (%s)", result.reason, result.detail)
+                continue
+            self.counters.adverts_received += 1
+            actions += router.receive(Heard(result.src, result.priority, result.interval), at)
+        actions += router.tick(self.loop.time())
+        self.apply(actions)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.apply(self.router.tick(self.loop.time()))
+        self._process()
 
     def _on_link(self, up: bool, detail: str) -> None:
         now = self.loop.time()
@@ -164,29 +177,39 @@ class Instance:
                 self._send_advert(action.priority)
             elif isinstance(action, Transition):
                 self._on_transition(action, why)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         deadline = self.router.deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        timer = self._timer
+        if timer is None or deadline is None or timer.when() != deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
+        threshold = self.router.priority if self.router.state == State.MASTER else WAKE_NEVER
+        if threshold != self._wake_threshold:
+            self._wake_threshold = threshold
+            self.sock.wake_at_or_above(threshold)
 
     def _send_advert(self, priority: int) -> None:
+        def datagram(dst: IPv4Address) -> bytearray:
+            template = self._templates.get((priority, dst))
+            if template is None:
+                template = self._templates[(priority, dst)] = self._encode(priority, dst)
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+            struct.pack_into("!H", template, 4, self._ip_id)
+            struct.pack_into("!H", template, 10, 0)  # IP_HDRINCL: the kernel fills the checksum
+            return template
+
+        before = self.sock.sent
+        self.sock.send(datagram)
+        self.counters.adverts_sent += self.sock.sent - before
+
+    def _encode(self, priority: int, dst: IPv4Address) -> bytearray:
         v = self.cfg.vrrp
         adv = Advertisement(
             version=v.version, vrid=v.vrid, priority=priority, interval=v.advert_interval,
             addresses=tuple(vip.ip for vip in v.vips),
             auth_type=AUTH_PASS if v.auth_pass else AUTH_NONE, auth_data=auth_bytes(v.auth_pass))
-        src = self.info.primary
-        assert src is not None
-
-        def datagram(dst: IPv4Address) -> bytes:
-            self._ip_id = (self._ip_id + 1) & 0xFFFF
-            return encode(adv, src, dst, self._ip_id)
-
-        before = self.sock.sent
-        self.sock.send(datagram)
-        self.counters.adverts_sent += self.sock.sent - before
+        assert self.info.primary is not None
+        return bytearray(encode(adv, self.info.primary, dst, 0))
 
     def _on_transition(self, t: Transition, why: str) -> None:
         self.counters.transitions += 1
@@ -248,9 +271,9 @@ class Instance:
         """Live changes only; the caller restarts the instance for RESTART_KEYS."""
         old_vips, new_vips = set(self.cfg.vrrp.vips), set(new.vrrp.vips)
         self.cfg = new
+        self._templates.clear()
         v = new.vrrp
-        self.validator.interval = v.advert_interval
-        self.validator.auth_pass = v.auth_pass
+        self.validator.configure(v.advert_interval, v.auth_pass)
         self.vips.vips = v.vips
         if self._vips_held:
             gone, added = old_vips - new_vips, new_vips - old_vips
@@ -290,6 +313,8 @@ class Agent:
                      self.cfg.vrrp.version, self.cfg.vrrp.vrid, self.cfg.vrrp.interface,
                      self.cfg.vrrp.priority, _addrs(self.cfg.vrrp.vips))
             reload_task = asyncio.create_task(self._reload_loop(ipr))
+            gc.collect()
+            gc.freeze()  # startup objects never need collecting: keeps idle wakeups cheap
             await self._stop.wait()
             reload_task.cancel()
             t0 = time.monotonic()

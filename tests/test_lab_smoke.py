@@ -157,6 +157,7 @@ def test_close_removes_namespaces_and_processes(prefix: str) -> None:
     assert stubborn.returncode == -9, "SIG_IGN'd SIGTERM must end in SIGKILL"
     assert wait_until(lambda: not escaped.alive(), 3.0), "untracked process in the namespace survived close()"
     assert lab_namespaces(prefix) == []
+    assert not lab.workdir.exists(), "close() must remove the lab's scratch directory"
     with pytest.raises(LabError):
         lab.run("a", ["true"])
 
@@ -194,9 +195,9 @@ def test_pinger_measures_outage(prefix: str) -> None:
         lab.set_link("b", True)
         delay = pinger.wait_first_reply_after(t0, timeout=3)
         assert delay is not None, f"no reply after the link came back: {pinger.summary()}"
-        assert 0.3 <= delay < 0.6, delay
+        assert 0.3 <= delay < 1.0, delay
         gap = pinger.max_gap(start=t0)
-        assert 0.3 <= gap < 0.6, gap
+        assert 0.3 <= gap < 1.0, gap
         assert len(pinger.outages(0.2, start=t0 - 0.1)) == 1
         assert pinger.max_gap(start=t0 - 0.1, end=t0) < 0.05, "outage before the event"
         assert pinger.running

@@ -315,6 +315,20 @@ def test_v3_centisecond_intervals_survive_float_rounding() -> None:
         assert isinstance(decoded, Advertisement) and decoded.interval == cs / 100
 
 
+def test_v3_reserved_bits_are_ignored_on_receipt() -> None:
+    """RFC 5798 5.2.5: Rsvd MUST be zero on transmission and is ignored on reception."""
+    adv = Advertisement(3, 51, 100, 1.0, (VIP,), src=B)
+    raw = encode(adv, B, GROUP, 1)
+    assert raw[24] >> 4 == 0  # sent as zero
+    for rsvd in range(1, 16):
+        patched = bytearray(raw)
+        patched[24] |= rsvd << 4
+        patched[26:28] = b"\0\0"
+        pseudo = B.packed + GROUP.packed + struct.pack("!BBH", 0, PROTO_VRRP, len(patched) - 20)
+        patched[26:28] = struct.pack("!H", checksum(pseudo + bytes(patched[20:])))
+        assert decode(bytes(patched)) == adv
+
+
 # -- the validator, one drop reason at a time ---------------------------------------------------
 def v2adv(**kw: Any) -> Advertisement:
     return replace(Advertisement(2, 51, 100, 1.0, (VIP,), AUTH_PASS, auth_bytes(PASSWORD)), **kw)

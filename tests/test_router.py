@@ -67,6 +67,11 @@ def transitions(log: list[tuple[float, Action]]) -> list[tuple[float, State]]:
     return [(t, a.new) for t, a in log if isinstance(a, Transition)]
 
 
+def shape(actions: list[Action]) -> list[SendAdvert | tuple[State, State]]:
+    """Actions with transitions reduced to (old, new): reasons are prose for the journal."""
+    return [(a.old, a.new) if isinstance(a, Transition) else a for a in actions]
+
+
 def takeover_time(log: list[tuple[float, Action]]) -> float:
     """The time of the one transition in `log`, which must be to MASTER."""
     moves = transitions(log)
@@ -115,7 +120,7 @@ def test_startup_backup_then_master_after_master_down_interval(
     r = Router(params(priority, version=version, interval=interval))
     assert (r.state, r.deadline) == (State.INITIALIZE, None)
     out = r.start(10.0)
-    assert out == [Transition(State.INITIALIZE, State.BACKUP, "startup")]
+    assert shape(out) == [(State.INITIALIZE, State.BACKUP)]
     assert r.master_down_interval == pytest.approx(expected)
     assert r.deadline == pytest.approx(10.0 + expected)
     assert r.tick(10.0 + expected - 1e-6) == []  # not yet
@@ -289,8 +294,7 @@ def test_priority_0_sets_skew_whoever_sends_it(preempt: bool) -> None:
 def test_equal_priority_backups_resolve_by_address() -> None:
     """Two equal-priority routers that both become master: the lower address yields."""
     low, high = master(params(100, A)), master(params(100, B))
-    assert low.receive(Heard(B, 100, 1.0), 0.001)[0] == Transition(
-        State.MASTER, State.BACKUP, f"{B} has equal priority 100 and a higher address")
+    assert shape(low.receive(Heard(B, 100, 1.0), 0.001)) == [(State.MASTER, State.BACKUP)]
     assert high.receive(Heard(A, 100, 1.0), 0.001) == []
     assert (low.state, high.state) == (State.BACKUP, State.MASTER)
 
@@ -337,10 +341,10 @@ def test_restart_forgets_the_learned_interval() -> None:
 # -- shutdown, fault, recover ----------------------------------------------------------------
 def test_shutdown() -> None:
     m = master(params(100))
-    assert m.shutdown(1.0) == [SendAdvert(0), Transition(State.MASTER, State.INITIALIZE, "shutdown")]
+    assert shape(m.shutdown(1.0)) == [SendAdvert(0), (State.MASTER, State.INITIALIZE)]
     assert m.deadline is None
     b = started(params(100))
-    assert b.shutdown(1.0) == [Transition(State.BACKUP, State.INITIALIZE, "shutdown")]
+    assert shape(b.shutdown(1.0)) == [(State.BACKUP, State.INITIALIZE)]
     assert b.shutdown(2.0) == []
     assert b.receive(Heard(A, 0, 1.0), 2.0) == [] and b.tick(100.0) == []
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from itertools import combinations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.vrrp_sim import Lan
+from tests.vrrp_sim import Lan, Sent
 from vrrp.router import Params, State
 
 DELAY = 0.001
@@ -63,6 +64,16 @@ def mdi_bound(params: Sequence[Params]) -> float:
     if params[0].version == 2:
         return max(3 * p.advert_interval + (256 - p.priority) / 256 for p in params)
     return max(3 * top + (256 - p.priority) * top / 256 for p in params)
+
+
+def skew_time(p: Params, master_interval: float) -> float:
+    """RFC 3768 / RFC 5798 section 6.1, from the text rather than from the router."""
+    return (256 - p.priority) * (master_interval if p.version == 3 else 1.0) / 256
+
+
+def master_down_interval(p: Params, master_interval: float) -> float:
+    interval = master_interval if p.version == 3 else p.advert_interval
+    return 3 * interval + skew_time(p, master_interval)
 
 
 def rank(p: Params) -> tuple[int, int]:
@@ -280,7 +291,8 @@ def test_master_crash_takeover_within_best_backup_master_down_interval(
     lan.run_for(phase * params[m].advert_interval)  # crash anywhere in the advert cycle
     backups = [i for i in lan.live() if i != m]
     best = max(backups, key=lambda i: rank(params[i]))
-    mdi = lan.router(best).master_down_interval
+    mdi = master_down_interval(params[best], params[m].advert_interval)  # v3: the learned interval
+    assert lan.router(best).master_down_interval == pytest.approx(mdi)
     t_crash = lan.now
     lan.crash(m)
     lan.run_for(2 * mdi_bound(params))
@@ -289,6 +301,7 @@ def test_master_crash_takeover_within_best_backup_master_down_interval(
     # and not early: the last advert reached the backups at most one interval before the crash
     assert first.time >= t_crash + mdi - params[m].advert_interval - EPS
     assert first.node == best
+    assert Sent(first.time, best, params[best].priority) in lan.sent  # advertises at once
     assert lan.masters() == [best]
 
 
@@ -302,7 +315,8 @@ def test_graceful_stop_takeover_within_best_backup_skew_time(
     lan.run_for(phase * params[m].advert_interval)
     backups = [i for i in lan.live() if i != m]
     best = max(backups, key=lambda i: rank(params[i]))
-    skew = lan.router(best).skew_time
+    skew = skew_time(params[best], params[m].advert_interval)
+    assert lan.router(best).skew_time == pytest.approx(skew)
     t_stop = lan.now
     lan.stop(m)
     lan.run_for(2 * mdi_bound(params))
@@ -310,4 +324,5 @@ def test_graceful_stop_takeover_within_best_backup_skew_time(
     assert first.time <= t_stop + skew + DELAY + EPS, f"takeover {first.time - t_stop:.4f} s after the stop"
     assert first.time >= t_stop + DELAY  # it had to hear the priority-0 advert first
     assert first.node == best
+    assert Sent(first.time, best, params[best].priority) in lan.sent
     assert lan.masters() == [best]

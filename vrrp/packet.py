@@ -157,14 +157,27 @@ class Validator:
     peers: frozenset[IPv4Address] = frozenset()
     drops: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
+    _memo: tuple[bytes, Advertisement] | None = field(default=None, repr=False, compare=False)
 
     def check(self, datagram: bytes) -> Advertisement | Drop:
+        # A master repeats one advert; only the IP ID and header checksum (which the kernel
+        # has verified) change, so the last accepted advert is remembered by the other bytes.
+        key = datagram[:4] + datagram[8:10] + datagram[12:]
+        memo = self._memo
+        if memo is not None and memo[0] == key:
+            self.accepted += 1
+            return memo[1]
         result = self._check(datagram)
         if isinstance(result, Drop):
             self.drops[result.reason.value] += 1
         else:
             self.accepted += 1
+            self._memo = (key, result) if datagram[0] == 0x45 else None
         return result
+
+    def configure(self, interval: float, auth_pass: str) -> None:
+        """Live changes on reload; forgets the remembered advert, which was judged by the old rules."""
+        self.interval, self.auth_pass, self._memo = interval, auth_pass, None
 
     def _check(self, datagram: bytes) -> Advertisement | Drop:
         adv = decode(datagram)

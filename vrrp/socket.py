@@ -1,14 +1,30 @@
-"""The raw IP protocol-112 socket, driven by the asyncio loop (no threads).
+"""The raw IP protocol-112 sockets, driven by the asyncio loop (no threads).
 
 We send whole IP datagrams (IP_HDRINCL) so TOS 0xc0, TTL 255, the per-instance IP ID
-counter and the absence of DF match keepalived on the wire. The socket is bound to the
-VRRP interface and joins 224.0.0.18 there only (IP_MULTICAST_ALL off), so adverts from
-other interfaces or other groups never reach the state machine.
+counter and the absence of DF match keepalived on the wire. Sockets are bound to the VRRP
+interface and join 224.0.0.18 there only (IP_MULTICAST_ALL off), so adverts from other
+interfaces or groups never reach the state machine.
+
+Waking a Python process costs several times what it costs keepalived (measured ~90 us for a
+bare asyncio reader against ~30 us), so we do not wake for every routine advert. Two sockets
+see the same packets:
+
+- the *queue* socket keeps every packet with its kernel receive timestamp and is only
+  drained when the daemon wakes up anyway (its own timer, or the doorbell);
+- the *doorbell* socket has a classic BPF filter that passes only what needs a decision at
+  once: priority 0 (a master leaving), a priority at or above a threshold (a challenger to
+  our mastership), and anything that is not a plausible advert for our VRID (so malformed
+  or foreign traffic is drained and counted as it comes and cannot pile up).
+
+A routine advert from the current master therefore costs no wakeup; the backup drains them
+when its Master_Down timer expires and feeds them to the router with their real arrival
+times, which is exactly what the RFC timers need.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
@@ -22,64 +38,146 @@ from vrrp.packet import GROUP, PROTO_VRRP
 log = logging.getLogger(__name__)
 
 IP_MULTICAST_ALL = 49
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
+QUEUE_BUFFER = 1 << 20
+WAKE_NEVER = 256  # a priority threshold no advert reaches
+
+# classic BPF opcodes
+_LDX_MSH = 0xB1  # X = 4 * (pkt[k] & 0xf)
+_LD_B_IND = 0x50  # A = pkt[X + k]
+_JEQ = 0x15
+_JGE = 0x35
+_RET = 0x06
 
 
 def _mreqn(group: IPv4Address, ifindex: int) -> bytes:
     return struct.pack("=4s4si", group.packed, b"\0\0\0\0", ifindex)
 
 
+def doorbell_program(first_byte: int, vrid: int, threshold: int) -> list[tuple[int, int, int, int]]:
+    """BPF over the IP datagram: pass unless it is a routine advert for `vrid` below `threshold`."""
+    return [
+        (_LDX_MSH, 0, 0, 0),
+        (_LD_B_IND, 0, 0, 0),  # version/type
+        (_JEQ, 0, 6, first_byte),
+        (_LD_B_IND, 0, 0, 1),  # VRID
+        (_JEQ, 0, 4, vrid),
+        (_LD_B_IND, 0, 0, 2),  # priority
+        (_JEQ, 2, 0, 0),
+        (_JGE, 1, 0, threshold),
+        (_RET, 0, 0, 0),  # routine: stays in the queue socket only
+        (_RET, 0, 0, 0xFFFF),  # wake up
+    ]
+
+
+def run_program(prog: list[tuple[int, int, int, int]], pkt: bytes) -> bool:
+    """Interpret the doorbell program in Python (for tests; the kernel runs the real one)."""
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        pc += 1
+        if code == _LDX_MSH:
+            if k >= len(pkt):
+                return False
+            x = 4 * (pkt[k] & 0xF)
+        elif code == _LD_B_IND:
+            if x + k >= len(pkt):
+                return False
+            a = pkt[x + k]
+        elif code in (_JEQ, _JGE):
+            hit = a == k if code == _JEQ else a >= k
+            pc += jt if hit else jf
+        elif code == _RET:
+            return k != 0
+        else:
+            raise ValueError(f"unknown BPF opcode {code:#x}")
+
+
+def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    raw = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+    buf = ctypes.create_string_buffer(raw)
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 class VrrpSocket:
-    """One raw socket per VRRP instance; calls `on_datagram(data, received_at)` per packet."""
+    """The sockets of one VRRP instance; `on_wake()` runs when the doorbell rings."""
 
     def __init__(self, ifname: str, ifindex: int, peers: tuple[IPv4Address, ...],
-                 on_datagram: Callable[[bytes, float], None]) -> None:
+                 on_wake: Callable[[], None]) -> None:
         self.ifname = ifname
         self.ifindex = ifindex
         self.peers = peers
-        self.on_datagram = on_datagram
+        self.on_wake = on_wake
         self.sent = 0
         self.send_errors = 0
-        self._sock: socket.socket | None = None
+        self.wakeups = 0
+        self._queue: socket.socket | None = None
+        self._bell: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def destinations(self) -> tuple[IPv4Address, ...]:
         return self.peers or (GROUP,)
 
-    def open(self) -> None:
+    def _raw(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn(IPv4Address(0), self.ifindex))
             if not self.peers:
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(GROUP, self.ifindex))
             s.setblocking(False)
         except OSError:
             s.close()
             raise
-        self._sock = s
+        return s
+
+    def open(self, first_byte: int, vrid: int) -> None:
+        queue = self._raw()
+        bell = self._raw()
+        try:
+            queue.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+            queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn(IPv4Address(0), self.ifindex))
+            queue.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            queue.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, QUEUE_BUFFER)
+            self._first_byte, self._vrid = first_byte, vrid
+            attach_filter(bell, doorbell_program(first_byte, vrid, WAKE_NEVER))
+        except OSError:
+            queue.close()
+            bell.close()
+            raise
+        self._queue, self._bell = queue, bell
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(s.fileno(), self._readable)
+        self._loop.add_reader(bell.fileno(), self._ring)
+
+    def wake_at_or_above(self, threshold: int) -> None:
+        """Besides priority 0 and odd packets, wake for adverts with priority >= threshold."""
+        if self._bell is not None:
+            attach_filter(self._bell, doorbell_program(self._first_byte, self._vrid, threshold))
 
     def close(self) -> None:
-        if self._sock is not None:
+        if self._bell is not None:
             if self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+                self._loop.remove_reader(self._bell.fileno())
+            self._bell.close()
+            self._bell = None
+        if self._queue is not None:
+            self._queue.close()
+            self._queue = None
 
-    def send(self, datagram_for: Callable[[IPv4Address], bytes]) -> bool:
+    def send(self, datagram_for: Callable[[IPv4Address], bytes | bytearray]) -> bool:
         """Send to the group or to every unicast peer; False if the kernel refused (link down...)."""
-        if self._sock is None:
+        if self._queue is None:
             return False
         ok = True
         for dst in self.destinations:
             try:
-                self._sock.sendto(datagram_for(dst), (str(dst), 0))
+                self._queue.sendto(datagram_for(dst), (str(dst), 0))
                 self.sent += 1
             except OSError as e:
                 ok = False
@@ -88,14 +186,36 @@ class VrrpSocket:
                     log.warning("sending VRRP advert to %s on %s failed: %s", dst, self.ifname, e)
         return ok
 
-    def _readable(self) -> None:
-        assert self._sock is not None
-        for _ in range(64):  # bounded, so a flood cannot starve the loop's timers
+    def drain(self, limit: int = 4096) -> list[tuple[bytes, float]]:
+        """Every queued datagram with its arrival time on the monotonic clock, oldest first."""
+        out: list[tuple[bytes, float]] = []
+        if self._queue is None:
+            return out
+        offset = time.time() - time.monotonic()
+        for _ in range(limit):
             try:
-                data = self._sock.recv(65535)
+                data, anc, _flags, _addr = self._queue.recvmsg(65535, 64)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:
                 log.warning("receiving on VRRP socket failed: %s", e)
-                return
-            self.on_datagram(data, time.monotonic())
+                break
+            at = None
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                    sec, nsec = struct.unpack_from("=qq", payload)
+                    at = sec + nsec / 1e9 - offset
+            out.append((data, time.monotonic() if at is None else min(at, time.monotonic())))
+        return out
+
+    def _ring(self) -> None:
+        assert self._bell is not None
+        self.wakeups += 1
+        for _ in range(4096):  # empty the doorbell; the packets themselves come from the queue
+            try:
+                self._bell.recv(1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+        self.on_wake()

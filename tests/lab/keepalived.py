@@ -192,7 +192,7 @@ class Keepalived:
         self.node = node
         self._own_workdir = workdir is None
         self.workdir = (
-            Path(tempfile.mkdtemp(prefix=f"keepalived-{lab.ns(node)}-")) if workdir is None else Path(workdir)
+            Path(tempfile.mkdtemp(prefix=f"keepalived-{node}-", dir=lab.workdir)) if workdir is None else Path(workdir)
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf_path = self.workdir / "keepalived.conf"
@@ -274,7 +274,7 @@ class Keepalived:
             raise LabError(f"keepalived children {sorted(self._children)} survived SIGKILL")
 
     def close(self) -> None:
-        """Stop if still running and remove the temp dir we created; idempotent."""
+        """Stop if still running and remove the temp dir we created (inside lab.workdir); idempotent."""
         if self._closed:
             return
         self._closed = True

@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -324,6 +325,9 @@ class NetnsLab:
         require_root_and_tools()
 
         self.prefix = prefix
+        # Scratch space for helpers (configs, logs, pid files); fixed name so a crashed run's
+        # files are removed along with its namespaces.
+        self.workdir = Path(tempfile.gettempdir()) / f"netns-lab-{prefix}"
         self.nodes: tuple[str, ...] = nodes
         self.has_client = client
         self._closed = False
@@ -343,6 +347,7 @@ class NetnsLab:
         atexit.register(self.close)
         try:
             self._purge_leftovers()
+            self.workdir.mkdir(mode=0o700)
             self._build()
         except BaseException:
             self.close()
@@ -476,6 +481,7 @@ class NetnsLab:
         leftovers = self._leftovers()
         if leftovers:
             self._delete_namespaces(leftovers)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _delete_namespaces(self, names: Sequence[str]) -> None:
         refs: list[ProcRef] = []
@@ -540,7 +546,8 @@ class NetnsLab:
 
         Order matters: registered cleanups (which know how to stop their daemon gracefully)
         first, then tracked processes (SIGTERM, SIGKILL after 2 s, reaped), then a sweep for
-        untracked processes still inside our namespaces, and only then `ip netns del`.
+        untracked processes still inside our namespaces, then `ip netns del`, and finally
+        ``workdir`` (so logs are gone afterwards: read them before closing).
         """
         if self._closed:
             return
@@ -558,6 +565,7 @@ class NetnsLab:
             self._delete_namespaces([n for n in self.namespaces if (NETNS_DIR / n).exists()])
         except LabError as exc:
             errors.append(str(exc))
+        shutil.rmtree(self.workdir, ignore_errors=True)
         atexit.unregister(self.close)
         if errors:
             raise LabError(f"lab {self.prefix!r} teardown problems: " + " | ".join(errors))

@@ -1,0 +1,247 @@
+"""Takeover time, idle CPU and RSS: failover-agent next to keepalived 2.2.7, in one run.
+
+Same topology for both (bridge, node a priority 150, node b priority 100, a client pinging the
+VIP every 10 ms from its own namespace), same settings, alternating which implementation goes
+first in each repetition. Reported: medians over the repetitions and the ratio agent/keepalived.
+
+- crash takeover: a's cable pulled and its daemon SIGKILLed at t0; time until the client gets a
+  reply from b's MAC to an echo request sent after t0.
+- SIGTERM takeover: a's daemon gets SIGTERM at t0; same measure.
+- idle: both nodes running, CPU seconds used over the idle window per node, and RSS (summed
+  over a daemon's processes: keepalived runs a parent and a VRRP child).
+
+    python -m bench.takeover              # 10 repetitions, 60 s idle, v2 1 s and v3 0.1 s
+    python -m bench.takeover --reps 1 --idle 2 --modes v3   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from tests.lab.agent import AgentProc
+from tests.lab.keepalived import Keepalived, render_keepalived_conf
+from tests.lab.netns import CLIENT, NetnsLab
+from tests.lab.probe import Pinger
+
+VIP = "192.0.2.100"
+MODES = {"v2": (2, 1.0), "v3": (3, 0.1)}
+IMPLS = ("keepalived", "agent")
+
+
+class Daemon:
+    """The few operations the benchmark needs, for either implementation."""
+
+    def __init__(self, impl: str, lab: NetnsLab, node: str, workdir: Path, priority: int,
+                 version: int, interval: float) -> None:
+        self.impl, self.lab, self.node = impl, lab, node
+        self.agent: AgentProc | None = None
+        self.ka: Keepalived | None = None
+        if impl == "agent":
+            self.agent = AgentProc(lab, node, workdir, priority=priority, version=version,
+                                   advert_interval=interval)
+            lab.add_cleanup(self.agent.close)
+        else:
+            conf = render_keepalived_conf(name=f"bench_{node}", interface="eth0", vrid=51, priority=priority,
+                                          advert_int=interval, version=version, vips=[f"{VIP}/24"])
+            self.ka = Keepalived(lab, node, conf, workdir=workdir / f"ka-{node}")
+
+    def start(self) -> Daemon:
+        if self.agent:
+            self.agent.start()
+        else:
+            assert self.ka
+            self.ka.start()
+        return self
+
+    def wait_state(self, state: str, timeout: float) -> bool:
+        if self.agent:
+            return self.agent.wait_state(state, timeout)
+        assert self.ka
+        return self.ka.wait_state(state, timeout)
+
+    def crash(self) -> None:
+        if self.agent:
+            self.agent.kill()
+        else:
+            assert self.ka
+            self.ka.kill()
+
+    def terminate(self) -> None:
+        if self.agent:
+            self.agent.terminate()
+        else:
+            assert self.ka
+            self.ka.stop()
+
+    def processes(self) -> list[psutil.Process]:
+        pid = self.agent.pid if self.agent else (self.ka.pid if self.ka else None)
+        assert pid is not None
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+
+
+@dataclass
+class Sample:
+    impl: str
+    mode: str
+    crash: float | None = None
+    sigterm: float | None = None
+
+
+def _pair(impl: str, lab: NetnsLab, work: Path, version: int, interval: float) -> tuple[Daemon, Daemon]:
+    a = Daemon(impl, lab, "a", work, 150, version, interval).start()
+    b = Daemon(impl, lab, "b", work, 100, version, interval).start()
+    if not a.wait_state("MASTER", 10) or not b.wait_state("BACKUP", 2):
+        raise RuntimeError(f"{impl}: no election in the lab")
+    return a, b
+
+
+def _takeover(pinger: Pinger, lab: NetnsLab, action: Callable[[], None]) -> float | None:
+    t0 = time.monotonic()
+    action()
+    return pinger.wait_first_reply_after(t0, timeout=15, mac=lab.mac("b"))
+
+
+def one_rep(impl: str, mode: str, rep: int, work: Path) -> Sample:
+    version, interval = MODES[mode]
+    sample = Sample(impl, mode)
+    with NetnsLab(f"fb{impl[0]}{mode}{rep}", nodes=("a", "b")) as lab:
+        a, b = _pair(impl, lab, work / "1", version, interval)
+        with Pinger(lab, CLIENT, VIP, interval=0.01) as pinger:
+            if not pinger.wait_replies(20, timeout=5):
+                raise RuntimeError(f"{impl}: client cannot reach the VIP")
+
+            def crash() -> None:
+                lab.set_link("a", False)
+                a.crash()
+
+            sample.crash = _takeover(pinger, lab, crash)
+            # bring a back as a fresh daemon; it preempts b, then leave gracefully
+            lab.set_link("a", True)
+            lab.run("a", ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
+            a2 = Daemon(impl, lab, "a", work / "2", 150, version, interval).start()
+            if not a2.wait_state("MASTER", 10) or not b.wait_state("BACKUP", 3):
+                raise RuntimeError(f"{impl}: restarted node did not preempt")
+            t_back = time.monotonic()
+            if pinger.wait_first_reply_after(t_back, timeout=5, mac=lab.mac("a")) is None:
+                raise RuntimeError(f"{impl}: client does not reach the restarted master")
+            time.sleep(0.5)
+            sample.sigterm = _takeover(pinger, lab, a2.terminate)
+    return sample
+
+
+def idle(impl: str, mode: str, seconds: float, work: Path) -> dict[str, float]:
+    version, interval = MODES[mode]
+    with NetnsLab(f"fi{impl[0]}{mode}", nodes=("a", "b")) as lab:
+        a, b = _pair(impl, lab, work, version, interval)
+        time.sleep(1.0)
+        procs = {"master": a.processes(), "backup": b.processes()}
+        cpu0 = {k: sum(cpu_seconds(p.pid) for p in ps) for k, ps in procs.items()}
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        wall = time.monotonic() - t0
+        out = {}
+        for k, ps in procs.items():
+            cpu = sum(cpu_seconds(p.pid) for p in ps) - cpu0[k]
+            out[f"{k}_cpu_pct"] = 100 * cpu / wall
+            out[f"{k}_rss_mb"] = sum(p.memory_info().rss for p in ps) / 2**20
+        if not (a.wait_state("MASTER", 0) and b.wait_state("BACKUP", 0)):
+            raise RuntimeError(f"{impl}: state changed while idle")
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of every thread of a process, in ns resolution (schedstat), as seconds.
+
+    /proc/PID/stat counts in 10 ms ticks, far too coarse for daemons that use a few ms a second.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def _median(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _fmt(x: float | None, unit: str = "s", digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}{unit}"
+
+
+def _ratio(a: float | None, k: float | None) -> str:
+    return "n/a" if a is None or not k else f"{a / k:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--idle", type=float, default=60.0, help="idle measurement window, seconds")
+    parser.add_argument("--modes", default="v2,v3", help="comma list of v2 (1 s adverts), v3 (0.1 s adverts)")
+    parser.add_argument("--json", type=Path, help="also write raw results here")
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    results: dict[str, object] = {"reps": args.reps, "idle_seconds": args.idle, "modes": {}}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp:
+        work = Path(tmp)
+        for mode in modes:
+            samples: list[Sample] = []
+            for rep in range(args.reps):
+                order = IMPLS if rep % 2 == 0 else IMPLS[::-1]
+                for impl in order:
+                    s = one_rep(impl, mode, rep, work / f"{mode}-{rep}-{impl}")
+                    samples.append(s)
+                    print(f"{mode} rep {rep + 1}/{args.reps} {impl:10s} crash {_fmt(s.crash)} "
+                          f"sigterm {_fmt(s.sigterm)}", file=sys.stderr, flush=True)
+            idles = {impl: idle(impl, mode, args.idle, work / f"idle-{mode}-{impl}") for impl in IMPLS}
+            med = {impl: {"crash": _median([s.crash for s in samples if s.impl == impl]),
+                          "sigterm": _median([s.sigterm for s in samples if s.impl == impl])} for impl in IMPLS}
+            failures = {impl: sum(1 for s in samples if s.impl == impl and (s.crash is None or s.sigterm is None))
+                        for impl in IMPLS}
+            modes_out = results["modes"]
+            assert isinstance(modes_out, dict)
+            modes_out[mode] = {"median": med, "idle": idles, "failures": failures,
+                               "samples": [s.__dict__ for s in samples]}
+            k, a = med["keepalived"], med["agent"]
+            ki, ai = idles["keepalived"], idles["agent"]
+            label = f"{mode} ({MODES[mode][1]:g} s)"
+            rows += [
+                (label, "crash takeover (median)", _fmt(k["crash"]), _fmt(a["crash"]), _ratio(a["crash"], k["crash"])),
+                (label, "SIGTERM takeover (median)", _fmt(k["sigterm"]), _fmt(a["sigterm"]),
+                 _ratio(a["sigterm"], k["sigterm"])),
+            ]
+            for role in ("master", "backup"):
+                rows.append((label, f"idle CPU, {role}", _fmt(ki[f"{role}_cpu_pct"], "%", 3),
+                             _fmt(ai[f"{role}_cpu_pct"], "%", 3),
+                             _ratio(ai[f"{role}_cpu_pct"], ki[f"{role}_cpu_pct"])))
+                rows.append((label, f"RSS, {role}", _fmt(ki[f"{role}_rss_mb"], " MB", 1),
+                             _fmt(ai[f"{role}_rss_mb"], " MB", 1),
+                             _ratio(ai[f"{role}_rss_mb"], ki[f"{role}_rss_mb"])))
+            if any(failures.values()):
+                rows.append((label, "runs without a takeover", str(failures["keepalived"]), str(failures["agent"]), ""))
+    print(f"\n{args.reps} repetitions, idle window {args.idle:g} s, keepalived 2.2.7 vs failover-agent\n")
+    print("| mode | measure | keepalived | failover-agent | agent/keepalived |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
