@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,6 +110,53 @@ def _pair(impl: str, lab: NetnsLab, work: Path, version: int, interval: float) -
     return a, b
 
 
+WATCHER = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("=4s4si", socket.inet_aton("224.0.0.18"), b"\0" * 4, int(sys.argv[1])))
+while True:
+    data = s.recv(2048)
+    print(f"{time.monotonic():.6f} {socket.inet_ntoa(data[12:16])} {data[22]}", flush=True)
+"""
+
+
+class AdvertWatcher:
+    """Sees the adverts on the client's segment, so a crash can be timed to the advert phase.
+
+    Without this, the crash falls at whatever phase the harness happens to hit, and that phase
+    (0 to one interval) dominates the comparison instead of the daemons' reaction.
+    """
+
+    def __init__(self, lab: NetnsLab) -> None:
+        ifindex = json.loads(lab.run(CLIENT, ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["ifindex"]
+        self.proc = lab.popen(CLIENT, [sys.executable, "-c", WATCHER, str(ifindex)],
+                              stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.seen: list[tuple[float, str, int]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            at, src, prio = line.split()
+            with self._cond:
+                self.seen.append((float(at), src, int(prio)))
+                self._cond.notify_all()
+
+    def next_advert(self, src: str, timeout: float) -> float | None:
+        """Block until the next advert from `src`; its arrival time."""
+        with self._cond:
+            start = len(self.seen)
+            self._cond.wait_for(lambda: any(s == src for _, s, _ in self.seen[start:]), timeout)
+            return next((t for t, s, _ in self.seen[start:] if s == src), None)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def _takeover(pinger: Pinger, lab: NetnsLab, action: Callable[[], None]) -> float | None:
     t0 = time.monotonic()
     action()
@@ -118,9 +168,16 @@ def one_rep(impl: str, mode: str, rep: int, work: Path) -> Sample:
     sample = Sample(impl, mode)
     with NetnsLab(f"fb{impl[0]}{mode}{rep}", nodes=("a", "b")) as lab:
         a, b = _pair(impl, lab, work / "1", version, interval)
+        watcher = AdvertWatcher(lab)
+        lab.add_cleanup(watcher.close)
         with Pinger(lab, CLIENT, VIP, interval=0.01) as pinger:
             if not pinger.wait_replies(20, timeout=5):
                 raise RuntimeError(f"{impl}: client cannot reach the VIP")
+            # crash half an interval after an advert from a, the same phase for both daemons
+            seen = watcher.next_advert(lab.ipv4("a"), timeout=5)
+            if seen is None:
+                raise RuntimeError(f"{impl}: no advert from a seen at the client")
+            time.sleep(max(0.0, seen + interval / 2 - time.monotonic()))
 
             def crash() -> None:
                 lab.set_link("a", False)
@@ -141,12 +198,72 @@ def one_rep(impl: str, mode: str, rep: int, work: Path) -> Sample:
     return sample
 
 
+FLOOR = r"""
+import asyncio, socket, struct, sys
+role, ifindex, interval, wake_every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.setsockopt(socket.IPPROTO_IP, 49, 0)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, struct.pack("=4s4si", b"\0" * 4, b"\0" * 4, ifindex))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("=4s4si", socket.inet_aton("224.0.0.18"), b"\0" * 4, ifindex))
+s.setblocking(False)
+packet = bytes.fromhex(sys.argv[5])
+async def main():
+    loop = asyncio.get_running_loop()
+    def tick():
+        if role == "master":
+            s.sendto(packet, ("224.0.0.18", 0))
+        else:
+            while True:
+                try:
+                    s.recv(2048)
+                except BlockingIOError:
+                    break
+        loop.call_later(wake_every, tick)
+    tick()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+class Floor:
+    """A bare asyncio process with the agent's wake-up schedule and nothing else.
+
+    Master: wake every interval and send a prepared advert. Backup: wake every
+    Master_Down_Interval - interval (what the agent's doorbell design achieves) and drain.
+    Its CPU is what any asyncio daemon pays for those wake-ups, before doing any work.
+    """
+
+    def __init__(self, lab: NetnsLab, node: str, role: str, version: int, interval: float) -> None:
+        from ipaddress import IPv4Address
+
+        from vrrp.packet import GROUP, Advertisement, encode
+
+        ifindex = json.loads(lab.run(node, ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["ifindex"]
+        adv = Advertisement(version, 51, 150, interval, (IPv4Address(VIP),))
+        packet = encode(adv, IPv4Address(lab.ipv4(node)), GROUP, 1).hex()
+        skew = (256 - 100) / 256 * (interval if version == 3 else 1.0)
+        wake = interval if role == "master" else 2 * interval + skew
+        self.proc = lab.popen(node, [sys.executable, "-c", FLOOR, role, str(ifindex), str(interval), str(wake),
+                                     packet])
+
+    def processes(self) -> list[psutil.Process]:
+        return [psutil.Process(self.proc.pid)]
+
+
 def idle(impl: str, mode: str, seconds: float, work: Path) -> dict[str, float]:
     version, interval = MODES[mode]
     with NetnsLab(f"fi{impl[0]}{mode}", nodes=("a", "b")) as lab:
-        a, b = _pair(impl, lab, work, version, interval)
-        time.sleep(1.0)
-        procs = {"master": a.processes(), "backup": b.processes()}
+        if impl == "floor":
+            a2, b2 = Floor(lab, "a", "master", version, interval), Floor(lab, "b", "backup", version, interval)
+            time.sleep(2.0)
+            procs = {"master": a2.processes(), "backup": b2.processes()}
+        else:
+            a, b = _pair(impl, lab, work, version, interval)
+            time.sleep(1.0)
+            procs = {"master": a.processes(), "backup": b.processes()}
         cpu0 = {k: sum(cpu_seconds(p.pid) for p in ps) for k, ps in procs.items()}
         t0 = time.monotonic()
         time.sleep(seconds)
@@ -156,7 +273,7 @@ def idle(impl: str, mode: str, seconds: float, work: Path) -> dict[str, float]:
             cpu = sum(cpu_seconds(p.pid) for p in ps) - cpu0[k]
             out[f"{k}_cpu_pct"] = 100 * cpu / wall
             out[f"{k}_rss_mb"] = sum(p.memory_info().rss for p in ps) / 2**20
-        if not (a.wait_state("MASTER", 0) and b.wait_state("BACKUP", 0)):
+        if impl != "floor" and not (a.wait_state("MASTER", 0) and b.wait_state("BACKUP", 0)):
             raise RuntimeError(f"{impl}: state changed while idle")
     return out
 
@@ -193,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="v2,v3", help="comma list of v2 (1 s adverts), v3 (0.1 s adverts)")
     parser.add_argument("--json", type=Path, help="also write raw results here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so labs are torn down on kill
     modes = [m for m in args.modes.split(",") if m]
     results: dict[str, object] = {"reps": args.reps, "idle_seconds": args.idle, "modes": {}}
     rows = []
@@ -207,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples.append(s)
                     print(f"{mode} rep {rep + 1}/{args.reps} {impl:10s} crash {_fmt(s.crash)} "
                           f"sigterm {_fmt(s.sigterm)}", file=sys.stderr, flush=True)
-            idles = {impl: idle(impl, mode, args.idle, work / f"idle-{mode}-{impl}") for impl in IMPLS}
+            idles = {impl: idle(impl, mode, args.idle, work / f"idle-{mode}-{impl}") for impl in (*IMPLS, "floor")}
             med = {impl: {"crash": _median([s.crash for s in samples if s.impl == impl]),
                           "sigterm": _median([s.sigterm for s in samples if s.impl == impl])} for impl in IMPLS}
             failures = {impl: sum(1 for s in samples if s.impl == impl and (s.crash is None or s.sigterm is None))
@@ -217,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             modes_out[mode] = {"median": med, "idle": idles, "failures": failures,
                                "samples": [s.__dict__ for s in samples]}
             k, a = med["keepalived"], med["agent"]
-            ki, ai = idles["keepalived"], idles["agent"]
+            ki, ai, fi = idles["keepalived"], idles["agent"], idles["floor"]
             label = f"{mode} ({MODES[mode][1]:g} s)"
             rows += [
                 (label, "crash takeover (median)", _fmt(k["crash"]), _fmt(a["crash"]), _ratio(a["crash"], k["crash"])),
@@ -228,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((label, f"idle CPU, {role}", _fmt(ki[f"{role}_cpu_pct"], "%", 3),
                              _fmt(ai[f"{role}_cpu_pct"], "%", 3),
                              _ratio(ai[f"{role}_cpu_pct"], ki[f"{role}_cpu_pct"])))
+                rows.append((label, f"idle CPU, {role}: bare asyncio floor", _fmt(ki[f"{role}_cpu_pct"], "%", 3),
+                             _fmt(fi[f"{role}_cpu_pct"], "%", 3),
+                             _ratio(fi[f"{role}_cpu_pct"], ki[f"{role}_cpu_pct"])))
                 rows.append((label, f"RSS, {role}", _fmt(ki[f"{role}_rss_mb"], " MB", 1),
                              _fmt(ai[f"{role}_rss_mb"], " MB", 1),
                              _ratio(ai[f"{role}_rss_mb"], ki[f"{role}_rss_mb"])))

@@ -32,10 +32,9 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.lab.netns import LabError, NetnsLab, ProcRef, terminate_pids, wait_until
+from tests.lab.netns import Closing, LabError, NetnsLab, ProcRef, terminate_pids, wait_until
 
 __all__ = [
     "Keepalived",
@@ -178,7 +177,7 @@ def check_keepalived_conf(lab: NetnsLab, node: str, config: str) -> str:
     return output
 
 
-class Keepalived:
+class Keepalived(Closing):
     """One keepalived instance in one lab node, with its own config, log and pid files.
 
     Separate pid files per instance are essential: every namespace shares the host's /run,
@@ -283,17 +282,6 @@ class Keepalived:
         finally:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Keepalived:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- inspection ------------------------------------------------------------------------------
 

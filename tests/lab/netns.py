@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "BRIDGE",
@@ -50,6 +50,7 @@ __all__ = [
     "CLIENT_MAC",
     "NETNS_DIR",
     "PREFIXLEN",
+    "Closing",
     "CommandError",
     "LabError",
     "LinkState",
@@ -300,7 +301,25 @@ class _Port:
     mac: str
 
 
-class NetnsLab:
+class Closing:
+    """`with` support for lab objects whose `close()` is their whole teardown."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class NetnsLab(Closing):
     """Build the lab on construction; tear it all down on close() / leaving the ``with`` block.
 
     Construction first deletes namespaces left by a crashed earlier run with the same prefix
@@ -352,19 +371,6 @@ class NetnsLab:
         except BaseException:
             self.close()
             raise
-
-    # -- context manager ---------------------------------------------------------------------
-
-    def __enter__(self) -> NetnsLab:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- names ---------------------------------------------------------------------------------
 

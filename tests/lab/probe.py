@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from tests.lab.netns import DEFAULT_DEV, LabError, NetnsLab
+from tests.lab.netns import DEFAULT_DEV, LabError, NetnsLab, stop_process
 
 __all__ = ["PINGER_SCRIPT", "Pinger", "Reply", "SendError"]
 
@@ -143,13 +142,7 @@ class Pinger:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, grace=timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         if proc.stdin is not None:
