@@ -148,10 +148,48 @@ _VRRP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _listen(v: Any) -> str:
+    """'' (off) or 'HOST:PORT' on a local address, for the metrics endpoint."""
+    text = _str(64)(v)
+    if not text:
+        return text
+    host, sep, port = text.rpartition(":")
+    try:
+        ip = IPv4Address(host)
+        port_no = int(port)
+    except (AddressValueError, ValueError):
+        raise _Invalid(f"{text!r} is not IPV4:PORT") from None
+    if not sep or not 1 <= port_no <= 65535:
+        raise _Invalid(f"{text!r} is not IPV4:PORT")
+    if not (ip.is_loopback or ip.is_private):
+        raise _Invalid(f"{text!r}: metrics are served on a local or private address only")
+    return text
+
+
+def _abs_path(v: Any) -> str:
+    text = _str()(v)
+    if not text.startswith("/") or "\0" in text:
+        raise _Invalid(f"{text!r} is not an absolute path")
+    return text
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    control_socket: str = "/run/failover-agent/control.sock"
+    metrics: str = ""
+
+
+_AGENT_KEYS: dict[str, Callable[[Any], Any]] = {
+    "control_socket": _abs_path,
+    "metrics": _listen,
+}
+
+
 @dataclass(frozen=True)
 class Config:
     file: str
     vrrp: VrrpConfig
+    agent: AgentConfig = AgentConfig()
 
 
 def _section(file: str, name: str, table: Any, specs: Mapping[str, Callable[[Any], Any]],
@@ -201,14 +239,15 @@ def parse(text: str, file: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
-    known = {"vrrp"}
+    known = {"vrrp", "agent"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
     if "vrrp" not in doc:
         raise ConfigError(file, "vrrp", "section is required")
     vrrp = _check_vrrp(file, _section(file, "vrrp", doc["vrrp"], _VRRP_KEYS, VrrpConfig))
-    return Config(file=file, vrrp=vrrp)
+    agent = AgentConfig(**_section(file, "agent", doc.get("agent", {}), _AGENT_KEYS, AgentConfig))
+    return Config(file=file, vrrp=vrrp, agent=agent)
 
 
 def load(path: str | Path) -> Config:
@@ -222,12 +261,14 @@ def load(path: str | Path) -> Config:
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
     out = []
-    for f in fields(VrrpConfig):
-        a, b = getattr(old.vrrp, f.name), getattr(new.vrrp, f.name)
-        if a != b:
-            if f.name == "auth_pass":
-                a, b = "***" if a else "''", "***" if b else "''"
-            out.append(f"vrrp.{f.name}: {_show(a)} -> {_show(b)}")
+    for section in ("vrrp", "agent"):
+        before, after = getattr(old, section), getattr(new, section)
+        for f in fields(before):
+            a, b = getattr(before, f.name), getattr(after, f.name)
+            if a != b:
+                if f.name == "auth_pass":
+                    a, b = "***" if a else "''", "***" if b else "''"
+                out.append(f"{section}.{f.name}: {_show(a)} -> {_show(b)}")
     return out
 
 

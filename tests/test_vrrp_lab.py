@@ -255,3 +255,61 @@ def test_missing_interface_is_a_clear_error(lab: NetnsLab, tmp_path: Path) -> No
         pa.start()
     assert pa.proc is not None and pa.proc.wait(5) == 1
     assert "vrrp.interface: interface nosuch0 not found" in pa.log()
+
+
+SNIFF_ARP = """
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0))
+s.settimeout(0.1)
+end = time.monotonic() + float(sys.argv[1])
+print("ready", flush=True)
+while time.monotonic() < end:
+    try:
+        frame = s.recv(2048)
+    except TimeoutError:
+        continue
+    print(f"{time.monotonic():.4f} {frame.hex()}", flush=True)
+"""
+
+
+def test_gratuitous_arp_form_burst_and_refresh(lab: NetnsLab, tmp_path: Path) -> None:
+    pa = AgentProc(lab, "a", tmp_path, priority=150, version=3, advert_interval=0.1,
+                   garp_count=3, garp_interval=0.1, garp_refresh=0.5)
+    lab.add_cleanup(pa.close)
+    sniffer = lab.popen(CLIENT, [sys.executable, "-c", SNIFF_ARP, "3.0"], stdout=subprocess.PIPE, text=True)
+    assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+    pa.start()
+    assert pa.wait_state("MASTER", 3)
+    out, _ = sniffer.communicate(timeout=10)
+    mac = bytes.fromhex(lab.mac("a").replace(":", ""))
+    vip = bytes([192, 0, 2, 100])
+    garps = []
+    for line in out.split():
+        if len(line) < 84:
+            continue
+        frame = bytes.fromhex(line)
+        if frame[6:12] != mac or frame[12:14] != b"\x08\x06":
+            continue
+        arp = frame[14:42]
+        assert frame[:6] == b"\xff" * 6
+        assert arp[6:8] == b"\x00\x01", "a gratuitous ARP request (op 1)"
+        assert arp[8:14] == mac and arp[14:18] == vip, "sender = the master's MAC and the VIP"
+        assert arp[18:24] == b"\x00" * 6 and arp[24:28] == vip, "target MAC zero, target IP = VIP"
+        garps.append(frame)
+    # 3 at becoming master, then one every 0.5 s for the rest of the ~2.5 s window
+    assert 3 + 3 <= len(garps) <= 3 + 6, len(garps)
+
+
+def test_only_configured_vips_are_touched(lab: NetnsLab, tmp_path: Path) -> None:
+    lab.run("a", ["ip", "addr", "add", "192.0.2.77/24", "dev", "eth0"])
+    # the node's own address listed as a VIP (address owner style) must never be removed
+    pa = AgentProc(lab, "a", tmp_path, priority=150, version=3, advert_interval=0.1,
+                   vips=["192.0.2.100/24", "192.0.2.1/24"])
+    lab.add_cleanup(pa.close)
+    pa.start()
+    assert pa.wait_state("MASTER", 3)
+    assert {"192.0.2.1/24", "192.0.2.77/24", "192.0.2.100/24"} <= lab.addresses("a")
+    code, _ = pa.terminate()
+    assert code == 0
+    assert lab.addresses("a") == {"192.0.2.1/24", "192.0.2.77/24"}

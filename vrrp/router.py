@@ -71,6 +71,8 @@ class Router:
         self.preempt_at: float | None = None
         self.leaving: IPv4Address | None = None
         self.preempting: Heard | None = None
+        self.maintenance = False  # stay backup whatever happens, until switched off
+        self.yielding = False  # after a handover: do not preempt a working master
 
     # -- derived timing (RFC 3768 6.1 / RFC 5798 6.1) -------------------------------------
     @property
@@ -91,7 +93,7 @@ class Router:
     def deadline(self) -> float | None:
         if self.state == State.MASTER:
             return self.adver_at
-        if self.state == State.BACKUP:
+        if self.state == State.BACKUP and not self.maintenance:
             return self.master_down_at
         return None
 
@@ -102,7 +104,7 @@ class Router:
             return []
         self.master_adver_interval = self.params.advert_interval
         self.master = self.last_heard_at = self.leaving = self.preempting = None
-        if self.priority == 255:
+        if self.priority == 255 and not self.maintenance:
             return self._become_master(now, f"{reason}: address owner (priority 255) starts as master")
         return self._become_backup(now, reason)
 
@@ -118,7 +120,8 @@ class Router:
         if self.state == State.MASTER and self.adver_at is not None and now >= self.adver_at:
             self.adver_at = now + self.params.advert_interval
             actions.append(SendAdvert(self.priority))
-        elif self.state == State.BACKUP and self.master_down_at is not None and now >= self.master_down_at:
+        elif (self.state == State.BACKUP and not self.maintenance and self.master_down_at is not None
+              and now >= self.master_down_at):
             if self.leaving is not None:
                 why = (f"master {self.leaving} left (priority 0 advert); "
                        f"took over after Skew_Time {self.skew_time:.3f} s")
@@ -152,6 +155,26 @@ class Router:
         actions.append(self._go(State.FAULT, reason))
         return actions
 
+    def handover(self, now: float) -> list[Action]:
+        """Planned switch: leave mastership with priority 0 and do not preempt the peer afterwards.
+
+        If no peer takes over within Master_Down_Interval we take over again: a handover must
+        never leave the service without a master.
+        """
+        if self.state != State.MASTER:
+            return []
+        self.yielding = True
+        return [SendAdvert(0), *self._become_backup(now, "handover requested by the admin")]
+
+    def set_maintenance(self, on: bool, now: float) -> list[Action]:
+        """Maintenance: hand over if master, then never take over until switched off."""
+        if on == self.maintenance:
+            return []
+        self.maintenance = on
+        if on and self.state == State.MASTER:
+            return [SendAdvert(0), *self._become_backup(now, "maintenance mode on")]
+        return []
+
     def recover(self, now: float, reason: str = "fault cleared") -> list[Action]:
         return self.start(now, reason) if self.state == State.FAULT else []
 
@@ -184,7 +207,7 @@ class Router:
             return []
         self.leaving = None
         lower = heard.priority < self.priority
-        if lower and self.params.preempt:
+        if lower and self.params.preempt and not self.yielding:
             if self.params.preempt_delay <= 0:
                 self.preempting = heard
                 return []
@@ -228,6 +251,7 @@ class Router:
         self.master = self.params.address
         self.preempt_at = None
         self.leaving = self.preempting = None
+        self.yielding = False
         return [SendAdvert(self.priority), self._go(State.MASTER, reason)]
 
     def _become_backup(self, now: float, reason: str) -> list[Action]:

@@ -49,13 +49,13 @@ class LinkInfo:
         if not links:
             raise LookupError(f"interface {name} not found")
         link = links[0]
+        # the advert source: the first primary address that is not a VIP, else (an address
+        # owner listing its own address as VIP) the first primary address at all
         skip = set(exclude)
-        primary = None
-        for a in await as_list(await ipr.addr("dump", index=link["index"], family=socket.AF_INET)):
-            ip = IPv4Address(a.get("address"))
-            if ip not in skip and not a["flags"] & 0x01:  # IFA_F_SECONDARY
-                primary = ip
-                break
+        primaries = [IPv4Address(a.get("address"))
+                     for a in await as_list(await ipr.addr("dump", index=link["index"], family=socket.AF_INET))
+                     if not a["flags"] & 0x01]  # IFA_F_SECONDARY
+        primary = next((ip for ip in primaries if ip not in skip), primaries[0] if primaries else None)
         mac = bytes.fromhex((link.get("address") or "00:00:00:00:00:00").replace(":", ""))
         return cls(name, link["index"], mac, primary, link_is_up(link))
 

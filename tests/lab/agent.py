@@ -6,6 +6,7 @@ running the tests, so tests exercise the working tree rather than whatever copy 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -34,11 +35,13 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot render {v!r} as TOML")
 
 
-def render_agent_conf(**vrrp: Any) -> str:
-    """A [vrrp] section; defaults fit the lab (eth0, VRID 51, VIP 192.0.2.100/24)."""
+def render_agent_conf(agent: dict[str, Any] | None = None, **vrrp: Any) -> str:
+    """A [vrrp] section (defaults fit the lab: eth0, VRID 51, VIP 192.0.2.100/24) and an [agent] one."""
     values: dict[str, Any] = {"interface": "eth0", "vrid": 51, "vips": ["192.0.2.100/24"]}
     values.update(vrrp)
     lines = ["[vrrp]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    if agent:
+        lines += ["[agent]"] + [f"{k} = {_toml_value(v)}" for k, v in agent.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -58,12 +61,31 @@ class AgentProc:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"agent-{node}.toml"
         self.log_path = workdir / f"agent-{node}.log"
-        self.config_path.write_text(render_agent_conf(**vrrp))
+        # every agent of a lab shares the host's /run: each gets its own control socket
+        self.control_socket = workdir / f"agent-{node}.sock"
+        self.vrrp = vrrp
+        self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
-    def write_config(self, text: str) -> None:
+    def write_config(self, text: str | None = None, **vrrp: Any) -> None:
+        """Write `text`, or the [vrrp] settings given at construction updated with `vrrp`."""
+        if text is None:
+            self.vrrp.update(vrrp)
+            text = render_agent_conf({"control_socket": str(self.control_socket)}, **self.vrrp)
         self.config_path.write_text(text)
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """failoverctl against this agent (from the host: the control socket is a file)."""
+        proc = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--socket", str(self.control_socket)],
+                              capture_output=True, text=True, timeout=30, cwd=REPO)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"failoverctl {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.ctl("status", "--json").stdout)
+        return result
 
     def start(self, extra_args: Sequence[str] = ()) -> AgentProc:
         log = self.log_path.open("ab")

@@ -1,0 +1,388 @@
+"""One VRRP instance wired to the kernel: sockets, timers, link events and VIPs.
+
+This module decides nothing about VRRP: it feeds the router packets, timer expiries and link
+events with `now`, and carries out what the router returns. VIP changes run in one worker
+task so that adds and removes happen in the order of the transitions and never overlap; a
+priority-0 advert that accompanies a release is held back until the VIPs are gone, so the
+peer never adds an address we still answer for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+
+from agent.config import Config
+from agent.journal import Event, emit
+from vrrp.link import LinkMonitor
+from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Drop, Validator, auth_bytes, encode
+from vrrp.router import Action, Heard, Params, Router, SendAdvert, State, Transition
+from vrrp.socket import WAKE_NEVER, VrrpSocket
+from vrrp.vip import Garp, LinkInfo, VipHolder
+
+log = logging.getLogger("failover-agent")
+
+FAULT_RETRY = 5.0
+
+
+def router_params(cfg: Config, address: IPv4Address) -> Params:
+    v = cfg.vrrp
+    return Params(vrid=v.vrid, priority=v.priority, address=address, version=v.version,
+                  advert_interval=v.advert_interval, preempt=v.preempt, preempt_delay=v.preempt_delay)
+
+
+def addrs(items: Iterable[object]) -> str:
+    return ", ".join(str(x) for x in items)
+
+
+@dataclass
+class Counters:
+    """Survive instance restarts (reload of restart keys), so they count for the process."""
+
+    transitions: int = 0
+    became_master: int = 0
+    adverts_sent: int = 0
+    adverts_received: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    faults: int = 0
+
+
+@dataclass
+class LastTransition:
+    at: float  # wall clock, for people
+    old: str
+    new: str
+    reason: str
+
+
+class Instance:
+    """One VRRP instance on one interface, for the lifetime of one config's restart-keys."""
+
+    def __init__(self, cfg: Config, ipr: AsyncIPRoute, info: LinkInfo, counters: Counters,
+                 on_state: Callable[[Instance], None] = lambda _: None) -> None:
+        assert info.primary is not None
+        self.cfg = cfg
+        self.ipr = ipr
+        self.info = info
+        self.counters = counters
+        self.on_state = on_state
+        self.loop = asyncio.get_running_loop()
+        v = cfg.vrrp
+        self.router = Router(router_params(cfg, info.primary))
+        self.validator = Validator(version=v.version, vrid=v.vrid, interval=v.advert_interval,
+                                   auth_pass=v.auth_pass, own=frozenset({info.primary}),
+                                   peers=frozenset(v.unicast_peers))
+        self.validator.drops.update(counters.drops)
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._process)
+        self.garp = Garp(v.interface, info.mac)
+        self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
+        self.link = LinkMonitor(info.index, info.up, self._on_link)
+        self.last: LastTransition | None = None
+        self.steps: dict[str, float] = {}  # step name -> duration of its last run, ms
+        self._ip_id = 0
+        self._templates: dict[tuple[int, IPv4Address], bytearray] = {}
+        self._wake_threshold = WAKE_NEVER
+        self._timer: asyncio.TimerHandle | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._vip_wake = asyncio.Event()
+        self._vip_idle = asyncio.Event()
+        self._vips_held = False
+        self._vip_busy = False
+        self._farewell = False
+        self._garp_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._master_since = 0.0
+        self._master_reason = ""
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        stale = await self.vips.remove()
+        if stale:
+            emit(Event.CLEANUP, f"removed VIP(s) {addrs(stale)} left on {self.info.name} by an earlier run",
+                 logging.WARNING, VIPS=addrs(stale))
+        v = self.cfg.vrrp
+        self.sock.open(first_byte=(v.version << 4) | 1, vrid=v.vrid)
+        self.garp.open()
+        self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor"),
+                       asyncio.create_task(self._vip_worker(), name="vip-worker")]
+        now = self.loop.time()
+        if self.info.up:
+            self.apply(self.router.start(now))
+        else:
+            self.apply(self.router.fault(f"interface {self.info.name} is down at startup", now))
+
+    async def stop(self, reason: str) -> None:
+        """Ordered leave: VIPs released, then the priority-0 advert, then sockets close."""
+        self.apply(self.router.shutdown(self.loop.time()), why=reason)
+        await self._vips_settled()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._garp_task:
+            self._garp_task.cancel()
+        for h in (self._timer, self._retry):
+            if h:
+                h.cancel()
+        if self._vips_held or await self.vips.present():
+            await self.vips.remove()
+        if self._farewell:
+            self._send_advert(0)
+        self.sock.close()
+        self.garp.close()
+        self.counters.drops = dict(self.validator.drops)
+
+    async def _vips_settled(self, timeout: float = 0.8) -> None:
+        self._vip_idle.clear()
+        self._vip_wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._vip_idle.wait(), timeout)
+
+    # -- admin requests -----------------------------------------------------------------
+    async def handover(self) -> str:
+        if self.router.state != State.MASTER:
+            return f"nothing to hand over: this node is {self.router.state}"
+        emit(Event.HANDOVER, f"handover requested: releasing, then priority 0 to {self.info.name}'s peers")
+        self.apply(self.router.handover(self.loop.time()))
+        await self._vips_settled()
+        return "released; the peer takes over after its Skew_Time"
+
+    async def maintenance(self, on: bool) -> str:
+        was_master = self.router.state == State.MASTER
+        self.apply(self.router.set_maintenance(on, self.loop.time()))
+        await self._vips_settled()
+        word = "on: this node stays BACKUP and never takes over" if on else "off: normal VRRP rules again"
+        emit(Event.MAINTENANCE, f"maintenance {word}" + (" (released mastership first)" if was_master else ""),
+             MAINTENANCE="on" if on else "off")
+        self.on_state(self)
+        return f"maintenance {word}"
+
+    # -- events in ----------------------------------------------------------------------
+    def _process(self) -> None:
+        """Feed the router everything queued, in arrival order, then let its timers run."""
+        actions: list[Action] = []
+        router = self.router
+        for data, at in self.sock.drain():
+            deadline = router.deadline
+            if deadline is not None and deadline <= at:
+                actions += router.tick(deadline)
+            result = self.validator.check(data)
+            if isinstance(result, Drop):
+                log.debug("dropped VRRP packet: %s (%s)", result.reason, result.detail)
+                continue
+            self.counters.adverts_received += 1
+            actions += router.receive(Heard(result.src, result.priority, result.interval), at)
+        actions += router.tick(self.loop.time())
+        self.apply(actions)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._process()
+
+    def _on_link(self, up: bool, detail: str) -> None:
+        now = self.loop.time()
+        emit(Event.LINK, f"interface {self.info.name} is {'up' if up else 'down'} ({detail})",
+             logging.INFO if up else logging.WARNING, LINK="up" if up else "down", INTERFACE=self.info.name)
+        if up:
+            self.apply(self.router.recover(now, f"interface {self.info.name} up again"))
+        else:
+            self.apply(self.router.fault(f"interface {self.info.name} down ({detail})", now))
+
+    def fault(self, reason: str) -> None:
+        """A failure outside VRRP: release, say priority 0 while we still can, go quiet, retry later."""
+        self.counters.faults += 1
+        emit(Event.FAULT, f"fault: {reason}; retrying in {FAULT_RETRY:g} s", logging.ERROR, REASON=reason)
+        self.apply(self.router.fault(reason, self.loop.time(), farewell=True))
+        if self._retry is None:
+            self._retry = self.loop.call_later(FAULT_RETRY, self._retry_after_fault)
+
+    def _retry_after_fault(self) -> None:
+        self._retry = None
+        if self.link.up:
+            self.apply(self.router.recover(self.loop.time(), "retrying after fault"))
+
+    # -- actions out --------------------------------------------------------------------
+    def apply(self, actions: list[Action], why: str = "") -> None:
+        for action in actions:
+            if isinstance(action, SendAdvert):
+                if action.priority == 0 and (self._vips_held or self._vip_busy):
+                    self._farewell = True  # sent by the VIP worker once the VIPs are gone
+                else:
+                    self._send_advert(action.priority)
+            elif isinstance(action, Transition):
+                self._on_transition(action, why)
+        deadline = self.router.deadline
+        timer = self._timer
+        if timer is None or deadline is None or timer.when() != deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
+        threshold = self.router.priority if self.router.state == State.MASTER else WAKE_NEVER
+        if threshold != self._wake_threshold:
+            self._wake_threshold = threshold
+            self.sock.wake_at_or_above(threshold)
+
+    def _send_advert(self, priority: int) -> None:
+        def datagram(dst: IPv4Address) -> bytearray:
+            template = self._templates.get((priority, dst))
+            if template is None:
+                template = self._templates[(priority, dst)] = self._encode(priority, dst)
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+            struct.pack_into("!H", template, 4, self._ip_id)
+            struct.pack_into("!H", template, 10, 0)  # IP_HDRINCL: the kernel fills the checksum
+            return template
+
+        before = self.sock.sent
+        self.sock.send(datagram)
+        self.counters.adverts_sent += self.sock.sent - before
+
+    def _encode(self, priority: int, dst: IPv4Address) -> bytearray:
+        v = self.cfg.vrrp
+        adv = Advertisement(
+            version=v.version, vrid=v.vrid, priority=priority, interval=v.advert_interval,
+            addresses=tuple(vip.ip for vip in v.vips),
+            auth_type=AUTH_PASS if v.auth_pass else AUTH_NONE, auth_data=auth_bytes(v.auth_pass))
+        assert self.info.primary is not None
+        return bytearray(encode(adv, self.info.primary, dst, 0))
+
+    def _on_transition(self, t: Transition, why: str) -> None:
+        self.counters.transitions += 1
+        reason = f"{why}: {t.reason}" if why and why != t.reason else t.reason
+        self.last = LastTransition(time.time(), t.old, t.new, reason)
+        peer = self.router.master if self.router.master != self.info.primary else None
+        emit(Event.TRANSITION, f"VRRP {self.cfg.vrrp.vrid} on {self.info.name}: {t.old} -> {t.new}: {reason}",
+             VRRP_STATE=t.new, PREV_STATE=t.old, REASON=reason, PEER=peer, VRID=self.cfg.vrrp.vrid,
+             INTERFACE=self.info.name, PRIORITY=self.router.priority)
+        if t.new == State.MASTER:
+            self.counters.became_master += 1
+            self._master_since = time.monotonic()
+            self._master_reason = reason
+        self._vip_wake.set()
+        self.on_state(self)
+
+    async def _vip_worker(self) -> None:
+        while True:
+            await self._vip_wake.wait()
+            self._vip_wake.clear()
+            self._vip_busy = True
+            want = self.router.state == State.MASTER
+            try:
+                if want and not self._vips_held:
+                    await self._raise_vips()
+                elif not want and self._vips_held:
+                    await self._drop_vips()
+            except Exception as e:  # netlink refused: not fatal to the daemon
+                emit(Event.STEP, f"changing VIPs on {self.info.name} failed: {e}", logging.ERROR,
+                     STEP="vip_add" if want else "vip_del", RESULT="failed", ERROR=str(e))
+                if want:
+                    self._vip_busy = False
+                    self.fault(f"could not add VIPs: {e}")
+            self._vip_busy = False
+            if not self._vips_held and self._farewell:
+                self._farewell = False
+                self._send_advert(0)
+            if not self._vip_wake.is_set():
+                self._vip_idle.set()
+
+    async def _raise_vips(self) -> None:
+        v = self.cfg.vrrp
+        t0 = time.monotonic()
+        await self.vips.add()
+        self._vips_held = True
+        t1 = time.monotonic()
+        ms = (t1 - t0) * 1000
+        self.steps["vip_add"] = round(ms, 3)
+        emit(Event.STEP, f"VIP {addrs(v.vips)} up on {self.info.name} in {ms:.1f} ms; "
+             f"{v.garp_count} gratuitous ARP round(s) every {v.garp_interval:g} s",
+             STEP="vip_add", RESULT="ok", DURATION_MS=f"{ms:.1f}", VIPS=addrs(v.vips))
+        self._garp_task = asyncio.create_task(self._garp_loop(), name="garp")
+        total = (t1 - self._master_since) * 1000
+        emit(Event.SERVING, f"became MASTER: {self._master_reason}; VIP {addrs(v.vips)} up "
+             f"({total:.1f} ms after the transition)", VRRP_STATE="MASTER", REASON=self._master_reason,
+             DURATION_MS=f"{total:.1f}", VIPS=addrs(v.vips))
+
+    async def _drop_vips(self) -> None:
+        if self._garp_task:
+            self._garp_task.cancel()
+            self._garp_task = None
+        t0 = time.monotonic()
+        removed = await self.vips.remove()
+        self._vips_held = False
+        ms = (time.monotonic() - t0) * 1000
+        self.steps["vip_del"] = round(ms, 3)
+        emit(Event.STEP, f"VIP {addrs(removed) or '(none present)'} down on {self.info.name} in {ms:.1f} ms",
+             STEP="vip_del", RESULT="ok", DURATION_MS=f"{ms:.1f}", VIPS=addrs(removed))
+        emit(Event.RELEASED, f"released: VIP {addrs(self.cfg.vrrp.vips)} no longer held ({self.router.state})",
+             VRRP_STATE=self.router.state)
+
+    async def _garp_loop(self) -> None:
+        v = self.cfg.vrrp
+        await self.garp.burst(v.vips, v.garp_count, v.garp_interval)
+        while v.garp_refresh > 0:
+            await asyncio.sleep(v.garp_refresh)
+            v = self.cfg.vrrp
+            self.garp.send(v.vips)
+
+    # -- reload -------------------------------------------------------------------------
+    async def reconfigure(self, new: Config) -> None:
+        """Live changes only; the caller restarts the instance for restart keys."""
+        old_vips, new_vips = set(self.cfg.vrrp.vips), set(new.vrrp.vips)
+        self.cfg = new
+        self._templates.clear()
+        v = new.vrrp
+        self.validator.configure(v.advert_interval, v.auth_pass)
+        self.vips.vips = v.vips
+        if self._vips_held:
+            gone, added = old_vips - new_vips, new_vips - old_vips
+            if gone:
+                await self.vips.remove(gone)
+            if added:
+                await self.vips.add(added)
+                self.garp.send(added)
+        assert self.info.primary is not None
+        self.apply(self.router.reconfigure(router_params(new, self.info.primary), self.loop.time()))
+        self.on_state(self)
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        r, v = self.router, self.cfg.vrrp
+        master = r.master if r.state == State.MASTER or r.last_heard_at is not None else None
+        return {
+            "state": str(r.state),
+            "vrid": v.vrid,
+            "interface": self.info.name,
+            "address": str(self.info.primary),
+            "version": v.version,
+            "priority": r.priority,
+            "advert_interval": v.advert_interval,
+            "master_down_interval": round(r.master_down_interval, 4),
+            "preempt": v.preempt,
+            "maintenance": r.maintenance,
+            "yielding": r.yielding,
+            "master": str(master) if master else None,
+            "link_up": self.link.up,
+            "vips": [str(x) for x in v.vips],
+            "vips_held": self._vips_held,
+            "last_transition": None if self.last is None else {
+                "at": self.last.at, "from": self.last.old, "to": self.last.new, "reason": self.last.reason},
+            "counters": {
+                "transitions": self.counters.transitions,
+                "became_master": self.counters.became_master,
+                "faults": self.counters.faults,
+                "adverts_sent": self.counters.adverts_sent,
+                "adverts_received": self.counters.adverts_received,
+                "drops": dict(self.validator.drops),
+                "doorbell_wakeups": self.sock.wakeups,
+                "garp_sent": self.garp.sent,
+            },
+        }

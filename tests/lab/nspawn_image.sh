@@ -1,0 +1,85 @@
+#!/bin/sh
+# Finish a freshly mmdebstrapped Debian root filesystem into failover-agent's nspawn node image.
+#
+#   unshare --mount --propagation private --fork sh nspawn_image.sh ROOTFS REQUIREMENT...
+#
+# Called by tests/lab/nspawn.py (build_image); the text of this file is part of the image cache
+# key, so editing it rebuilds the image.  It runs in a private mount namespace so that the
+# pseudo filesystems mounted below vanish with it, even if it is killed half way: a leftover
+# bind mount under ROOTFS would otherwise be deleted through by the next `rm -rf`.
+set -eu
+
+root=$1
+shift
+venv=/opt/failover-agent/venv
+
+[ -x "$root/usr/bin/python3" ] || { echo "nspawn_image.sh: $root has no /usr/bin/python3" >&2; exit 1; }
+
+# --- what pip needs inside the chroot: /proc, a minimal /dev (never the host's /dev: a
+# --- recursive delete of a failed build must not reach real device nodes) and DNS.
+mount -t proc proc "$root/proc"
+mount -t tmpfs -o mode=0755,nosuid tmpfs "$root/dev"
+mknod -m 0666 "$root/dev/null" c 1 3
+mknod -m 0666 "$root/dev/zero" c 1 5
+mknod -m 0666 "$root/dev/random" c 1 8
+mknod -m 0666 "$root/dev/urandom" c 1 9
+ln -s /proc/self/fd "$root/dev/fd"
+mkdir -p "$root/dev/shm"
+# mmdebstrap leaves no resolv.conf behind; lend the host's for the duration of pip.
+resolv_created=no
+if [ ! -e "$root/etc/resolv.conf" ] && [ ! -L "$root/etc/resolv.conf" ]; then
+    : > "$root/etc/resolv.conf"
+    resolv_created=yes
+fi
+if [ -f "$root/etc/resolv.conf" ] && [ ! -L "$root/etc/resolv.conf" ]; then
+    mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+fi
+
+# A clean environment: the host's PIP_* settings (find-links, local indexes) do not exist in
+# the chroot.  Proxies are passed on so that a machine that needs one still builds.
+in_root() {
+    chroot "$root" /usr/bin/env -i \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+        ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
+        ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} \
+        ${no_proxy:+no_proxy=$no_proxy} \
+        "$@"
+}
+
+# --- the project's runtime dependencies, built with the image's own python (Debian 3.11), so
+# --- systemd-python links against the image's libsystemd.
+in_root /usr/bin/python3 -m venv "$venv"
+in_root "$venv/bin/pip" install --no-cache-dir --quiet "$@"
+in_root "$venv/bin/pip" freeze --all > "$root/opt/failover-agent/requirements.lock"
+
+# The project itself is not in the image: each node bind-mounts the working tree read-only
+# at /opt/failover-agent/src, and this .pth puts it on the venv's sys.path.
+site=$(in_root "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo /opt/failover-agent/src > "$root$site/failover_agent_src.pth"
+mkdir -p "$root/opt/failover-agent/src" "$root/var/cache/failover-agent"
+
+# --- units: keepalived is installed for interop tests but must not start by itself; timers
+# --- (apt-daily, dpkg-db-backup, ...) would wake nodes up during measurements; a getty on the
+# --- read-only console is useless.
+in_root systemctl disable keepalived.service >/dev/null 2>&1 || true
+for link in "$root"/etc/systemd/system/*.wants/*.timer; do
+    [ -L "$link" ] || continue
+    in_root systemctl disable "${link##*/}" >/dev/null 2>&1 || true
+done
+in_root systemctl mask console-getty.service >/dev/null
+
+# --- identity and logs: every node gets its machine id from nspawn (--uuid), and journald
+# --- persists into an empty /var/log/journal (in the node's overlay upper layer).
+if [ "$resolv_created" = yes ]; then
+    umount "$root/etc/resolv.conf"
+    rm -f "$root/etc/resolv.conf"
+fi
+# No /etc/hostname: systemd would override the per-node name nspawn sets (--hostname).
+rm -f "$root/etc/hostname"
+: > "$root/etc/machine-id"
+mkdir -p "$root/var/lib/dbus"
+ln -sf /etc/machine-id "$root/var/lib/dbus/machine-id"
+rm -rf "$root/var/log/journal"
+mkdir -p "$root/var/log/journal"
+rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/root/.cache"
