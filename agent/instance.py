@@ -355,6 +355,7 @@ class Instance:
 
     # -- status -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        self._process()  # routine adverts wait in the queue until a wakeup: count them now
         r, v = self.router, self.cfg.vrrp
         master = r.master if r.state == State.MASTER or r.last_heard_at is not None else None
         return {

@@ -478,3 +478,66 @@ def test_lan_partition_and_heal() -> None:
     lan.heal()
     lan.run_until(21.0 + 0.001)
     assert lan.masters() == [0]
+
+
+# -- admin requests: maintenance and handover ------------------------------------------------
+
+def state_of(r: Router) -> State:
+    """A fresh read (keeps the type checker from narrowing across calls that change state)."""
+    return r.state
+
+
+def test_maintenance_on_master_hands_over_and_never_takes_over() -> None:
+    r = Router(params(priority=150, address=A))
+    r.start(0.0)
+    drive(r, [], until=5.0)
+    assert state_of(r) == State.MASTER
+    actions = r.set_maintenance(True, 5.0)
+    assert actions[0] == SendAdvert(0)
+    assert isinstance(actions[1], Transition) and actions[1].new == State.BACKUP
+    assert "maintenance" in actions[1].reason
+    # nobody else advertises for a long time: still BACKUP, no timer armed
+    log = drive(r, [], until=60.0)
+    assert state_of(r) == State.BACKUP and r.deadline is None and not log
+    # maintenance off with no master around: Master_Down already passed, take over at once
+    assert r.set_maintenance(False, 60.0) == []
+    assert r.deadline is not None and r.deadline <= 60.0
+    drive(r, [], until=60.0)
+    assert state_of(r) == State.MASTER
+
+
+def test_maintenance_off_with_a_live_master_keeps_backup_unless_preempting() -> None:
+    r = Router(params(priority=100, address=B))
+    r.start(0.0)
+    r.set_maintenance(True, 0.0)
+    drive(r, every(A, 150, 1.0, 0.5, 20.0), until=10.0)
+    r.set_maintenance(False, 10.0)
+    drive(r, every(A, 150, 1.0, 10.5, 20.0), until=20.0)
+    assert state_of(r) == State.BACKUP
+
+
+def test_owner_in_maintenance_does_not_start_as_master() -> None:
+    r = Router(params(priority=255, address=A))
+    r.set_maintenance(True, 0.0)
+    r.start(0.0)
+    assert state_of(r) == State.BACKUP
+
+
+def test_handover_yields_to_a_lower_peer_and_comes_back_if_nobody_takes_over() -> None:
+    r = Router(params(priority=150, address=A))
+    r.start(0.0)
+    drive(r, [], until=5.0)
+    actions = r.handover(5.0)
+    assert actions[0] == SendAdvert(0) and state_of(r) == State.BACKUP and r.yielding
+    # the lower peer takes over and advertises: no preemption although we are higher
+    drive(r, every(B, 100, 1.0, 5.7, 30.0), until=30.0)
+    assert state_of(r) == State.BACKUP
+    # the peer dies: we take over (a handover never leaves the service without a master)
+    drive(r, [], until=40.0)
+    assert state_of(r) == State.MASTER and not r.yielding
+
+
+def test_handover_when_not_master_does_nothing() -> None:
+    r = Router(params())
+    r.start(0.0)
+    assert r.handover(1.0) == [] and not r.yielding

@@ -99,7 +99,7 @@ def test_run_protocol_and_cleanup() -> None:
         assert wait_until(lambda: not daemon.alive(), 5), "spawned process survived SIGTERM"
         assert "started" in daemon.log()
         print(f"\nboot {boot['a']:.2f}s (guest uptime at ready {node.guest_uptime_at_ready}s)")
-        host_pid = node._proc.pid if node._proc else None
+        host_pid = node.host_pid
     finally:
         lab.close()
     assert not (NETNS_DIR / "umlproto-uml").exists()

@@ -79,6 +79,7 @@ __all__ = [
     "IMAGE_CACHE",
     "REPLICATION",
     "SERVICE",
+    "WORK_ROOT",
     "DrbdResource",
     "DrbdState",
     "ImageRecipe",
@@ -86,6 +87,8 @@ __all__ = [
     "SpawnedProcess",
     "UmlLab",
     "UmlNode",
+    "capture_drbd_fixtures",
+    "connected_uptodate",
     "default_recipe",
     "drbd_bootstrap",
     "drbd_state",
@@ -93,6 +96,7 @@ __all__ = [
     "ensure_host_packages",
     "ensure_image",
     "nfs_mount",
+    "timed",
     "wait_drbd",
 ]
 
@@ -529,7 +533,7 @@ class SpawnedProcess:
         return self.node.run(["cat", self.log_path], check=False, timeout=10).stdout
 
 
-@dataclass
+@dataclass(eq=False)
 class UmlNode:
     """One guest: its disks, taps, UML process and command channel.
 
@@ -603,6 +607,11 @@ class UmlNode:
     # -- life cycle ----------------------------------------------------------------------------
 
     @property
+    def host_pid(self) -> int | None:
+        """PID of the node's unshare process on the host (what crash() kills), None when down."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def running(self) -> bool:
         """The UML process tree is alive (not necessarily ready for commands)."""
         return self._proc is not None and self._proc.poll() is None
@@ -659,15 +668,22 @@ class UmlNode:
         return self.wait_ready(timeout)
 
     def _find_pidns(self) -> tuple[int, int] | None:
-        """Identity of the PID namespace the UML kernel leads, to prove it empty after a kill."""
+        """Identity of the PID namespace the UML kernel leads, to prove it empty after a kill.
+
+        The kernel is unshare's only child; found by parent PID since /proc/PID/task/*/children
+        is not configured in every host kernel.
+        """
         if self._proc is None:
             return None
-        try:
-            children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text().split()
-            st = os.stat(f"/proc/{children[0]}/ns/pid")
-        except (OSError, IndexError):
-            return None
-        return st.st_dev, st.st_ino
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            stat = _read_ppid(int(entry.name))
+            if stat == self._proc.pid:
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"/proc/{entry.name}/ns/pid")
+                    return st.st_dev, st.st_ino
+        return None
 
     def _pidns_members(self) -> list[int]:
         if self._pidns is None:
@@ -821,7 +837,9 @@ class UmlNode:
 
     def write_sysfs(self, path: str, value: str) -> None:
         """Write to an existing kernel file (/proc, /sys) where install(1) cannot replace it."""
-        self.run(["tee", path], input=value if value.endswith("\n") else value + "\n", timeout=20)
+        # dd without truncation: O_TRUNC is not something every kernel file accepts.
+        data = value if value.endswith("\n") else value + "\n"
+        self.run(["dd", f"of={path}", "conv=notrunc", "status=none"], input=data, timeout=20)
 
     def read_file(self, path: str) -> str:
         """A guest file's content (raises CommandError if it cannot be read)."""
@@ -852,6 +870,15 @@ class UmlNode:
         result = self.run(["ping", "-n", "-q", "-c", str(count), "-W", f"{wait:g}", "-i", "0.2", ip],
                           check=False, timeout=count * (wait + 0.3) + 5)  # fmt: skip
         return result.returncode == 0
+
+
+def _read_ppid(pid: int) -> int | None:
+    """Parent PID from /proc/PID/stat (comm may contain blanks and parentheses)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[1])
 
 
 def _read_and_remove(path: Path) -> str:
@@ -973,7 +1000,7 @@ class UmlLab(Closing):
             str(LINUX_UML), f"mem={node.mem}", f"umid={self.prefix}-{node.name}", f"uml_dir={self.workdir}/uml",
             *ubd, "root=/dev/ubda", "rw", f"init={GUEST_INIT}",
             *params, *vecs,
-            "con0=null,fd:1", "con=null", "ssl=null", f"ssl0=fd:{fds[0]},fd:{fds[1]}",
+            "con=null", "con0=null,fd:1", "ssl=null", f"ssl0=fd:{fds[0]},fd:{fds[1]}",
         ]  # fmt: skip
 
     # -- booting -------------------------------------------------------------------------------
@@ -1318,8 +1345,8 @@ class NfsServer:
         node.run(["exportfs", "-ra"], timeout=30)
         node.run(["rpc.mountd"], timeout=30)
         # nfsd copies the UTS nodename of the process that starts it into its server scope.
-        node.run(["unshare", "--uts", "sh", "-c", 'hostname "$1" && exec rpc.nfsd "$2"', "sh",
-                  self.scope, str(self.threads)], timeout=60)  # fmt: skip
+        script = 'echo "$1" >/proc/sys/kernel/hostname && exec rpc.nfsd "$2"'
+        node.run(["unshare", "--uts", "sh", "-c", script, "sh", self.scope, str(self.threads)], timeout=60)
         return time.monotonic() - t0
 
     def stop(self, node: UmlNode) -> float:
