@@ -267,3 +267,9 @@ def test_message_ids_are_unique_128_bit_ids() -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert set(journal.DESCRIPTIONS) == set(journal.Event)
+
+
+def test_readme_documents_every_message_id() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for event in journal.Event:
+        assert f"| `{event.value}` | {event.name} |" in readme, event.name

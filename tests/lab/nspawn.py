@@ -11,7 +11,7 @@ Image
     Built once by ``mmdebstrap --variant=minbase`` plus ``nspawn_image.sh`` (venv with the
     project's runtime dependencies at /opt/failover-agent/venv, keepalived and timers
     disabled, empty machine-id and /var/log/journal), cached as a tarball in
-    /var/tmp/failover-agent-images/ under ``bookworm-<key>``.  The key hashes the recipe:
+    /var/tmp/failover-agent-images/ as ``nspawn-bookworm-<key>.tar.zst``.  The key hashes the recipe:
     RECIPE_VERSION, suite, mirrors, package list, the dependencies as pyproject.toml lists
     them *at test time*, and the text of nspawn_image.sh - change any of them and the next
     session rebuilds; otherwise nothing is built.  The tarball is extracted once next to it
@@ -126,6 +126,8 @@ PYCACHE_DIR = "/var/cache/failover-agent/pycache"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CLEAN_ENV = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "TERM": "dumb"}
 _CGROUP_PREFIX = "failover-nspawn."
+_IMAGE_PREFIX = "nspawn-"
+_IMAGE_FILE_RE = re.compile(r"nspawn-[a-z]+-[0-9a-f]{16}(\.tar|\.tar\.zst|\.rootfs|\.json|\.build\.log|\.build)")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -287,8 +289,12 @@ class ImageRecipe:
 
     @property
     def name(self) -> str:
-        """File name stem of the cache entry, e.g. ``bookworm-0123456789abcdef``."""
-        return f"{self.suite}-{self.key}"
+        """File name stem of the cache entry, e.g. ``nspawn-bookworm-0123456789abcdef``.
+
+        The ``nspawn-`` prefix keeps it apart from other labs' images in the same directory
+        (the UML lab's rootfs-KEY/image-KEY): pruning only ever touches names of this form.
+        """
+        return f"{_IMAGE_PREFIX}{self.suite}-{self.key}"
 
 
 def default_recipe() -> ImageRecipe:
@@ -326,7 +332,7 @@ def ensure_image(recipe: ImageRecipe | None = None, cache_dir: Path = IMAGE_DIR,
     if os.geteuid() != 0:
         raise ImageError("building and booting nspawn nodes needs root")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / ".lock"):
+    with _locked(cache_dir / "nspawn.lock"):
         tarball = _tarball_path(cache_dir, recipe)
         rootfs = cache_dir / f"{recipe.name}.rootfs"
         manifest_path = cache_dir / f"{recipe.name}.json"
@@ -465,8 +471,7 @@ def _extract(tarball: Path, rootfs: Path) -> None:
 def _prune(cache_dir: Path, keep: str) -> None:
     """Delete other recipes' images (disk stays bounded), except trees some overlay still uses."""
     for entry in cache_dir.iterdir():
-        stem = entry.name.split(".", 1)[0]
-        if not stem.startswith(f"{SUITE}-") or stem == keep:
+        if not _IMAGE_FILE_RE.fullmatch(entry.name) or entry.name.startswith(keep + "."):
             continue
         if entry.name.endswith(".rootfs") and mounts_mentioning(str(entry)):
             continue

@@ -25,6 +25,14 @@ mknod -m 0666 "$root/dev/random" c 1 8
 mknod -m 0666 "$root/dev/urandom" c 1 9
 ln -s /proc/self/fd "$root/dev/fd"
 mkdir -p "$root/dev/shm"
+# A tmpfs on the chroot's /run holds what is only lent for the build: the host's CA bundle
+# (this network intercepts TLS with its own CA, which pip's bundled certifi does not know).
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
+ca=
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    cp /etc/ssl/certs/ca-certificates.crt "$root/run/host-ca.crt"
+    ca=/run/host-ca.crt
+fi
 # mmdebstrap leaves no resolv.conf behind; lend the host's for the duration of pip.
 resolv_created=no
 if [ ! -e "$root/etc/resolv.conf" ] && [ ! -L "$root/etc/resolv.conf" ]; then
@@ -41,6 +49,7 @@ in_root() {
     chroot "$root" /usr/bin/env -i \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+        ${ca:+PIP_CERT=$ca} ${ca:+SSL_CERT_FILE=$ca} \
         ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
         ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} \
         ${no_proxy:+no_proxy=$no_proxy} \

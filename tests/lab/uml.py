@@ -322,21 +322,31 @@ def _build_rootfs(recipe: ImageRecipe, dest: Path, log: TextIO) -> None:
     _run_logged(cmd, log, 1800, "debootstrap")
 
     # pip runs inside the guest's own Python 3.11 so wheels match it; it needs the host's
-    # resolver and pip settings (index, CA bundle) for the duration of the install only.
+    # resolver, pip settings (index) and CA bundle (a proxy's CA may be in it) for the
+    # duration of the install only.  The bundle goes to a private path: the guest may have
+    # its own ca-certificates.crt without that CA.
     borrowed: list[Path] = []
-    for host_file in (Path("/etc/resolv.conf"), Path("/etc/pip.conf"), Path("/etc/ssl/certs/ca-certificates.crt")):
+    for host_file in (Path("/etc/resolv.conf"), Path("/etc/pip.conf")):
         inside = dest / host_file.relative_to("/")
         if host_file.exists() and not inside.exists():
             inside.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(host_file, inside)
             borrowed.append(inside)
+    env = dict(os.environ)
+    ca_candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt")
+    host_ca = next((Path(p) for p in ca_candidates if p and Path(p).is_file()), None)
+    if host_ca is not None:
+        shutil.copyfile(host_ca, dest / "tmp/lab-host-ca.crt")
+        borrowed.append(dest / "tmp/lab-host-ca.crt")
+        env["PIP_CERT"] = "/tmp/lab-host-ca.crt"
     try:
         _run_logged(_chroot_cmd(dest, ["python3", "-m", "venv", "--system-site-packages", GUEST_VENV]),
                     log, 600, "python venv")  # fmt: skip
         if recipe.python_requirements:
             pip = [f"{GUEST_VENV}/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                    *recipe.python_requirements]  # fmt: skip
-            _run_logged(_chroot_cmd(dest, pip), log, 1200, "pip install " + " ".join(recipe.python_requirements))
+            what = "pip install " + " ".join(recipe.python_requirements)
+            _run_logged(_chroot_cmd(dest, pip), log, 1200, what, env=env)
     finally:
         for path in borrowed:
             path.unlink(missing_ok=True)
