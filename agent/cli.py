@@ -79,11 +79,18 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _load(path: str) -> configmod.Config | None:
+    """The config, or None after saying on stderr why it is invalid."""
     try:
-        cfg = configmod.load(args.file)
+        return configmod.load(path)
     except configmod.ConfigError as e:
         print(f"invalid: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
         return 2
     v = cfg.vrrp
     print(f"{args.file}: valid (VRRPv{v.version} VRID {v.vrid} on {v.interface}, priority {v.priority}, "
@@ -153,10 +160,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder."""
-    try:
-        cfg = configmod.load(args.config)
-    except configmod.ConfigError as e:
-        print(f"invalid: {e}", file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 2
     try:
         control.request(cfg.agent.control_socket, "status", timeout=2)

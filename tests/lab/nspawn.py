@@ -399,7 +399,7 @@ def _build_image(recipe: ImageRecipe, cache_dir: Path) -> None:
     _safe_rmtree(staging)
     started = time.monotonic()
     with log_path.open("w") as log:
-        log.write(f"image {recipe.name}\nrecipe: {json.dumps(recipe.__dict__, default=str)[:4000]}\n")
+        log.write(f"image {recipe.name}: packages {' '.join(recipe.packages)}; pip {' '.join(recipe.requirements)}\n")
         private = ["unshare", "--mount", "--propagation", "private", "--fork"]
         _logged(
             [
