@@ -122,7 +122,7 @@ class Agent:
             v = self.cfg.vrrp
             emit(Event.STARTED, f"failover-agent running (version {VERSION}): VRRPv{v.version} VRID {v.vrid} "
                  f"on {v.interface}, priority {v.priority}, VIPs {addrs(v.vips)}", CONFIG_FILE=self.cfg.file,
-                 VRID=v.vrid, INTERFACE=v.interface, PRIORITY=v.priority)
+                 VRID=v.vrid, INTERFACE=v.interface, VRRP_PRIORITY=v.priority)
             self.notify(f"READY=1\nSTATUS={self.status_line()}")
             reload_task = asyncio.create_task(self._reload_loop())
             watchdog = self._start_watchdog(loop)

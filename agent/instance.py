@@ -262,7 +262,7 @@ class Instance:
         peer = self.router.master if self.router.master != self.info.primary else None
         emit(Event.TRANSITION, f"VRRP {self.cfg.vrrp.vrid} on {self.info.name}: {t.old} -> {t.new}: {reason}",
              VRRP_STATE=t.new, PREV_STATE=t.old, REASON=reason, PEER=peer, VRID=self.cfg.vrrp.vrid,
-             INTERFACE=self.info.name, PRIORITY=self.router.priority)
+             INTERFACE=self.info.name, VRRP_PRIORITY=self.router.priority)
         if t.new == State.MASTER:
             self.counters.became_master += 1
             self._master_since = time.monotonic()

@@ -76,7 +76,9 @@ class JournalHandler(logging.Handler):
             fields = dict(getattr(record, "journal_fields", {}))
             priority = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                         logging.CRITICAL: 2}.get(record.levelno, 6)
-            self._send(record.getMessage(), PRIORITY=str(priority), SYSLOG_IDENTIFIER=IDENTIFIER, **fields)
+            # our own PRIORITY (syslog level) and identifier win over any event field of that name
+            fields.update(PRIORITY=str(priority), SYSLOG_IDENTIFIER=IDENTIFIER)
+            self._send(record.getMessage(), **fields)
         except Exception:
             self.handleError(record)
 

@@ -103,6 +103,9 @@ def test_nspawn_nodes_run_systemd_journald_and_raw_vrrp_sockets() -> None:
         a.run(["ip", "addr", "add", "192.0.2.200/32", "dev", "eth0"])
         assert lab.net.has_address("a", "192.0.2.200")
         a.run(["ip", "addr", "del", "192.0.2.200/32", "dev", "eth0"])
+        # /proc/sys/net is writable (made so by the image; nspawn alone leaves it read-only).
+        a.run(["sysctl", "-q", "-w", "net.ipv4.conf.eth0.arp_notify=1"])
+        assert lab.net.run("a", ["sysctl", "-n", "net.ipv4.conf.eth0.arp_notify"]).stdout.strip() == "1"
 
         # --- the project: the wrappers run the bind-mounted working tree with the image's venv.
         assert a.run([f"{VENV_DIR}/bin/python", "-c", "import agent; print(agent.__file__)"]).stdout.startswith(

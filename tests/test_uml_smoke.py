@@ -44,9 +44,12 @@ VIP = "192.0.2.100"
 
 
 def take_address(node: UmlNode, ip: str = VIP) -> None:
-    """Move the service address by hand (the agent's job later): add it, then gratuitous ARP."""
+    """Move the service address by hand (the agent's job later): add it, then gratuitous ARP.
+
+    arping lingers a second after its only packet, so it runs in the background.
+    """
     node.run(["ip", "addr", "add", f"{ip}/24", "dev", node.dev(SERVICE)])
-    node.run(["arping", "-q", "-U", "-c", "1", "-I", node.dev(SERVICE), ip], check=False, timeout=10)
+    node.spawn(["arping", "-q", "-U", "-c", "1", "-I", node.dev(SERVICE), ip])
 
 
 def become_server(node: UmlNode, res: DrbdResource, nfs: NfsServer) -> dict[str, float]:
@@ -145,6 +148,8 @@ def test_drbd_nfs_failover_after_crash() -> None:
         timings.update({f"takeover_{k}": v for k, v in steps.items()})
         timings["crash_to_service"] = round(time.monotonic() - crash_at, 3)
 
+        # Forget cached pages so the reads below really come from b's disk.
+        client.write_sysfs("/proc/sys/vm/drop_caches", "3")
         read_v3 = sha256(client, "/mnt/v3/data", timeout=120)
         timings["crash_to_v3_read"] = round(time.monotonic() - crash_at, 3)
         read_v4 = sha256(client, "/mnt/v4/data", timeout=120)

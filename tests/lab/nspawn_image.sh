@@ -33,15 +33,10 @@ if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     cp /etc/ssl/certs/ca-certificates.crt "$root/run/host-ca.crt"
     ca=/run/host-ca.crt
 fi
-# mmdebstrap leaves no resolv.conf behind; lend the host's for the duration of pip.
-resolv_created=no
-if [ ! -e "$root/etc/resolv.conf" ] && [ ! -L "$root/etc/resolv.conf" ]; then
-    : > "$root/etc/resolv.conf"
-    resolv_created=yes
-fi
-if [ -f "$root/etc/resolv.conf" ] && [ ! -L "$root/etc/resolv.conf" ]; then
-    mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
-fi
+# DNS for pip: the host's resolv.conf (mmdebstrap leaves a copy of it in the tree; the nodes
+# get none, the lab network has no resolver).
+rm -f "$root/etc/resolv.conf"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
 
 # A clean environment: the host's PIP_* settings (find-links, local indexes) do not exist in
 # the chroot.  Proxies are passed on so that a machine that needs one still builds.
@@ -78,12 +73,30 @@ for link in "$root"/etc/systemd/system/*.wants/*.timer; do
 done
 in_root systemctl mask console-getty.service >/dev/null
 
+# --- nspawn makes /proc/sys/net writable only for a network namespace it created itself; with
+# --- --network-namespace-path it stays read-only, unlike on a real host.  Re-mount it
+# --- read-write before sysinit (the container keeps CAP_SYS_ADMIN for its own mounts).
+cat > "$root/etc/systemd/system/lab-proc-sys-net-rw.service" <<'UNIT'
+[Unit]
+Description=Writable /proc/sys/net, as on a real host (failover-agent nspawn lab)
+DefaultDependencies=no
+Before=sysinit.target systemd-sysctl.service
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount --bind /proc/sys/net /proc/sys/net
+ExecStart=/bin/mount -o remount,bind,rw /proc/sys/net
+
+[Install]
+WantedBy=sysinit.target
+UNIT
+in_root systemctl enable lab-proc-sys-net-rw.service >/dev/null 2>&1
+
 # --- identity and logs: every node gets its machine id from nspawn (--uuid), and journald
 # --- persists into an empty /var/log/journal (in the node's overlay upper layer).
-if [ "$resolv_created" = yes ]; then
-    umount "$root/etc/resolv.conf"
-    rm -f "$root/etc/resolv.conf"
-fi
+rm -f "$root/etc/resolv.conf"
 # No /etc/hostname: systemd would override the per-node name nspawn sets (--hostname).
 rm -f "$root/etc/hostname"
 : > "$root/etc/machine-id"

@@ -111,7 +111,7 @@ IMAGE_CACHE = Path("/var/tmp/failover-agent-images")
 # no persistence; RAM keeps the (2-core) host's I/O out of the measurements.
 WORK_ROOT = Path("/dev/shm/failover-agent-uml")
 
-GUEST_INIT = "/sbin/lab-init"
+GUEST_INIT = "/usr/sbin/lab-init"  # /sbin is a symlink (merged /usr), which debugfs does not follow
 GUEST_VENV = "/opt/failover-agent/venv"
 GUEST_SRC = "/opt/failover-agent/src"
 GUEST_SHARED = "/lab"
@@ -321,24 +321,19 @@ def _build_rootfs(recipe: ImageRecipe, dest: Path, log: TextIO) -> None:
         cmd.append(mirror)
     _run_logged(cmd, log, 1800, "debootstrap")
 
-    # pip runs inside the guest's own Python 3.11 so wheels match it; it needs the host's
-    # resolver, pip settings (index) and CA bundle (a proxy's CA may be in it) for the
-    # duration of the install only.  The bundle goes to a private path: the guest may have
-    # its own ca-certificates.crt without that CA.
-    borrowed: list[Path] = []
-    for host_file in (Path("/etc/resolv.conf"), Path("/etc/pip.conf")):
+    # pip runs inside the guest's own Python 3.11 so wheels match it.  It needs the host's
+    # resolver, pip settings and CA bundle (a proxy's CA may only be in the host's) for the
+    # install only.  The bundle replaces the guest's at the standard path, because the
+    # host's environment (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, SSL_CERT_FILE...) points
+    # there and pip honours those over --cert; the guest's own bundle is put back after.
+    saved: dict[Path, bytes | None] = {}
+    for host_file in (Path("/etc/resolv.conf"), Path("/etc/pip.conf"), Path("/etc/ssl/certs/ca-certificates.crt")):
         inside = dest / host_file.relative_to("/")
-        if host_file.exists() and not inside.exists():
+        if host_file.is_file():
+            saved[inside] = inside.read_bytes() if inside.is_file() else None
             inside.parent.mkdir(parents=True, exist_ok=True)
+            inside.unlink(missing_ok=True)
             shutil.copyfile(host_file, inside)
-            borrowed.append(inside)
-    env = dict(os.environ)
-    ca_candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt")
-    host_ca = next((Path(p) for p in ca_candidates if p and Path(p).is_file()), None)
-    if host_ca is not None:
-        shutil.copyfile(host_ca, dest / "tmp/lab-host-ca.crt")
-        borrowed.append(dest / "tmp/lab-host-ca.crt")
-        env["PIP_CERT"] = "/tmp/lab-host-ca.crt"
     try:
         _run_logged(_chroot_cmd(dest, ["python3", "-m", "venv", "--system-site-packages", GUEST_VENV]),
                     log, 600, "python venv")  # fmt: skip
@@ -346,10 +341,12 @@ def _build_rootfs(recipe: ImageRecipe, dest: Path, log: TextIO) -> None:
             pip = [f"{GUEST_VENV}/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
                    *recipe.python_requirements]  # fmt: skip
             what = "pip install " + " ".join(recipe.python_requirements)
-            _run_logged(_chroot_cmd(dest, pip), log, 1200, what, env=env)
+            _run_logged(_chroot_cmd(dest, pip), log, 1200, what)
     finally:
-        for path in borrowed:
-            path.unlink(missing_ok=True)
+        for inside, content in saved.items():
+            inside.unlink(missing_ok=True)
+            if content is not None:
+                inside.write_bytes(content)
     site = dest / GUEST_VENV.lstrip("/") / "lib"
     site_dirs = list(site.glob("python3*/site-packages"))
     if len(site_dirs) != 1:
@@ -406,6 +403,7 @@ def ensure_image(recipe: ImageRecipe | None = None, cache: Path = IMAGE_CACHE) -
     cache.mkdir(parents=True, exist_ok=True)
     image = cache / f"image-{recipe.image_key()}.img"
     if image.exists():
+        os.utime(image)  # mtime = last use, for _prune_cache
         return image
     with (cache / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -431,7 +429,12 @@ def ensure_image(recipe: ImageRecipe | None = None, cache: Path = IMAGE_CACHE) -
                     shutil.rmtree(partial, ignore_errors=True)
                     raise
                 partial.rename(rootfs)
-                manifest["rootfs_build_seconds"] = round(time.monotonic() - started, 1)
+                seconds = round(time.monotonic() - started, 1)
+                rootfs_info = {"rootfs_build_seconds": seconds, "rootfs_bytes": _du(rootfs)}
+                rootfs.with_name(rootfs.name + ".json").write_text(json.dumps(rootfs_info) + "\n")
+            with contextlib.suppress(OSError, ValueError):
+                manifest.update(json.loads(rootfs.with_name(rootfs.name + ".json").read_text()))
+            os.utime(rootfs)
             _log(f"making image {image.name}")
             started = time.monotonic()
             partial_img = cache / f".partial-{image.name}"
@@ -442,10 +445,29 @@ def ensure_image(recipe: ImageRecipe | None = None, cache: Path = IMAGE_CACHE) -
                 raise
             manifest["image_build_seconds"] = round(time.monotonic() - started, 1)
             manifest["image_bytes_used"] = partial_img.stat().st_blocks * 512
-            manifest["rootfs_bytes"] = _du(rootfs)
             (cache / f"image-{recipe.image_key()}.json").write_text(json.dumps(manifest, indent=2) + "\n")
             partial_img.rename(image)
+        _prune_cache(cache, rootfs.name, image.name)
     return image
+
+
+def _prune_cache(cache: Path, keep_rootfs: str, keep_image: str) -> None:
+    """Drop entries of other recipes: images unused for an hour, trees unused for a day.
+
+    Only names this module creates are touched (the directory is shared with other lab
+    builders).  The age threshold spares a lab of another work tree that is running now: a
+    COW file names its backing image, so deleting that image would break the lab's reboots.
+    """
+    now = time.time()
+    for entry in cache.iterdir():
+        age = now - entry.stat().st_mtime
+        if entry.name.startswith("image-") and entry.suffix == ".img" and entry.name != keep_image and age > 3600:
+            entry.unlink(missing_ok=True)
+            entry.with_suffix(".json").unlink(missing_ok=True)
+            (cache / f"build-{entry.stem.removeprefix('image-')}.log").unlink(missing_ok=True)
+        elif entry.name.startswith("rootfs-") and entry.is_dir() and entry.name != keep_rootfs and age > 86400:
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.with_name(entry.name + ".json").unlink(missing_ok=True)
 
 
 def _du(path: Path) -> int:
@@ -530,9 +552,15 @@ class SpawnedProcess:
     log_path: str
 
     def alive(self) -> bool:
-        """Whether the PID still runs and is not a zombie (init reaps those promptly)."""
-        result = self.node.run(["ps", "-o", "stat=", "-p", str(self.pid)], check=False, timeout=10)
-        return result.returncode == 0 and not result.stdout.strip().startswith("Z")
+        """Whether the PID still runs and is not a zombie (init reaps those promptly).
+
+        Read from /proc rather than ps(1): procps 4's ps fails in UML for some formats
+        ("Unable to get system boot time").
+        """
+        result = self.node.run(["cat", f"/proc/{self.pid}/stat"], check=False, timeout=10)
+        if result.returncode != 0 or ")" not in result.stdout:
+            return False
+        return result.stdout[result.stdout.rindex(")") + 2 :].split()[0] not in ("Z", "X")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` inside the guest (PIDs are the guest's, not the host's)."""
@@ -1009,6 +1037,9 @@ class UmlLab(Closing):
             "unshare", "--pid", "--fork", "--kill-child",
             str(LINUX_UML), f"mem={node.mem}", f"umid={self.prefix}-{node.name}", f"uml_dir={self.workdir}/uml",
             *ubd, "root=/dev/ubda", "rw", f"init={GUEST_INIT}",
+            # Applied by modprobe when something (sunrpc, nfsd) loads ipv6 later: the lab is
+            # IPv4-only, and link-local addresses and router solicitations would only be noise.
+            "ipv6.disable_ipv6=1",
             *params, *vecs,
             "con=null", "con0=null,fd:1", "ssl=null", f"ssl0=fd:{fds[0]},fd:{fds[1]}",
         ]  # fmt: skip
@@ -1529,6 +1560,7 @@ def capture_drbd_fixtures(outdir: Path, prefix: str = "umlfix") -> FixtureRecord
         if a.run(["sha256sum", "/srv/nfs/probe"]).stdout.split()[0] != digest:
             raise LabError("data written on b is not what a reads after switching back")
 
+        stream_a = a.spawn(["drbdsetup", "events2", "--timestamps", "r0"])
         t0 = time.monotonic()
         b.crash()
         wait_drbd(a, lambda s: s.cs == "WFConnection", 30, "WFConnection")
@@ -1544,6 +1576,11 @@ def capture_drbd_fixtures(outdir: Path, prefix: str = "umlfix") -> FixtureRecord
         drbd_up(b, fast, lab)
         wait_drbd(b, connected_uptodate, 60, "UpToDate after rejoin")
         rec.notes.append(f"b reboot + drbdadm up + resync of the changes to UpToDate: {time.monotonic() - t0:.2f}s")
+        stream_a.signal()
+        rec.text("events2-stream-peer-crash-and-rejoin.txt", a, ["cat", stream_a.log_path],
+                 "`drbdsetup events2 --timestamps r0` running on the Primary while the peer crashes, reboots, "
+                 "runs `drbdadm up` and resyncs")  # fmt: skip
+        stream_b = b.spawn(["drbdsetup", "events2", "--timestamps", "r0"])
 
         b.run(["drbdadm", "disconnect", "r0"])
         wait_drbd(a, lambda s: s.cs == "WFConnection", 30, "WFConnection")
@@ -1556,6 +1593,66 @@ def capture_drbd_fixtures(outdir: Path, prefix: str = "umlfix") -> FixtureRecord
         rec.command("drbdadm-primary-outdated.json", b, ["drbdadm", "primary", "r0"], "disk Outdated, peer unknown")
         b.run(["drbdadm", "connect", "r0"])
         wait_drbd(b, connected_uptodate, 60, "UpToDate after reconnect")
+        stream_b.signal()
+        rec.text(
+            "events2-stream-disconnect-outdate-connect.txt",
+            b,
+            ["cat", stream_b.log_path],
+            "`drbdsetup events2 --timestamps r0` on the Secondary during disconnect, outdate, connect, resync",
+        )
+
+        # Split brain: cut the replication link, promote the Secondary (allowed: no fencing),
+        # write on both sides, restore the link.
+        stream_a = a.spawn(["drbdsetup", "events2", "--timestamps", "r0"])
+        marker = "lab-marker: split-brain capture starts"
+        for node in (a, b):
+            node.write_sysfs("/dev/kmsg", marker)
+        t0 = time.monotonic()
+        b.cut(REPLICATION)
+        wait_drbd(b, lambda s: s.cs == "WFConnection", 30, "WFConnection after the link cut")
+        wait_drbd(a, lambda s: s.cs == "WFConnection", 30, "WFConnection after the link cut")
+        rec.notes.append(f"replication link cut noticed on both sides after {time.monotonic() - t0:.2f}s")
+        rec.text("proc_drbd-wfconnection-secondary-link-cut.txt", b, proc, "replication link cut, peer Primary")
+        rec.command(
+            "drbdadm-primary-peer-unknown-no-fencing.json",
+            b,
+            ["drbdadm", "primary", "r0"],
+            "link cut, peer (really Primary) Unknown, no fencing: DRBD allows it (split brain ahead)",
+        )
+        b.run(["mkdir", "-p", "/srv/nfs"])  # b's crash lost the unsynced mkdir of before
+        b.run(["mount", fast.device, "/srv/nfs"])
+        for node in (a, b):
+            node.run(["dd", "if=/dev/urandom", f"of=/srv/nfs/diverged-{node.name}", "bs=4k", "count=4", "conv=fsync"])
+        t0 = time.monotonic()
+        b.restore(REPLICATION)
+        for node in (a, b):
+            wait_drbd(node, lambda s: s.cs == "StandAlone", 30, "StandAlone after split brain")
+        rec.notes.append(
+            f"after restoring the link, split brain detected (both StandAlone) in {time.monotonic() - t0:.2f}s"
+        )
+        rec.text("proc_drbd-standalone-split-brain-primary-a.txt", a, proc, "split brain detected, both Primary")
+        rec.text("proc_drbd-standalone-split-brain-primary-b.txt", b, proc, "split brain detected, both Primary")
+        rec.text("events2-standalone-split-brain.txt", a, events2, "split brain detected, both Primary")
+        for node in (a, b):
+            rec.text(f"dmesg-split-brain-{node.name}.txt", node,
+                     ["sh", "-c", 'dmesg | sed -n "/$1/,\\$p" | grep -i -e drbd -e lab-marker', "sh", marker],
+                     "DRBD kernel messages from the link cut to the split brain")  # fmt: skip
+        stream_a.signal()
+        rec.text(
+            "events2-stream-link-cut-split-brain.txt",
+            a,
+            ["cat", stream_a.log_path],
+            "`drbdsetup events2 --timestamps r0` on a while the link is cut, b promoted, the link restored",
+        )
+        # Manual recovery: b's changes are discarded.
+        b.run(["umount", "/srv/nfs"])
+        b.run(["drbdadm", "secondary", "r0"])
+        rec.command("drbdadm-connect-discard-my-data.json", b, ["drbdadm", "connect", "--discard-my-data", "r0"],
+                    "split-brain victim reconnects, dropping its changes")  # fmt: skip
+        a.run(["drbdadm", "connect", "r0"])
+        wait_drbd(b, connected_uptodate, 60, "UpToDate after split-brain recovery")
+        if "diverged-a" not in a.run(["ls", "/srv/nfs"]).stdout:
+            raise LabError("a lost its own writes in the split-brain recovery")
 
         b.run(["drbdadm", "detach", "r0"])
         wait_drbd(b, lambda s: s.disk == "Diskless", 30, "Diskless")

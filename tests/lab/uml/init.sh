@@ -1,5 +1,5 @@
 #!/bin/bash
-# PID 1 of a user-mode-linux lab node (see tests/lab/uml.py); installed as /sbin/lab-init.
+# PID 1 of a user-mode-linux lab node (see tests/lab/uml.py); installed as /usr/sbin/lab-init.
 #
 # Why a bash script and not systemd or a Python program: it is up within milliseconds, it
 # reaps orphaned daemons (bash waits for any child on SIGCHLD), and its idle loop is a
@@ -33,7 +33,7 @@ say() { printf 'lab-init: %s\n' "$*"; }
 
 mount -n -t proc proc /proc
 mount -n -t sysfs sysfs /sys
-mount -n -t devtmpfs devtmpfs /dev
+[[ -e /dev/null && -e /dev/ubda ]] || mount -n -t devtmpfs devtmpfs /dev  # the kernel may have done it
 mkdir -p /dev/pts /dev/shm
 mount -n -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -n -t tmpfs -o mode=1777 tmpfs /dev/shm

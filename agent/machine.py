@@ -1,0 +1,236 @@
+"""The failover state machine between VRRP and the storage steps, sans I/O.
+
+VRRP mastership is a claim, not a right: when VRRP says MASTER the machine acquires the
+steps in order (DRBD Primary, mount, NFS state dir, NFS, VIP), one at a time, and serves
+only when all succeeded; whatever stops it (VRRP leaving MASTER, a failed step, a monitor
+failure past its restarts) releases exactly what was acquired, in reverse. A failed
+acquire rolls back first and only then tells VRRP to step aside (priority 0, silence for a
+hold-down that doubles with each failure), so the peer never tries to promote while we
+still hold the data.
+
+Like `vrrp.router`, it reads no clock and runs nothing: it returns `RunStep` and VRRP
+requests; `agent.chain` runs the steps and reports back with `step_done`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+ORDER = ("drbd", "mount", "nfs_state", "nfs", "vip")
+
+
+class Phase(enum.StrEnum):
+    IDLE = "IDLE"  # not serving; VRRP decides whether we should
+    ACQUIRING = "ACQUIRING"
+    SERVING = "SERVING"
+    RELEASING = "RELEASING"
+    FAULT = "FAULT"  # rolled back after a failure; VRRP silenced for a hold-down
+
+
+class Op(enum.StrEnum):
+    ACQUIRE = "acquire"
+    RELEASE = "release"
+    CHECK = "check"
+
+
+@dataclass(frozen=True)
+class RunStep:
+    step: str
+    op: Op
+    timeout: float
+
+
+@dataclass(frozen=True)
+class VrrpFault:
+    """Leave mastership with a priority-0 advert and stay silent until `VrrpRecover`."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class VrrpRecover:
+    reason: str
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    old: Phase
+    new: Phase
+    reason: str
+
+
+Action = RunStep | VrrpFault | VrrpRecover | PhaseChange
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: tuple[str, ...] = ("vip",)
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    monitor_interval: float = 2.0
+    max_restarts: int = 2
+    hold_down: float = 5.0
+    hold_down_max: float = 60.0
+    release_retry: float = 1.0
+
+    def timeout(self, step: str) -> float:
+        return self.timeouts.get(step, 30.0)
+
+
+class Machine:
+    def __init__(self, settings: Settings) -> None:
+        unknown = [s for s in settings.steps if s not in ORDER]
+        if unknown or list(settings.steps) != sorted(settings.steps, key=ORDER.index):
+            raise ValueError(f"steps must be a subsequence of {ORDER}, got {settings.steps}")
+        self.s = settings
+        self.phase = Phase.IDLE
+        self.held: list[str] = []  # acquired steps, in acquire order
+        self.running: RunStep | None = None
+        self.want = False  # VRRP says MASTER
+        self.failures = 0  # consecutive failed takeovers, for the hold-down backoff
+        self.restarts: dict[str, int] = {}
+        self.fault_reason = ""
+        self.hold_until: float | None = None
+        self.check_at: float | None = None
+        self.retry_at: float | None = None
+        self._after_release: str | None = None  # fault reason once the rollback is done
+        self._checking: list[str] = []
+        self._restart_from: str | None = None
+
+    # -- inputs --------------------------------------------------------------------------
+    def vrrp_master(self, now: float, reason: str) -> list[Action]:
+        self.want = True
+        return self._advance(now, f"VRRP MASTER: {reason}")
+
+    def vrrp_lost(self, now: float, reason: str) -> list[Action]:
+        self.want = False
+        return self._advance(now, f"VRRP no longer MASTER: {reason}")
+
+    def step_done(self, step: str, op: Op, ok: bool, detail: str, now: float) -> list[Action]:
+        run = self.running
+        if run is None or run.step != step or run.op != op:
+            return []  # a late answer for something we no longer wait for
+        self.running = None
+        if op == Op.ACQUIRE:
+            if ok:
+                self.held.append(step)
+            elif self._after_release is None:
+                self._after_release = f"{step} failed: {detail}"
+        elif op == Op.RELEASE:
+            if ok:
+                self.held.pop()
+            else:
+                self.retry_at = now + self.s.release_retry  # never leave a half-released node
+        else:
+            self._checking.pop(0)
+            if not ok:
+                return self._monitor_failed(step, detail, now)
+        return self._advance(now, detail)
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.phase == Phase.FAULT and self.hold_until is not None and now >= self.hold_until:
+            self.hold_until = None
+            actions += [VrrpRecover(f"hold-down over after: {self.fault_reason}"),
+                        self._go(Phase.IDLE, "hold-down over")]
+            actions += self._advance(now, "retrying")
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+            actions += self._advance(now, "retrying the release")
+        if self.phase == Phase.SERVING and self.check_at is not None and now >= self.check_at \
+                and self.running is None:
+            self.check_at = None
+            self._checking = list(self.held)
+            actions += self._advance(now, "monitor")
+        return actions
+
+    def reconcile(self, found: Sequence[str], now: float) -> list[Action]:
+        """At startup: whatever a crashed agent left held is released before we take part."""
+        self.held = [s for s in self.s.steps if s in found]
+        if not self.held:
+            return []
+        return self._advance(now, f"startup found {', '.join(self.held)} still held")
+
+    @property
+    def deadline(self) -> float | None:
+        times = [t for t in (self.hold_until, self.retry_at, self.check_at) if t is not None]
+        return min(times) if times else None
+
+    @property
+    def serving(self) -> bool:
+        return self.phase == Phase.SERVING
+
+    # -- the engine ----------------------------------------------------------------------
+    def _advance(self, now: float, reason: str) -> list[Action]:
+        """Start the next step if none is running; change phase when a chain completes."""
+        if self.running is not None or self.retry_at is not None:
+            return []
+        actions: list[Action] = []
+        if self._checking and self.phase == Phase.SERVING and self.want:
+            return [self._run(self._checking[0], Op.CHECK)]
+        release = not self.want or self._after_release is not None or self._restart_from is not None
+        if release and self.held:
+            if self.phase != Phase.RELEASING:
+                actions.append(self._go(Phase.RELEASING, reason))
+            if self._restart_from is not None and self._restart_from not in self.held:
+                self._restart_from = None  # released down to the failed step: acquire again
+                return actions + self._advance(now, "restarting")
+            actions.append(self._run(self.held[-1], Op.RELEASE))
+            return actions
+        if self._after_release is not None:
+            return actions + self._enter_fault(now)
+        if self.phase == Phase.FAULT:
+            return actions
+        if not self.want:
+            if self.phase != Phase.IDLE:
+                actions.append(self._go(Phase.IDLE, reason))
+            return actions
+        todo = [s for s in self.s.steps if s not in self.held]
+        if todo:
+            if self.phase == Phase.IDLE:
+                self.restarts.clear()  # a new takeover: restart budgets start afresh
+            if self.phase != Phase.ACQUIRING:
+                actions.append(self._go(Phase.ACQUIRING, reason))
+            actions.append(self._run(todo[0], Op.ACQUIRE))
+            return actions
+        if self.phase != Phase.SERVING:
+            self.failures = 0
+            self.check_at = now + self.s.monitor_interval
+            actions.append(self._go(Phase.SERVING, "every step acquired"))
+        elif self.check_at is None:
+            self.check_at = now + self.s.monitor_interval
+        return actions
+
+    def _monitor_failed(self, step: str, detail: str, now: float) -> list[Action]:
+        self._checking = []
+        count = self.restarts.get(step, 0) + 1
+        self.restarts[step] = count
+        if count > self.s.max_restarts:
+            self._after_release = f"{step} failed {count} times while serving: {detail}"
+            return self._advance(now, self._after_release)
+        # release down to and including the failed step, then acquire again from there
+        idx = self.held.index(step) if step in self.held else len(self.held)
+        self._restart_from = self.held[idx] if idx < len(self.held) else None
+        return self._advance(now, f"{step} check failed ({detail}): restart {count}/{self.s.max_restarts}")
+
+    def _enter_fault(self, now: float) -> list[Action]:
+        reason = self._after_release or "failure"
+        self._after_release = None
+        self.failures += 1
+        self.fault_reason = reason
+        hold = min(self.s.hold_down * 2 ** (self.failures - 1), self.s.hold_down_max)
+        self.hold_until = now + hold
+        self.check_at = None
+        self.restarts.clear()
+        return [self._go(Phase.FAULT, f"{reason}; rolled back, silent for {hold:g} s"), VrrpFault(reason)]
+
+    def _run(self, step: str, op: Op) -> RunStep:
+        self.running = RunStep(step, op, self.s.timeout(step))
+        return self.running
+
+    def _go(self, new: Phase, reason: str) -> PhaseChange:
+        if new != Phase.SERVING:
+            self.check_at = None  # monitoring is for serving only
+        old, self.phase = self.phase, new
+        return PhaseChange(old, new, reason)
