@@ -24,6 +24,7 @@ import pytest
 from tests.lab.netns import NETNS_DIR, wait_until
 from tests.lab.uml import (
     CLIENT,
+    REPLICATION,
     SERVICE,
     WORK_ROOT,
     DrbdResource,
@@ -103,6 +104,11 @@ def test_run_protocol_and_cleanup() -> None:
         assert "started" in daemon.log()
         print(f"\nboot {boot['a']:.2f}s (guest uptime at ready {node.guest_uptime_at_ready}s)")
         host_pid = node.host_pid
+        started = time.monotonic()
+        node.shutdown()
+        assert not node.running
+        print(f"orderly shutdown {time.monotonic() - started:.2f}s")
+        assert "reboot: Power down" in node.console_tail(), "shutdown() killed the node instead of powering it off"
     finally:
         lab.close()
     assert not (NETNS_DIR / "umlproto-uml").exists()
@@ -123,6 +129,13 @@ def test_drbd_nfs_failover_after_crash() -> None:
         with timed(timings, "boot_3_nodes"):
             boots = lab.boot()
         timings.update({f"boot_{name}": round(sec, 3) for name, sec in boots.items()})
+        # The networks are separate, and a cable cut on one leaves the other alone.
+        assert a.ping(b.ip(REPLICATION)) and a.ping(b.ip(SERVICE)) and client.ping(a.ip(SERVICE))
+        assert not client.ping(a.ip(REPLICATION), wait=0.5), "the client must not reach the replication network"
+        b.cut(REPLICATION)
+        assert not a.ping(b.ip(REPLICATION), wait=0.5) and a.ping(b.ip(SERVICE))
+        b.restore(REPLICATION)
+        assert a.ping(b.ip(REPLICATION))
 
         drbd = drbd_bootstrap(lab, res, primary="a", mkfs=True)
         timings.update({f"drbd_{k}": round(v, 3) for k, v in vars(drbd).items()})

@@ -1673,7 +1673,17 @@ def capture_drbd_fixtures(outdir: Path, prefix: str = "umlfix") -> FixtureRecord
         "`python -m tests.lab.uml capture-drbd-fixtures tests/fixtures/drbd`, which rewrites this folder.\n"
         "Two nodes `a` (198.51.100.1) and `b` (198.51.100.2), resource `r0`, minor 0, `/dev/ubdb` (256 MiB),\n"
         "protocol C, `net { ping-int 1; ping-timeout 5; connect-int 1; timeout 5; }`, no fencing.\n"
-        "`.txt` files hold the exact stdout; `.json` files hold argv, returncode, stdout and stderr."
+        "`.txt` files hold the exact stdout; `.json` files hold argv, returncode, stdout and stderr.\n\n"
+        "Format notes (8.4 module seen through drbd-utils 9.22):\n\n"
+        "- `drbdadm` execs `drbdadm-84`/`drbdsetup-84`; refusals come from drbdsetup, whose exit code drbdadm\n"
+        "  passes on, with `Command 'drbdsetup-84 primary 0' terminated with exit code N` on stderr.\n"
+        "  Errors found by drbdadm itself (unknown resource) exit 1 without that line.\n"
+        "- `drbdsetup events2` and `drbdsetup status` work (synthesised from 8.4 state): the peer is\n"
+        "  `peer-node-id:0 conn-name:peer`, 8.4's WFConnection appears as `connection:Connecting`, there is\n"
+        "  no `may_promote` and no `--json`; a StandAlone connection loses `conn-name`.\n"
+        "- `/proc/drbd` keeps its 8.4 layout; a SyncTarget's progress block adds `want: N K/sec`;\n"
+        "  after `drbdadm down` only the two version lines remain.\n"
+        "- `dmesg-split-brain-*.txt` are kernel messages (times are seconds since that node booted)."
     )
     return rec
 
