@@ -979,8 +979,10 @@ class UmlLab(Closing):
         }
         if client:
             self.nodes[CLIENT] = UmlNode(self, CLIENT, CLIENT_HOST_BYTE, (SERVICE,), 0, client_mem)
+        self._lock: TextIO | None = None
         atexit.register(self.close)
         try:
+            self._lock = _lock_prefix(prefix)
             self._purge_leftovers()
             self._build()
         except BaseException:
@@ -1132,6 +1134,9 @@ class UmlLab(Closing):
             if result.returncode != 0:
                 errors.append(f"ip netns del {self.ns}: {result.stderr.strip()}")
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock: the next lab with this prefix may start
+            self._lock = None
         atexit.unregister(self.close)
         if errors:
             raise LabError(f"UML lab {self.prefix!r} teardown problems: " + " | ".join(errors))
@@ -1139,6 +1144,32 @@ class UmlLab(Closing):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _lock_prefix(prefix: str, timeout: float = 900.0) -> TextIO:
+    """Hold an flock on the prefix for the lab's lifetime.
+
+    A new lab purges what an earlier lab with its prefix left behind; without this lock it
+    would also destroy a lab that is still running (the same test started twice, e.g. by a
+    developer and by CI on one machine).  A crashed owner's lock is released by the kernel,
+    so leftovers are still purged.
+    """
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    lock = (WORK_ROOT / f".lock-{prefix}").open("w")
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                raise LabError(f"another UML lab with prefix {prefix!r} still runs after {timeout:.0f}s") from None
+            if not waited:
+                _log(f"waiting for another UML lab with prefix {prefix!r} to finish")
+                waited = True
+            time.sleep(0.5)
 
 
 def _kill_netns_processes(path: Path) -> None:

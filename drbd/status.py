@@ -1,0 +1,204 @@
+"""One model of a DRBD resource's state, whatever DRBD told us it in.
+
+DRBD 8.4 speaks through /proc/drbd; drbd-utils 9 speaks `drbdsetup events2` (also against an
+8.4 kernel, as the fixtures in tests/fixtures/drbd show). `status --json` needs a DRBD 9
+kernel, which this lab does not have, so it is not parsed yet. The failover logic (and the
+split-brain guard) must not care which: they read a `Status`. Parsing is pure and total:
+unknown words are kept as they are, and a line that cannot be read is skipped, never raised
+on, because this text comes from outside.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+UPTODATE = "UpToDate"
+OUTDATED = "Outdated"
+UNKNOWN = "Unknown"
+DUNKNOWN = "DUnknown"
+PRIMARY = "Primary"
+SECONDARY = "Secondary"
+
+#: connection states meaning the replication link is up (8.4 cs: and DRBD 9 replication:)
+CONNECTED = frozenset({
+    "Connected", "Established", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT",
+    "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID", "Ahead", "Behind",
+})
+
+
+@dataclass(frozen=True)
+class Status:
+    """A resource as seen from this node; fields hold DRBD's own words."""
+
+    name: str
+    role: str = UNKNOWN  # Primary | Secondary | Unknown
+    disk: str = "Diskless"  # local disk state (worst over volumes)
+    connection: str = "StandAlone"  # link state towards the peer (8.4: cs:)
+    peer_role: str = UNKNOWN
+    peer_disk: str = DUNKNOWN
+    replication: str = "Off"  # DRBD 9 replication state (8.4: same as cs: when connected)
+    may_promote: bool | None = None  # DRBD 9 events2 only
+    suspended: bool = False
+    minor: int | None = None
+    sync_percent: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.connection in CONNECTED or self.replication in CONNECTED
+
+    @property
+    def primary(self) -> bool:
+        return self.role == PRIMARY
+
+    @property
+    def peer_primary(self) -> bool:
+        return self.peer_role == PRIMARY
+
+    @property
+    def uptodate(self) -> bool:
+        return self.disk == UPTODATE
+
+    @property
+    def standalone(self) -> bool:
+        """Not even trying to connect: after `disconnect`, or after a split-brain handshake."""
+        return self.connection == "StandAlone"
+
+    def summary(self) -> str:
+        return (f"{self.name}: {self.role}/{self.peer_role} {self.disk}/{self.peer_disk} {self.connection}"
+                + (f" (sync {self.sync_percent:g}%)" if self.sync_percent is not None else ""))
+
+
+_PROC_LINE = re.compile(r"^\s*(\d+): cs:(\S+) ro:(\S+)/(\S+) ds:(\S+)/(\S+)")
+_PROC_SYNC = re.compile(r"sync'ed:\s*([\d.]+)%")
+
+
+def parse_proc_drbd(text: str, minor: int = 0, name: str = "") -> Status | None:
+    """The minor's entry in DRBD 8.4's /proc/drbd; None when that minor is not configured."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = _PROC_LINE.match(line)
+        if not m or int(m.group(1)) != minor:
+            continue
+        cs, role, peer_role, disk, peer_disk = m.group(2, 3, 4, 5, 6)
+        sync = None
+        for follow in lines[i + 1:i + 4]:
+            if _PROC_LINE.match(follow):
+                break
+            s = _PROC_SYNC.search(follow)
+            if s:
+                sync = float(s.group(1))
+        suspended = "s" in (line.split()[-1][:1] if line.split() else "")
+        return Status(name=name or f"minor{minor}", role=role, disk=disk, connection=cs, peer_role=peer_role,
+                      peer_disk=peer_disk, replication=cs if cs in CONNECTED else "Off", suspended=suspended,
+                      minor=minor, sync_percent=sync)
+    return None
+
+
+def _fields(words: list[str]) -> dict[str, str]:
+    out = {}
+    for w in words:
+        k, sep, v = w.partition(":")
+        if sep:
+            out[k] = v
+    return out
+
+
+_DISK_RANK = ["Diskless", "Attaching", "Detaching", "Failed", "Negotiating", "Inconsistent", OUTDATED, DUNKNOWN,
+              "Consistent", UPTODATE]
+
+
+def _worse(a: str, b: str) -> str:
+    rank = {d: i for i, d in enumerate(_DISK_RANK)}
+    return a if rank.get(a, -1) <= rank.get(b, -1) else b
+
+
+@dataclass
+class Events2:
+    """Follows `drbdsetup events2` lines (`exists`/`change`/`create`/`destroy`), per resource.
+
+    Single-peer view: the first peer seen is "the peer". Volumes are folded into the worst
+    local and peer disk state, which is what promotion safety depends on.
+    """
+
+    resources: dict[str, Status] = field(default_factory=dict)
+    disks: dict[str, dict[str, str]] = field(default_factory=dict)
+    peer_disks: dict[str, dict[str, str]] = field(default_factory=dict)
+    initial_done: bool = False
+
+    def feed(self, line: str) -> str | None:
+        """Apply one line; returns the resource name it changed, if any."""
+        words = line.split()
+        if words and re.match(r"^\d{4}-\d\d-\d\dT", words[0]):
+            words = words[1:]  # --timestamps
+        if len(words) < 2:
+            return None
+        verb, obj = words[0], words[1]
+        if verb == "exists" and obj == "-":
+            self.initial_done = True
+            return None
+        if verb not in ("exists", "change", "create", "destroy"):
+            return None  # call/response helper lines
+        f = _fields(words[2:])
+        name = f.get("name")
+        if not name:
+            return None
+        if obj == "resource" and verb == "destroy":
+            self.resources.pop(name, None)
+            return name
+        st = self.resources.get(name) or Status(name)
+        if obj == "resource":
+            st = replace(st, role=f.get("role", st.role),
+                         suspended=f.get("suspended", "yes" if st.suspended else "no") != "no",
+                         may_promote=_yes(f["may_promote"]) if "may_promote" in f else st.may_promote)
+        elif obj == "connection":
+            if verb == "destroy":
+                st = replace(st, connection="StandAlone", peer_role=UNKNOWN)
+            else:
+                st = replace(st, connection=f.get("connection", st.connection), peer_role=f.get("role", st.peer_role))
+        elif obj == "device":
+            vols = self.disks.setdefault(name, {})
+            if verb == "destroy":
+                vols.pop(f.get("volume", "0"), None)
+            elif "disk" in f:
+                vols[f.get("volume", "0")] = f["disk"]
+            worst = "Diskless"
+            for i, d in enumerate(vols.values()):
+                worst = d if i == 0 else _worse(worst, d)
+            minor = int(f["minor"]) if f.get("minor", "").isdigit() else st.minor
+            st = replace(st, disk=worst, minor=minor)
+        elif obj == "peer-device":
+            vols = self.peer_disks.setdefault(name, {})
+            if verb == "destroy":
+                vols.pop(f.get("volume", "0"), None)
+            elif "peer-disk" in f:
+                vols[f.get("volume", "0")] = f["peer-disk"]
+            worst = DUNKNOWN
+            for i, d in enumerate(vols.values()):
+                worst = d if i == 0 else _worse(worst, d)
+            done = f.get("done")
+            st = replace(st, peer_disk=worst, replication=f.get("replication", st.replication),
+                         sync_percent=float(done) if done and _is_float(done) else st.sync_percent)
+        else:
+            return None
+        self.resources[name] = st
+        return name
+
+
+def _yes(v: str) -> bool:
+    return v in ("yes", "true", "1")
+
+
+def _is_float(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_events2(text: str) -> dict[str, Status]:
+    ev = Events2()
+    for line in text.splitlines():
+        ev.feed(line)
+    return ev.resources
