@@ -1,0 +1,158 @@
+"""Promote and demote through `drbdadm`, with DRBD's refusals turned into typed errors.
+
+The exit code of `drbdadm primary` alone cannot tell "the peer is Primary" from "the device
+is held open" (both 11, see DOMAIN.md), and the difference decides what the agent does next
+(wait for the peer vs. kill holders), so the kernel's message is matched too. Every success
+is verified by reading the role back: a promote that returns 0 but leaves us Secondary is a
+failure. Demotion escalates as configured: retries, then `secondary --force` where the
+kernel supports it, and finally a self-fence request the caller carries out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str, str]]]
+FENCE_ACTIONS = ("none", "reboot", "poweroff")
+
+
+class DrbdError(Exception):
+    """A DRBD command failed; `code` and `stderr` are DRBD's own."""
+
+    def __init__(self, message: str, code: int = 0, stderr: str = "") -> None:
+        super().__init__(message)
+        self.code, self.stderr = code, stderr
+
+
+class PeerIsPrimary(DrbdError):
+    pass
+
+
+class NoUpToDateData(DrbdError):
+    pass
+
+
+class DeviceInUse(DrbdError):
+    pass
+
+
+class NoSuchResource(DrbdError):
+    pass
+
+
+class ModuleNotLoaded(DrbdError):
+    pass
+
+
+class PeerNotOutdated(DrbdError):
+    pass
+
+
+class NoQuorum(DrbdError):
+    pass
+
+
+class DemoteFailed(DrbdError):
+    """Every escalation step failed; `fence` is what the admin configured as the last resort."""
+
+    def __init__(self, message: str, fence: str) -> None:
+        super().__init__(message)
+        self.fence = fence
+
+
+_PATTERNS: list[tuple[str, type[DrbdError], str]] = [
+    ("Multiple primaries not allowed", PeerIsPrimary, "the peer is Primary"),
+    ("Need access to UpToDate data", NoUpToDateData, "no UpToDate data on this node"),
+    ("held open by someone", DeviceInUse, "the device is in use (mounted or open)"),
+    ("not defined in your config", NoSuchResource, "no such resource in drbd.conf"),
+    ("Device minor not allocated", NoSuchResource, "the resource is not up (drbdadm up)"),
+    ("peer is not outdated", PeerNotOutdated, "the peer is not known to be Outdated (fencing)"),
+    ("No quorum", NoQuorum, "no quorum"),
+    ("Could not connect to 'drbd' generic netlink", ModuleNotLoaded, "the drbd kernel module is not loaded"),
+]
+
+
+def classify(action: str, resource: str, code: int, stderr: str) -> DrbdError:
+    """The typed error for a failed `drbdadm ACTION RESOURCE` (DRBD's message kept in it)."""
+    text = " ".join(stderr.split())
+    for needle, cls, meaning in _PATTERNS:
+        if needle.lower() in text.lower():
+            return cls(f"drbdadm {action} {resource}: {meaning} (exit {code}: {text})", code, stderr)
+    return DrbdError(f"drbdadm {action} {resource} failed (exit {code}): {text or 'no message'}", code, stderr)
+
+
+async def run(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+    """The real runner: argument list, no shell, killed on timeout."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return 124, "", f"{argv[0]} timed out after {timeout:g} s"
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+@dataclass
+class Drbdadm:
+    resource: str
+    runner: Runner = run
+    timeout: float = 30.0
+    module_check: Callable[[], bool] = lambda: os.path.exists("/proc/drbd")
+    retry_delay: float = 1.0
+    retries: int = 3
+
+    async def _drbdadm(self, *args: str) -> tuple[int, str, str]:
+        if not self.module_check():
+            raise ModuleNotLoaded(f"drbdadm {args[0]} {self.resource}: the drbd kernel module is not loaded "
+                                  "(/proc/drbd is missing)")
+        return await self.runner(["drbdadm", *args, self.resource], self.timeout)
+
+    async def role(self) -> str:
+        """Our role: 'Primary', 'Secondary' or 'Unknown' (8.4 prints 'Primary/Secondary')."""
+        code, out, err = await self._drbdadm("role")
+        if code != 0:
+            raise classify("role", self.resource, code, err)
+        word = out.strip().split("/")[0]
+        return word if word in ("Primary", "Secondary") else "Unknown"
+
+    async def promote(self) -> None:
+        code, _, err = await self._drbdadm("primary")
+        if code != 0:
+            raise classify("primary", self.resource, code, err)
+        role = await self.role()
+        if role != "Primary":
+            raise DrbdError(f"drbdadm primary {self.resource} returned 0 but the role is {role}")
+
+    async def demote(self, escalation: Sequence[str] = ("retry", "none"), notes: list[str] | None = None) -> None:
+        """Secondary, escalating as configured; the last entry is the fence action."""
+        log = notes if notes is not None else []
+        steps, fence = list(escalation[:-1]), escalation[-1] if escalation else "none"
+        if fence not in FENCE_ACTIONS:
+            raise ValueError(f"the last demote_escalation entry must be one of {FENCE_ACTIONS}, got {fence!r}")
+        last: DrbdError | None = None
+        for attempt in ["plain", *steps]:
+            tries = self.retries if attempt == "retry" else 1
+            for _ in range(tries):
+                if attempt == "retry":
+                    await asyncio.sleep(self.retry_delay)
+                args = ("secondary", "--force") if attempt == "force" else ("secondary",)
+                code, _, err = await self._drbdadm(*args)
+                if code == 0 and await self.role() == "Secondary":
+                    if attempt != "plain":
+                        log.append(f"demoted {self.resource} after escalation step '{attempt}'")
+                    return
+                if attempt == "force" and ("unrecognized option" in err or "--force" in err):
+                    log.append("secondary --force is not supported by this DRBD; skipped")
+                    break
+                last = classify(" ".join(args), self.resource, code, err)
+                log.append(str(last))
+                if isinstance(last, NoSuchResource | ModuleNotLoaded):
+                    raise last
+        raise DemoteFailed(f"cannot demote {self.resource}: {last}; last resort: {fence}", fence)
