@@ -185,11 +185,95 @@ _AGENT_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+FENCE_ACTIONS = ("none", "reboot", "poweroff")
+
+
+def _escalation(v: Any) -> tuple[str, ...]:
+    steps = _list_of(_str(16), min_len=1)(v)
+    *middle, last = steps
+    for step in middle:
+        if step not in ("retry", "force"):
+            raise _Invalid(f"{step!r}: only 'retry' and 'force' may come before the last entry")
+    if last not in FENCE_ACTIONS:
+        raise _Invalid(f"the last entry is the self-fence action: one of {', '.join(FENCE_ACTIONS)}, got {last!r}")
+    return tuple(steps)
+
+
+def _resource(v: Any) -> str:
+    name = _str(64)(v)
+    if not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise _Invalid(f"{name!r} is not a DRBD resource name")
+    return name
+
+
+def _mount_option(v: Any) -> str:
+    opt = _str(128)(v)
+    if not opt or "," in opt or any(c.isspace() for c in opt):
+        raise _Invalid(f"{opt!r}: one mount option per entry, without commas or spaces")
+    return opt
+
+
+@dataclass(frozen=True)
+class DrbdConfig:
+    resource: str
+    demote_escalation: tuple[str, ...] = ("retry", "force", "none")
+
+
+_DRBD_KEYS: dict[str, Callable[[Any], Any]] = {
+    "resource": _resource,
+    "demote_escalation": _escalation,
+}
+
+
+@dataclass(frozen=True)
+class FilesystemConfig:
+    device: str
+    mountpoint: str
+    fstype: str = "ext4"
+    options: tuple[str, ...] = ()
+    kill_holders: bool = True
+    kill_grace: float = 3.0
+
+
+_FS_KEYS: dict[str, Callable[[Any], Any]] = {
+    "device": _abs_path,
+    "mountpoint": _abs_path,
+    "fstype": _str(32),
+    "options": _list_of(_mount_option),
+    "kill_holders": _bool,
+    "kill_grace": _float(0, 60),
+}
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    interval: float = 2.0
+    max_restarts: int = 2
+    hold_down: float = 5.0
+    step_timeout: float = 30.0
+
+
+_MONITOR_KEYS: dict[str, Callable[[Any], Any]] = {
+    "interval": _float(0.1, 3600),
+    "max_restarts": _int(0, 100),
+    "hold_down": _float(0.1, 3600),
+    "step_timeout": _float(1, 3600),
+}
+
+
 @dataclass(frozen=True)
 class Config:
     file: str
     vrrp: VrrpConfig
     agent: AgentConfig = AgentConfig()
+    drbd: DrbdConfig | None = None
+    filesystem: FilesystemConfig | None = None
+    monitor: MonitorConfig = MonitorConfig()
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The acquire chain this config asks for, in order (VIP-only without storage sections)."""
+        return tuple(s for s, on in (("drbd", self.drbd), ("mount", self.filesystem), ("vip", True)) if on)
 
 
 def _section(file: str, name: str, table: Any, specs: Mapping[str, Callable[[Any], Any]],
@@ -239,7 +323,7 @@ def parse(text: str, file: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
-    known = {"vrrp", "agent"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -247,7 +331,14 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError(file, "vrrp", "section is required")
     vrrp = _check_vrrp(file, _section(file, "vrrp", doc["vrrp"], _VRRP_KEYS, VrrpConfig))
     agent = AgentConfig(**_section(file, "agent", doc.get("agent", {}), _AGENT_KEYS, AgentConfig))
-    return Config(file=file, vrrp=vrrp, agent=agent)
+    drbd = DrbdConfig(**_section(file, "drbd", doc["drbd"], _DRBD_KEYS, DrbdConfig)) if "drbd" in doc else None
+    fs = (FilesystemConfig(**_section(file, "filesystem", doc["filesystem"], _FS_KEYS, FilesystemConfig))
+          if "filesystem" in doc else None)
+    monitor = MonitorConfig(**_section(file, "monitor", doc.get("monitor", {}), _MONITOR_KEYS, MonitorConfig))
+    if drbd and fs and not fs.device.startswith("/dev/drbd"):
+        raise ConfigError(file, "filesystem.device", f"{fs.device} is not a DRBD device (/dev/drbdN) "
+                          "although [drbd] is configured")
+    return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor)
 
 
 def load(path: str | Path) -> Config:
@@ -261,8 +352,12 @@ def load(path: str | Path) -> Config:
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
     out = []
-    for section in ("vrrp", "agent"):
+    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor"):
         before, after = getattr(old, section), getattr(new, section)
+        if before is None or after is None:
+            if before != after:
+                out.append(f"[{section}] {'added' if before is None else 'removed'}")
+            continue
         for f in fields(before):
             a, b = getattr(before, f.name), getattr(after, f.name)
             if a != b:

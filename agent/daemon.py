@@ -26,7 +26,7 @@ from pyroute2 import AsyncIPRoute
 from agent import config as configmod
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
-from agent.instance import Counters, Instance, addrs
+from agent.instance import Counters, Instance, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging
 from agent.metrics import MetricsServer
 from vrrp.vip import LinkInfo
@@ -177,6 +177,9 @@ class Agent:
             await inst.start()
         except PermissionError as e:
             raise SetupError(f"raw sockets need root or CAP_NET_RAW/CAP_NET_ADMIN: {e}") from None
+        except ReconcileError as e:
+            await inst.stop("startup reconciliation failed")
+            raise SetupError(str(e)) from None
         return inst
 
     def _state_changed(self, inst: Instance) -> None:
@@ -200,8 +203,10 @@ class Agent:
                       "started": self.started, "uptime": round(time.time() - self.started, 1),
                       "reloads": self.reloads, "reload_failures": self.reload_failures},
             "instance": self.instance.status(),
-            "steps": dict(self.instance.steps),
-            "storage": None,
+            "steps": dict(self.instance.chain.durations),
+            "storage": None if self.cfg.steps == ("vip",) else {
+                "chain": list(self.cfg.steps), "phase": str(self.instance.machine.phase),
+                "held": list(self.instance.machine.held)},
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:

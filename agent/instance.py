@@ -1,10 +1,10 @@
 """One VRRP instance wired to the kernel: sockets, timers, link events and VIPs.
 
-This module decides nothing about VRRP: it feeds the router packets, timer expiries and link
-events with `now`, and carries out what the router returns. VIP changes run in one worker
-task so that adds and removes happen in the order of the transitions and never overlap; a
-priority-0 advert that accompanies a release is held back until the VIPs are gone, so the
-peer never adds an address we still answer for.
+This module decides nothing: it feeds the router packets, timer expiries and link events,
+feeds the failover machine (`agent.machine`) the router's transitions and the steps'
+results, and carries out what both return. One step runs at a time (`agent.chain`), in the
+machine's order; a priority-0 advert that accompanies a release is held back until
+everything is released, so the peer never promotes data or adds an address we still hold.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
+from agent.chain import Chain
 from agent.config import Config
 from agent.journal import Event, emit
+from agent.machine import Action as MachineAction
+from agent.machine import Machine, Phase, PhaseChange, RunStep, Settings, VrrpFault, VrrpRecover
 from vrrp.link import LinkMonitor
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Drop, Validator, auth_bytes, encode
 from vrrp.router import Action, Heard, Params, Router, SendAdvert, State, Transition
@@ -31,13 +34,20 @@ from vrrp.vip import Garp, LinkInfo, VipHolder
 
 log = logging.getLogger("failover-agent")
 
-FAULT_RETRY = 5.0
-
-
 def router_params(cfg: Config, address: IPv4Address) -> Params:
     v = cfg.vrrp
     return Params(vrid=v.vrid, priority=v.priority, address=address, version=v.version,
                   advert_interval=v.advert_interval, preempt=v.preempt, preempt_delay=v.preempt_delay)
+
+
+def machine_settings(cfg: Config) -> Settings:
+    m = cfg.monitor
+    return Settings(steps=cfg.steps, timeouts={s: m.step_timeout for s in cfg.steps}, monitor_interval=m.interval,
+                    max_restarts=m.max_restarts, hold_down=m.hold_down)
+
+
+class ReconcileError(Exception):
+    """What an earlier run left held could not be released: do not take part in VRRP."""
 
 
 def addrs(items: Iterable[object]) -> str:
@@ -87,18 +97,18 @@ class Instance:
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, self._on_link)
         self.last: LastTransition | None = None
-        self.steps: dict[str, float] = {}  # step name -> duration of its last run, ms
         self._ip_id = 0
         self._templates: dict[tuple[int, IPv4Address], bytearray] = {}
         self._wake_threshold = WAKE_NEVER
         self._timer: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
-        self._vip_wake = asyncio.Event()
-        self._vip_idle = asyncio.Event()
-        self._vips_held = False
-        self._vip_busy = False
+        self.machine = Machine(machine_settings(cfg))
+        self.chain = Chain(cfg, self.vips, self.garp)
+        self._step_task: asyncio.Task[None] | None = None
+        self._machine_timer: asyncio.TimerHandle | None = None
+        self._quiet = asyncio.Event()  # no step running and nothing held: released
+        self._quiet.set()
         self._farewell = False
-        self._garp_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._master_since = 0.0
         self._master_reason = ""
@@ -112,55 +122,75 @@ class Instance:
         v = self.cfg.vrrp
         self.sock.open(first_byte=(v.version << 4) | 1, vrid=v.vrid)
         self.garp.open()
-        self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor"),
-                       asyncio.create_task(self._vip_worker(), name="vip-worker")]
+        self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor")]
+        await self._reconcile()
         now = self.loop.time()
         if self.info.up:
             self.apply(self.router.start(now))
         else:
             self.apply(self.router.fault(f"interface {self.info.name} is down at startup", now))
 
+    async def _reconcile(self) -> None:
+        """Release what a crashed agent left held before taking part in VRRP: never serve twice."""
+        try:
+            found = await self.chain.probe()
+        except Exception as e:
+            raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
+        if not found:
+            return
+        emit(Event.CLEANUP, f"startup: {', '.join(found)} still held by an earlier run; releasing before "
+             "taking part in VRRP", logging.WARNING, HELD=",".join(found))
+        self._feed(self.machine.reconcile(found, self.loop.time()))
+        if not await self._released(self._release_budget(found)):
+            raise ReconcileError(f"startup reconciliation could not release {', '.join(self.machine.held)}")
+
+    def _release_budget(self, held: list[str]) -> float:
+        return 0.8 if list(held) == ["vip"] or not held else len(held) * self.cfg.monitor.step_timeout + 1
+
     async def stop(self, reason: str) -> None:
-        """Ordered leave: VIPs released, then the priority-0 advert, then sockets close."""
+        """Ordered leave: everything released in reverse, then the priority-0 advert, then sockets close."""
+        budget = self._release_budget(self.machine.held)
         self.apply(self.router.shutdown(self.loop.time()), why=reason)
-        await self._vips_settled()
+        if not await self._released(budget):
+            emit(Event.FAULT, f"stopping with {', '.join(self.machine.held)} still held: release did not finish "
+                 f"within {budget:g} s", logging.ERROR, HELD=",".join(self.machine.held))
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._garp_task:
-            self._garp_task.cancel()
-        for h in (self._timer, self._retry):
+        for h in (self._timer, self._machine_timer):
             if h:
                 h.cancel()
-        if self._vips_held or await self.vips.present():
-            await self.vips.remove()
+        self.chain.cancel()
         if self._farewell:
+            self._farewell = False
             self._send_advert(0)
         self.sock.close()
         self.garp.close()
         self.counters.drops = dict(self.validator.drops)
 
-    async def _vips_settled(self, timeout: float = 0.8) -> None:
-        self._vip_idle.clear()
-        self._vip_wake.set()
+    async def _released(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._vip_idle.wait(), timeout)
+            await asyncio.wait_for(self._quiet.wait(), timeout)
+        return self._quiet.is_set()
 
     # -- admin requests -----------------------------------------------------------------
     async def handover(self) -> str:
         if self.router.state != State.MASTER:
             return f"nothing to hand over: this node is {self.router.state}"
         emit(Event.HANDOVER, f"handover requested: releasing, then priority 0 to {self.info.name}'s peers")
+        budget = self._release_budget(self.machine.held)
         self.apply(self.router.handover(self.loop.time()))
-        await self._vips_settled()
+        if not await self._released(budget):
+            return f"release still in progress: {', '.join(self.machine.held)} held"
         return "released; the peer takes over after its Skew_Time"
 
     async def maintenance(self, on: bool) -> str:
         was_master = self.router.state == State.MASTER
+        budget = self._release_budget(self.machine.held)
         self.apply(self.router.set_maintenance(on, self.loop.time()))
-        await self._vips_settled()
+        await self._released(budget)
         word = "on: this node stays BACKUP and never takes over" if on else "off: normal VRRP rules again"
         emit(Event.MAINTENANCE, f"maintenance {word}" + (" (released mastership first)" if was_master else ""),
              MAINTENANCE="on" if on else "off")
@@ -198,25 +228,12 @@ class Instance:
         else:
             self.apply(self.router.fault(f"interface {self.info.name} down ({detail})", now))
 
-    def fault(self, reason: str) -> None:
-        """A failure outside VRRP: release, say priority 0 while we still can, go quiet, retry later."""
-        self.counters.faults += 1
-        emit(Event.FAULT, f"fault: {reason}; retrying in {FAULT_RETRY:g} s", logging.ERROR, REASON=reason)
-        self.apply(self.router.fault(reason, self.loop.time(), farewell=True))
-        if self._retry is None:
-            self._retry = self.loop.call_later(FAULT_RETRY, self._retry_after_fault)
-
-    def _retry_after_fault(self) -> None:
-        self._retry = None
-        if self.link.up:
-            self.apply(self.router.recover(self.loop.time(), "retrying after fault"))
-
     # -- actions out --------------------------------------------------------------------
     def apply(self, actions: list[Action], why: str = "") -> None:
         for action in actions:
             if isinstance(action, SendAdvert):
-                if action.priority == 0 and (self._vips_held or self._vip_busy):
-                    self._farewell = True  # sent by the VIP worker once the VIPs are gone
+                if action.priority == 0 and not self._quiet.is_set():
+                    self._farewell = True  # sent once everything is released
                 else:
                     self._send_advert(action.priority)
             elif isinstance(action, Transition):
@@ -263,75 +280,66 @@ class Instance:
         emit(Event.TRANSITION, f"VRRP {self.cfg.vrrp.vrid} on {self.info.name}: {t.old} -> {t.new}: {reason}",
              VRRP_STATE=t.new, PREV_STATE=t.old, REASON=reason, PEER=peer, VRID=self.cfg.vrrp.vrid,
              INTERFACE=self.info.name, VRRP_PRIORITY=self.router.priority)
+        self.on_state(self)
+        now = self.loop.time()
         if t.new == State.MASTER:
             self.counters.became_master += 1
             self._master_since = time.monotonic()
             self._master_reason = reason
-        self._vip_wake.set()
-        self.on_state(self)
+            self._feed(self.machine.vrrp_master(now, reason))
+        elif t.old == State.MASTER:
+            self._feed(self.machine.vrrp_lost(now, reason))
 
-    async def _vip_worker(self) -> None:
-        while True:
-            await self._vip_wake.wait()
-            self._vip_wake.clear()
-            self._vip_busy = True
-            want = self.router.state == State.MASTER
-            try:
-                if want and not self._vips_held:
-                    await self._raise_vips()
-                elif not want and self._vips_held:
-                    await self._drop_vips()
-            except Exception as e:  # netlink refused: not fatal to the daemon
-                emit(Event.STEP, f"changing VIPs on {self.info.name} failed: {e}", logging.ERROR,
-                     STEP="vip_add" if want else "vip_del", RESULT="failed", ERROR=str(e))
-                if want:
-                    self._vip_busy = False
-                    self.fault(f"could not add VIPs: {e}")
-            self._vip_busy = False
-            if not self._vips_held and self._farewell:
+    # -- the failover machine ----------------------------------------------------------
+    def _feed(self, actions: list[MachineAction]) -> None:
+        now = self.loop.time()
+        for action in actions:
+            if isinstance(action, RunStep):
+                self._quiet.clear()
+                self._step_task = asyncio.create_task(self._run_step(action), name=f"step-{action.step}")
+            elif isinstance(action, VrrpFault):
+                self.counters.faults += 1
+                emit(Event.FAULT, f"fault: {action.reason}; rolled back, priority 0 and silence for "
+                     f"{(self.machine.hold_until or now) - now:g} s", logging.ERROR, REASON=action.reason)
+                self.apply(self.router.fault(action.reason, now, farewell=True))
+            elif isinstance(action, VrrpRecover):
+                if self.link.up:
+                    self.apply(self.router.recover(now, action.reason))
+            elif isinstance(action, PhaseChange):
+                self._on_phase(action)
+        if self.machine.running is None and not self.machine.held:
+            self._quiet.set()
+            if self._farewell:
                 self._farewell = False
                 self._send_advert(0)
-            if not self._vip_wake.is_set():
-                self._vip_idle.set()
+        elif self.machine.running is None and self.machine.phase == Phase.SERVING:
+            self._quiet.clear()
+        deadline = self.machine.deadline
+        if self._machine_timer is not None:
+            self._machine_timer.cancel()
+        self._machine_timer = None if deadline is None else self.loop.call_at(deadline, self._on_machine_timer)
 
-    async def _raise_vips(self) -> None:
-        v = self.cfg.vrrp
-        t0 = time.monotonic()
-        await self.vips.add()
-        self._vips_held = True
-        t1 = time.monotonic()
-        ms = (t1 - t0) * 1000
-        self.steps["vip_add"] = round(ms, 3)
-        emit(Event.STEP, f"VIP {addrs(v.vips)} up on {self.info.name} in {ms:.1f} ms; "
-             f"{v.garp_count} gratuitous ARP round(s) every {v.garp_interval:g} s",
-             STEP="vip_add", RESULT="ok", DURATION_MS=f"{ms:.1f}", VIPS=addrs(v.vips))
-        self._garp_task = asyncio.create_task(self._garp_loop(), name="garp")
-        total = (t1 - self._master_since) * 1000
-        emit(Event.SERVING, f"became MASTER: {self._master_reason}; VIP {addrs(v.vips)} up "
-             f"({total:.1f} ms after the transition)", VRRP_STATE="MASTER", REASON=self._master_reason,
-             DURATION_MS=f"{total:.1f}", VIPS=addrs(v.vips))
+    def _on_machine_timer(self) -> None:
+        self._machine_timer = None
+        self._feed(self.machine.tick(self.loop.time()))
 
-    async def _drop_vips(self) -> None:
-        if self._garp_task:
-            self._garp_task.cancel()
-            self._garp_task = None
-        t0 = time.monotonic()
-        removed = await self.vips.remove()
-        self._vips_held = False
-        ms = (time.monotonic() - t0) * 1000
-        self.steps["vip_del"] = round(ms, 3)
-        emit(Event.STEP, f"VIP {addrs(removed) or '(none present)'} down on {self.info.name} in {ms:.1f} ms",
-             STEP="vip_del", RESULT="ok", DURATION_MS=f"{ms:.1f}", VIPS=addrs(removed))
-        emit(Event.RELEASED, f"released: VIP {addrs(self.cfg.vrrp.vips)} no longer held ({self.router.state})",
-             VRRP_STATE=self.router.state)
+    async def _run_step(self, step: RunStep) -> None:
+        ok, detail = await self.chain.run(step)
+        self._step_task = None
+        self._feed(self.machine.step_done(step.step, step.op, ok, detail, self.loop.time()))
 
-    async def _garp_loop(self) -> None:
-        v = self.cfg.vrrp
-        await self.garp.burst(v.vips, v.garp_count, v.garp_interval)
-        while v.garp_refresh > 0:
-            await asyncio.sleep(v.garp_refresh)
-            v = self.cfg.vrrp
-            self.garp.send(v.vips)
+    def _on_phase(self, change: PhaseChange) -> None:
+        if change.new == Phase.SERVING:
+            total = (time.monotonic() - self._master_since) * 1000
+            done = "; ".join(f"{k.split('_')[0]} {v:g} ms" for k, v in self.chain.durations.items()
+                             if k.endswith("_acquire"))
+            emit(Event.SERVING, f"became MASTER: {self._master_reason}; {done}; VIP {addrs(self.cfg.vrrp.vips)} up "
+                 f"({total:.1f} ms after the transition)", VRRP_STATE="MASTER", REASON=self._master_reason,
+                 DURATION_MS=f"{total:.1f}", VIPS=addrs(self.cfg.vrrp.vips))
+        elif change.old == Phase.RELEASING and change.new == Phase.IDLE:
+            emit(Event.RELEASED, f"released: {', '.join(reversed(self.cfg.steps))} ({change.reason})",
+                 VRRP_STATE=self.router.state)
+        self.on_state(self)
 
     # -- reload -------------------------------------------------------------------------
     async def reconfigure(self, new: Config) -> None:
@@ -342,7 +350,8 @@ class Instance:
         v = new.vrrp
         self.validator.configure(v.advert_interval, v.auth_pass)
         self.vips.vips = v.vips
-        if self._vips_held:
+        self.chain.cfg = new
+        if "vip" in self.machine.held:
             gone, added = old_vips - new_vips, new_vips - old_vips
             if gone:
                 await self.vips.remove(gone)
@@ -373,7 +382,10 @@ class Instance:
             "master": str(master) if master else None,
             "link_up": self.link.up,
             "vips": [str(x) for x in v.vips],
-            "vips_held": self._vips_held,
+            "vips_held": "vip" in self.machine.held,
+            "phase": str(self.machine.phase),
+            "held": list(self.machine.held),
+            "chain": list(self.cfg.steps),
             "last_transition": None if self.last is None else {
                 "at": self.last.at, "from": self.last.old, "to": self.last.new, "reason": self.last.reason},
             "counters": {

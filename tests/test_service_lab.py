@@ -114,7 +114,7 @@ def test_status_reports_counters_and_drops(lab: NetnsLab, tmp_path: Path) -> Non
     time.sleep(0.5)
     assert b.status()["instance"]["counters"]["adverts_received"] > 0
     sa = a.status()
-    assert sa["instance"]["counters"]["adverts_sent"] > 0 and sa["steps"]["vip_add"] > 0
+    assert sa["instance"]["counters"]["adverts_sent"] > 0 and sa["steps"]["vip_acquire"] > 0
     human = a.ctl("status").stdout
     for words in ("state     MASTER", "master    192.0.2.1 (this node)", "VIPs      192.0.2.100/24 held here"):
         assert words in human, human

@@ -163,7 +163,7 @@ def test_systemctl_stop_on_the_master_hands_over_in_order(lab: NspawnLab) -> Non
     wait(lambda: holders(lab) == ["b"], 3, "b to take the VIP")
     stopped = events(a, Event.STOPPED)[-1]
     assert "SIGTERM" in str(stopped["REASON"])
-    steps = [e for e in events(a, Event.STEP) if e.get("STEP") == "vip_del"]
+    steps = [e for e in events(a, Event.STEP) if e.get("STEP") == "vip_release"]
     assert steps, "the VIP was released by the agent itself"
     took = [e for e in events(b, Event.TRANSITION) if e.get("VRRP_STATE") == "MASTER"][-1]
     assert "priority 0" in str(took["REASON"]), "b took over on a's priority-0 advert, not a timeout"

@@ -1,0 +1,202 @@
+"""Runs the machine's steps against the real system: DRBD, the filesystem, the VIPs.
+
+Each step has three operations (acquire, release, check), runs under its own timeout, and
+reports `(ok, detail)` instead of raising: a missing binary, garbage output or a refused
+command is a failed step with a sentence naming it, which the machine turns into a rollback
+and a FAULT, never a crash of the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import fs
+from agent.config import Config
+from agent.guard import may_promote
+from agent.journal import Event, emit
+from agent.machine import Op, RunStep
+from drbd import drbdadm
+from drbd.status import Status, parse_events2
+from vrrp.vip import Garp, VipHolder
+
+log = logging.getLogger("failover-agent")
+
+FENCE_COMMANDS = {
+    "reboot": ["systemctl", "reboot", "--force", "--force"],
+    "poweroff": ["systemctl", "poweroff", "--force", "--force"],
+}
+SYSRQ = {"reboot": "b", "poweroff": "o"}
+
+
+class StepFailed(Exception):
+    pass
+
+
+class Chain:
+    def __init__(self, cfg: Config, vips: VipHolder, garp: Garp, runner: drbdadm.Runner = drbdadm.run) -> None:
+        self.cfg = cfg
+        self.vips = vips
+        self.garp = garp
+        self.runner = runner
+        self.durations: dict[str, float] = {}
+        self.drbd = drbdadm.Drbdadm(cfg.drbd.resource, runner=runner) if cfg.drbd else None
+        self._garp_task: asyncio.Task[None] | None = None
+
+    @property
+    def mount_spec(self) -> fs.MountSpec | None:
+        f = self.cfg.filesystem
+        if f is None:
+            return None
+        return fs.MountSpec(f.device, f.mountpoint, f.fstype, f.options, f.kill_holders, f.kill_grace)
+
+    async def run(self, step: RunStep) -> tuple[bool, str]:
+        """Carry out one step; never raises (except cancellation)."""
+        t0 = time.monotonic()
+        try:
+            detail = await asyncio.wait_for(self._dispatch(step), step.timeout)
+            ok = True
+        except TimeoutError:
+            ok, detail = False, f"{step.step} {step.op} did not finish within {step.timeout:g} s"
+        except (StepFailed, fs.FsError, drbdadm.DrbdError) as e:
+            ok, detail = False, str(e)
+        except OSError as e:
+            ok, detail = False, f"{step.step} {step.op}: {e}"
+        ms = (time.monotonic() - t0) * 1000
+        if step.op != Op.CHECK or not ok:
+            self.durations[f"{step.step}_{step.op}"] = round(ms, 3)
+            emit(Event.STEP, f"{step.step} {step.op} {'done' if ok else 'FAILED'} in {ms:.1f} ms: {detail}",
+                 logging.INFO if ok else logging.ERROR, STEP=f"{step.step}_{step.op}",
+                 RESULT="ok" if ok else "failed", DURATION_MS=f"{ms:.1f}")
+        return ok, detail
+
+    async def _dispatch(self, step: RunStep) -> str:
+        handler: dict[tuple[str, Op], Callable[[], object]] = {
+            ("drbd", Op.ACQUIRE): self._drbd_acquire, ("drbd", Op.RELEASE): self._drbd_release,
+            ("drbd", Op.CHECK): self._drbd_check,
+            ("mount", Op.ACQUIRE): self._mount_acquire, ("mount", Op.RELEASE): self._mount_release,
+            ("mount", Op.CHECK): self._mount_check,
+            ("vip", Op.ACQUIRE): self._vip_acquire, ("vip", Op.RELEASE): self._vip_release,
+            ("vip", Op.CHECK): self._vip_check,
+        }
+        fn = handler.get((step.step, step.op))
+        if fn is None:
+            raise StepFailed(f"no handler for {step.step} {step.op}")
+        result = await fn()  # type: ignore[misc]
+        return str(result)
+
+    # -- probing (startup reconciliation) ------------------------------------------------
+    async def probe(self) -> list[str]:
+        """Steps a crashed agent left held (the VIP is handled separately, before this)."""
+        held = []
+        if self.drbd and (st := await self.drbd_status()) is not None and st.primary:
+            held.append("drbd")
+        spec = self.mount_spec
+        if spec is not None and fs.mounted(spec):
+            held.append("mount")
+        return held
+
+    # -- DRBD ----------------------------------------------------------------------------
+    async def drbd_status(self) -> Status | None:
+        assert self.cfg.drbd is not None
+        res = self.cfg.drbd.resource
+        code, out, err = await self.runner(["drbdsetup", "events2", "--now", res], 10.0)
+        if code != 0:
+            if "not defined" in err or "Unknown resource" in err or "no such" in err.lower():
+                return None
+            raise StepFailed(f"drbdsetup events2 --now {res} failed (exit {code}): {err.strip() or out.strip()}")
+        return parse_events2(out).get(res)
+
+    async def _drbd_acquire(self) -> str:
+        assert self.drbd is not None and self.cfg.drbd is not None
+        status = await self.drbd_status()
+        decision = may_promote(status, self.cfg.drbd.resource)
+        if not decision.allow:
+            raise StepFailed(f"not promoting: {decision.reason}")
+        if status is not None and status.primary:
+            return decision.reason
+        await self.drbd.promote()
+        return f"{self.cfg.drbd.resource} Primary ({decision.reason})"
+
+    async def _drbd_release(self) -> str:
+        assert self.drbd is not None and self.cfg.drbd is not None
+        notes: list[str] = []
+        try:
+            await self.drbd.demote(self.cfg.drbd.demote_escalation, notes)
+        except drbdadm.DemoteFailed as e:
+            if e.fence != "none":
+                await self._self_fence(e.fence, str(e))
+            raise
+        return f"{self.cfg.drbd.resource} Secondary" + (f" ({'; '.join(notes)})" if notes else "")
+
+    async def _drbd_check(self) -> str:
+        status = await self.drbd_status()
+        if status is None or not status.primary:
+            raise StepFailed(f"DRBD is no longer Primary: {status.summary() if status else 'resource down'}")
+        return status.summary()
+
+    async def _self_fence(self, action: str, why: str) -> None:
+        emit(Event.FAULT, f"self-fence ({action}): {why}", logging.CRITICAL, REASON=why, FENCE=action)
+        code, _, err = await self.runner(FENCE_COMMANDS[action], 10.0)
+        if code != 0:
+            log.critical("%s failed (%s); using sysrq", " ".join(FENCE_COMMANDS[action]), err.strip())
+            with contextlib.suppress(OSError):
+                Path("/proc/sysrq-trigger").write_text(SYSRQ[action])
+
+    # -- filesystem ----------------------------------------------------------------------
+    async def _mount_acquire(self) -> str:
+        spec = self.mount_spec
+        assert spec is not None
+        await fs.mount(spec)
+        return f"{spec.device} mounted on {spec.mountpoint}"
+
+    async def _mount_release(self) -> str:
+        spec = self.mount_spec
+        assert spec is not None
+        notes: list[str] = []
+        await fs.unmount(spec, report=notes)
+        return f"{spec.mountpoint} unmounted" + (f" ({'; '.join(notes)})" if notes else "")
+
+    async def _mount_check(self) -> str:
+        spec = self.mount_spec
+        assert spec is not None
+        if not fs.mounted(spec):
+            raise StepFailed(f"{spec.device} is no longer mounted on {spec.mountpoint}")
+        return "mounted"
+
+    # -- VIPs ----------------------------------------------------------------------------
+    async def _vip_acquire(self) -> str:
+        v = self.cfg.vrrp
+        await self.vips.add()
+        self._garp_task = asyncio.create_task(self._garp_loop(), name="garp")
+        vips = ", ".join(str(x) for x in v.vips)
+        return f"VIP {vips} up; {v.garp_count} gratuitous ARP round(s) every {v.garp_interval:g} s"
+
+    async def _vip_release(self) -> str:
+        if self._garp_task:
+            self._garp_task.cancel()
+            self._garp_task = None
+        removed = await self.vips.remove()
+        return f"VIP {', '.join(str(x) for x in removed) or '(none present)'} down"
+
+    async def _vip_check(self) -> str:
+        missing = set(self.vips.vips) - await self.vips.present()
+        if missing:
+            raise StepFailed(f"VIP {', '.join(str(m) for m in missing)} vanished from the interface")
+        return "VIPs held"
+
+    async def _garp_loop(self) -> None:
+        v = self.cfg.vrrp
+        await self.garp.burst(v.vips, v.garp_count, v.garp_interval)
+        while v.garp_refresh > 0:
+            await asyncio.sleep(v.garp_refresh)
+            v = self.cfg.vrrp
+            self.garp.send(v.vips)
+
+    def cancel(self) -> None:
+        if self._garp_task:
+            self._garp_task.cancel()

@@ -1,0 +1,129 @@
+"""The acquire/release chain with a real filesystem: one ext4 on a loop device, two agents, VRRP.
+
+The loop device stands in for DRBD here (only the master mounts it; real DRBD runs in the
+user-mode-linux lab). Each node mounts it on its own directory, since namespace nodes share
+the host's mount table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import fs
+from tests.lab.agent import AgentProc, render_agent_conf
+from tests.lab.netns import NetnsLab, wait_until
+
+pytestmark = pytest.mark.lab
+
+VIP = "192.0.2.100/24"
+FAST = {"version": 3, "advert_interval": 0.1}
+_ids = itertools.count()
+
+
+@pytest.fixture
+def lab() -> Iterator[NetnsLab]:
+    with NetnsLab(f"fst{os.getpid() % 10000}x{next(_ids)}", nodes=("a", "b")) as lab:
+        yield lab
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[str]:
+    image = tmp_path / "shared.img"
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    dev = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        for m in fs.mounts():
+            if m.mountpoint.startswith(str(tmp_path)):
+                subprocess.run(["umount", "-l", m.mountpoint], capture_output=True)
+        subprocess.run(["losetup", "-d", dev], check=True)
+
+
+def storage_agent(lab: NetnsLab, node: str, tmp_path: Path, device: str, priority: int,
+                  **extra: object) -> AgentProc:
+    mnt = tmp_path / f"mnt-{node}"
+    mnt.mkdir(exist_ok=True)
+    agent = AgentProc(lab, node, tmp_path, priority=priority, **FAST)
+    text = render_agent_conf({"control_socket": str(agent.control_socket)}, priority=priority, **FAST)
+    text += f'[filesystem]\ndevice = "{device}"\nmountpoint = "{mnt}"\noptions = ["noatime"]\nkill_grace = 0.5\n'
+    text += "[monitor]\ninterval = 0.5\nmax_restarts = 1\nhold_down = 2.0\nstep_timeout = 10\n"
+    for key, value in extra.items():
+        text += f"{key} = {value}\n"
+    agent.write_config(text)
+    lab.add_cleanup(agent.close)
+    return agent
+
+
+def mounted_on(tmp_path: Path, node: str) -> bool:
+    return any(m.mountpoint == str(tmp_path / f"mnt-{node}") for m in fs.mounts())
+
+
+def test_master_mounts_then_raises_the_vip_and_hands_over_in_order(lab: NetnsLab, tmp_path: Path,
+                                                                   disk: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+    b = storage_agent(lab, "b", tmp_path, disk, 100).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    assert mounted_on(tmp_path, "a") and not mounted_on(tmp_path, "b")
+    assert VIP in lab.addresses("a")
+    log = a.log()
+    assert log.index("mount acquire done") < log.index("vip acquire done"), "the VIP comes last"
+    (tmp_path / "mnt-a" / "written-on-a").write_text("hello")
+    code, _ = a.terminate()
+    assert code == 0
+    assert wait_until(lambda: b.status()["instance"]["phase"] == "SERVING", 5), b.log()
+    assert not mounted_on(tmp_path, "a") and mounted_on(tmp_path, "b")
+    assert (tmp_path / "mnt-b" / "written-on-a").read_text() == "hello"
+    log = a.log()
+    assert log.index("vip release done") < log.index("mount release done"), "release is the reverse"
+
+
+def test_a_failing_step_rolls_back_faults_and_lets_the_peer_serve(lab: NetnsLab, tmp_path: Path,
+                                                                  disk: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, "/dev/no-such-disk", 150).start()
+    b = storage_agent(lab, "b", tmp_path, disk, 100).start()
+    assert wait_until(lambda: "mount acquire FAILED" in a.log(), 5), a.log()
+    assert "device /dev/no-such-disk does not exist" in a.log()
+    assert wait_until(lambda: b.status()["instance"]["phase"] == "SERVING", 5), b.log()
+    assert VIP in lab.addresses("b") and VIP not in lab.addresses("a")
+    # a retries after its hold-down (preempting b), fails again, and backs off; it never holds the VIP
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        assert VIP not in lab.addresses("a")
+        time.sleep(0.1)
+    assert a.status()["instance"]["counters"]["faults"] >= 2
+    assert "hold-down" in a.log() or "silence for" in a.log()
+    assert b.alive and a.alive
+
+
+def test_monitor_remounts_a_vanished_filesystem(lab: NetnsLab, tmp_path: Path, disk: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    subprocess.run(["umount", str(tmp_path / "mnt-a")], check=True)  # someone unmounts it by hand
+    assert wait_until(lambda: "mount check FAILED" in a.log(), 3), a.log()
+    assert wait_until(lambda: mounted_on(tmp_path, "a") and a.status()["instance"]["phase"] == "SERVING", 5)
+    assert VIP in lab.addresses("a")
+
+
+def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path, disk: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    a.kill()
+    assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
+    again = storage_agent(lab, "a", tmp_path / "again", disk, 150)
+    again.write_config(a.config_path.read_text().replace(str(a.control_socket), str(again.control_socket)))
+    again.start()
+    log = again.log()
+    assert "left on eth0 by an earlier run" in log
+    assert "mount still held by an earlier run" in log
+    assert log.index("mount release done") < log.index("INITIALIZE -> BACKUP")
+    assert wait_until(lambda: again.status()["instance"]["phase"] == "SERVING", 5), again.log()
