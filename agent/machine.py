@@ -169,13 +169,12 @@ class Machine:
         actions: list[Action] = []
         if self._checking and self.phase == Phase.SERVING and self.want:
             return [self._run(self._checking[0], Op.CHECK)]
+        if self._restart_from is not None and self._restart_from not in self.held:
+            self._restart_from = None  # released down to the failed step: acquire again from there
         release = not self.want or self._after_release is not None or self._restart_from is not None
         if release and self.held:
             if self.phase != Phase.RELEASING:
                 actions.append(self._go(Phase.RELEASING, reason))
-            if self._restart_from is not None and self._restart_from not in self.held:
-                self._restart_from = None  # released down to the failed step: acquire again
-                return actions + self._advance(now, "restarting")
             actions.append(self._run(self.held[-1], Op.RELEASE))
             return actions
         if self._after_release is not None:

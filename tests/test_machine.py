@@ -120,6 +120,17 @@ def test_monitor_failure_restarts_the_step_and_what_depends_on_it() -> None:
     assert d.m.phase == Phase.SERVING and d.m.restarts == {"nfs": 1}
 
 
+def test_monitor_failure_of_the_first_step_restarts_the_whole_chain_once() -> None:
+    d = Driver(Machine(STORAGE))
+    d.feed(d.m.vrrp_master(0, "x"))
+    d.settle()
+    d.outcomes[("drbd", Op.CHECK)] = [False]
+    d.advance(2.0)
+    after = runs([a for a in d.log if isinstance(a, RunStep)][len(ORDER):])
+    assert after == ["check:drbd", *[f"release:{s}" for s in reversed(ORDER)], *[f"acquire:{s}" for s in ORDER]]
+    assert d.m.phase == Phase.SERVING
+
+
 def test_monitor_failures_beyond_max_restarts_fail_over() -> None:
     d = Driver(Machine(STORAGE))
     d.feed(d.m.vrrp_master(0, "x"))
@@ -242,6 +253,6 @@ def test_chain_invariants_under_random_flaps_and_outcomes(events: list[tuple[obj
                                                             and not mirror):
             break
     if final_master:
-        assert m.phase in (Phase.SERVING, Phase.FAULT, Phase.ACQUIRING) or m.held == list(steps)
+        assert m.phase == Phase.SERVING and mirror == list(steps), (m.phase, mirror)
     else:
         assert mirror == [] and m.phase in (Phase.IDLE, Phase.FAULT)

@@ -52,7 +52,7 @@ def disk(tmp_path: Path) -> Iterator[str]:
 def storage_agent(lab: NetnsLab, node: str, tmp_path: Path, device: str, priority: int,
                   **extra: object) -> AgentProc:
     mnt = tmp_path / f"mnt-{node}"
-    mnt.mkdir(exist_ok=True)
+    mnt.mkdir(parents=True, exist_ok=True)
     agent = AgentProc(lab, node, tmp_path, priority=priority, **FAST)
     text = render_agent_conf({"control_socket": str(agent.control_socket)}, priority=priority, **FAST)
     text += f'[filesystem]\ndevice = "{device}"\nmountpoint = "{mnt}"\noptions = ["noatime"]\nkill_grace = 0.5\n'
@@ -119,8 +119,9 @@ def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     a.kill()
     assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
-    again = storage_agent(lab, "a", tmp_path / "again", disk, 150)
+    again = AgentProc(lab, "a", tmp_path / "again", priority=150, **FAST)
     again.write_config(a.config_path.read_text().replace(str(a.control_socket), str(again.control_socket)))
+    lab.add_cleanup(again.close)
     again.start()
     log = again.log()
     assert "left on eth0 by an earlier run" in log
