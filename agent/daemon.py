@@ -37,6 +37,12 @@ RESTART_KEYS = ("interface", "vrid", "version", "unicast_peers")
 VERSION = "0.1.0"
 
 
+def needs_restart(old: Config, new: Config) -> bool:
+    """Changes that cannot be applied to a running instance: its identity, or what it holds."""
+    return (any(getattr(old.vrrp, k) != getattr(new.vrrp, k) for k in RESTART_KEYS)
+            or (old.drbd, old.filesystem) != (new.drbd, new.filesystem))
+
+
 class SetupError(Exception):
     """The instance cannot start (interface missing, no address, no privilege)."""
 
@@ -250,8 +256,9 @@ class Agent:
         if new.agent != self.cfg.agent:
             log.warning("reload: [agent] settings (control socket, metrics) take effect at the next restart")
         old, self.cfg = self.cfg, new
-        if any(getattr(old.vrrp, k) != getattr(new.vrrp, k) for k in RESTART_KEYS):
-            log.info("reload: %s changed: the instance restarts after an ordered leave", "/".join(RESTART_KEYS))
+        if needs_restart(old, new):
+            log.info("reload: %s or the storage sections changed: the instance restarts after an ordered leave",
+                     "/".join(RESTART_KEYS))
             await self.instance.stop("reload")
             try:
                 self.instance = await self._start_instance(new)

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -43,7 +43,7 @@ def router_params(cfg: Config, address: IPv4Address) -> Params:
 def machine_settings(cfg: Config) -> Settings:
     m = cfg.monitor
     return Settings(steps=cfg.steps, timeouts={s: m.step_timeout for s in cfg.steps}, monitor_interval=m.interval,
-                    max_restarts=m.max_restarts, hold_down=m.hold_down)
+                    max_restarts=m.max_restarts, hold_down=m.hold_down, event_watched=frozenset({"vip"}))
 
 
 class ReconcileError(Exception):
@@ -95,7 +95,7 @@ class Instance:
         self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._process)
         self.garp = Garp(v.interface, info.mac)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
-        self.link = LinkMonitor(info.index, info.up, self._on_link)
+        self.link = LinkMonitor(info.index, info.up, self._on_link, self._on_addr_removed)
         self.last: LastTransition | None = None
         self._ip_id = 0
         self._templates: dict[tuple[int, IPv4Address], bytearray] = {}
@@ -218,6 +218,16 @@ class Instance:
     def _on_timer(self) -> None:
         self._timer = None
         self._process()
+
+    def _on_addr_removed(self, address: IPv4Interface) -> None:
+        if address not in self.cfg.vrrp.vips:
+            return
+        detail = f"VIP {address} was removed from {self.info.name} by someone else"
+        actions = self.machine.lost("vip", detail, self.loop.time())
+        if actions:
+            emit(Event.STEP, f"{detail}: restarting the vip step", logging.WARNING, STEP="vip_check",
+                 RESULT="lost", VIPS=str(address))
+        self._feed(actions)
 
     def _on_link(self, up: bool, detail: str) -> None:
         now = self.loop.time()
@@ -351,6 +361,7 @@ class Instance:
         self.validator.configure(v.advert_interval, v.auth_pass)
         self.vips.vips = v.vips
         self.chain.cfg = new
+        self.machine.s = machine_settings(new)  # monitor interval, restarts, hold-down, timeouts
         if "vip" in self.machine.held:
             gone, added = old_vips - new_vips, new_vips - old_vips
             if gone:
@@ -386,6 +397,8 @@ class Instance:
             "phase": str(self.machine.phase),
             "held": list(self.machine.held),
             "chain": list(self.cfg.steps),
+            "monitor": {"interval": self.machine.s.monitor_interval, "max_restarts": self.machine.s.max_restarts,
+                        "hold_down": self.machine.s.hold_down},
             "last_transition": None if self.last is None else {
                 "at": self.last.at, "from": self.last.old, "to": self.last.new, "reason": self.last.reason},
             "counters": {

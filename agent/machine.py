@@ -73,6 +73,9 @@ class Settings:
     hold_down: float = 5.0
     hold_down_max: float = 60.0
     release_retry: float = 1.0
+    # steps whose loss the kernel reports as an event (VIPs: RTM_DELADDR), so polling them
+    # would only cost wakeups; they are checked through `lost`
+    event_watched: frozenset[str] = frozenset()
 
     def timeout(self, step: str) -> float:
         return self.timeouts.get(step, 30.0)
@@ -141,9 +144,18 @@ class Machine:
         if self.phase == Phase.SERVING and self.check_at is not None and now >= self.check_at \
                 and self.running is None:
             self.check_at = None
-            self._checking = list(self.held)
+            self._checking = self._polled()
             actions += self._advance(now, "monitor")
         return actions
+
+    def lost(self, step: str, detail: str, now: float) -> list[Action]:
+        """An event says a held step is gone (e.g. a VIP deleted by hand): like a failed check."""
+        if self.phase != Phase.SERVING or step not in self.held or self.running is not None:
+            return []
+        return self._monitor_failed(step, detail, now)
+
+    def _polled(self) -> list[str]:
+        return [s for s in self.held if s not in self.s.event_watched]
 
     def reconcile(self, found: Sequence[str], now: float) -> list[Action]:
         """At startup: whatever a crashed agent left held is released before we take part."""
@@ -195,9 +207,8 @@ class Machine:
             return actions
         if self.phase != Phase.SERVING:
             self.failures = 0
-            self.check_at = now + self.s.monitor_interval
             actions.append(self._go(Phase.SERVING, "every step acquired"))
-        elif self.check_at is None:
+        if self.check_at is None and self._polled():
             self.check_at = now + self.s.monitor_interval
         return actions
 

@@ -256,3 +256,18 @@ def test_chain_invariants_under_random_flaps_and_outcomes(events: list[tuple[obj
         assert m.phase == Phase.SERVING and mirror == list(steps), (m.phase, mirror)
     else:
         assert mirror == [] and m.phase in (Phase.IDLE, Phase.FAULT)
+
+
+def test_event_watched_steps_are_not_polled_and_their_loss_restarts_them() -> None:
+    d = Driver(Machine(Settings(steps=("mount", "vip"), event_watched=frozenset({"vip"}))))
+    d.feed(d.m.vrrp_master(0, "x"))
+    d.settle()
+    d.advance(2.0)
+    assert runs([a for a in d.log if isinstance(a, RunStep)])[2:] == ["check:mount"]
+    only_vip = Driver(Machine(Settings(steps=("vip",), event_watched=frozenset({"vip"}))))
+    only_vip.feed(only_vip.m.vrrp_master(0, "x"))
+    only_vip.settle()
+    assert only_vip.m.deadline is None, "nothing to poll: no periodic wakeups"
+    only_vip.feed(only_vip.m.lost("vip", "deleted by hand", 1.0))
+    assert runs(only_vip.settle()) == ["release:vip", "acquire:vip"]
+    assert only_vip.m.serving and only_vip.m.restarts == {"vip": 1}

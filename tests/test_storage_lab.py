@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -128,3 +129,21 @@ def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path
     assert "mount still held by an earlier run" in log
     assert log.index("mount release done") < log.index("INITIALIZE -> BACKUP")
     assert wait_until(lambda: again.status()["instance"]["phase"] == "SERVING", 5), again.log()
+
+
+def test_reload_changes_monitor_settings_live_and_restarts_for_storage_changes(lab: NetnsLab, tmp_path: Path,
+                                                                               disk: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    text = a.config_path.read_text()
+    a.write_config(text.replace("interval = 0.5", "interval = 1.5"))
+    a.signal(signal.SIGHUP)
+    assert wait_until(lambda: a.status()["instance"]["monitor"]["interval"] == 1.5, 3), a.log()
+    assert a.status()["instance"]["phase"] == "SERVING" and "ordered leave" not in a.log()
+    # a storage change is not applied under a mounted filesystem: ordered leave, then restart
+    a.write_config(text.replace("kill_grace = 0.5", "kill_grace = 1.0"))
+    a.signal(signal.SIGHUP)
+    assert wait_until(lambda: "restarts after an ordered leave" in a.log(), 3), a.log()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    log = a.log()
+    assert log.rindex("mount release done") < log.rindex("mount acquire done")

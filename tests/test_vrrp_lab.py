@@ -313,3 +313,13 @@ def test_only_configured_vips_are_touched(lab: NetnsLab, tmp_path: Path) -> None
     code, _ = pa.terminate()
     assert code == 0
     assert lab.addresses("a") == {"192.0.2.1/24", "192.0.2.77/24"}
+
+
+def test_a_vip_deleted_by_hand_on_the_master_comes_back(lab: NetnsLab, tmp_path: Path) -> None:
+    pa, pb = agents(lab, tmp_path, {"priority": 150, "version": 3, "advert_interval": 0.1},
+                    {"priority": 100, "version": 3, "advert_interval": 0.1})
+    elect(lab, pa, pb)
+    lab.run("a", ["ip", "addr", "del", VIP_CIDR, "dev", "eth0"])
+    assert wait_until(lambda: VIP_CIDR in lab.addresses("a"), 1.0), pa.log()
+    assert "was removed from eth0 by someone else" in pa.log()
+    assert pa.state() == "MASTER" and pb.state() == "BACKUP"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from ipaddress import IPv4Interface
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
 
 from vrrp.vip import link_is_up
 
@@ -25,17 +26,21 @@ def describe(msg: object) -> str:
 
 
 class LinkMonitor:
-    """Calls `on_change(up, detail)` when the interface's usable state flips."""
+    """Calls `on_change(up, detail)` when the interface's usable state flips, and
+    `on_addr_removed(address)` when an IPv4 address leaves it (how a deleted VIP is noticed
+    without polling)."""
 
-    def __init__(self, ifindex: int, up: bool, on_change: Callable[[bool, str], None]) -> None:
+    def __init__(self, ifindex: int, up: bool, on_change: Callable[[bool, str], None],
+                 on_addr_removed: Callable[[IPv4Interface], None] = lambda _: None) -> None:
         self.ifindex = ifindex
         self.up = up
         self.on_change = on_change
+        self.on_addr_removed = on_addr_removed
         self.events = 0
 
     async def run(self) -> None:
         async with AsyncIPRoute() as ipr:
-            await ipr.bind(groups=RTMGRP_LINK)
+            await ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
             while True:  # pyroute2 0.9's get() ends after one datagram
                 async for msg in ipr.get():
                     self.feed(msg)
@@ -45,7 +50,16 @@ class LinkMonitor:
         if get is None or get("index") != self.ifindex:
             return
         self.events += 1
-        if get("event") == "RTM_DELLINK":
+        event = get("event")
+        if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+            if event == "RTM_DELADDR" and get("address"):
+                try:
+                    address = IPv4Interface(f"{get('address')}/{get('prefixlen')}")
+                except ValueError:
+                    return
+                self.on_addr_removed(address)
+            return
+        if event == "RTM_DELLINK":
             up, detail = False, "interface deleted"
         else:
             up, detail = link_is_up(msg), describe(msg)

@@ -408,7 +408,8 @@ def run_verifier(args: argparse.Namespace, lib: LibNfs) -> int:
                     ctx = NfsContext(lib, args.server, args.export, args.version, args.timeout)
                 return op(ctx)
             except NfsError as exc:
-                if exc.errno == errno.ENOENT or time.monotonic() >= deadline:
+                # ENOENT of the file itself is final; of the export (mount) it is a server not ready yet.
+                if (exc.errno == errno.ENOENT and exc.stage != "mount") or time.monotonic() >= deadline:
                     raise
                 if ctx is not None:
                     ctx.close()
