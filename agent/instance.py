@@ -100,6 +100,7 @@ class Instance:
         self._ip_id = 0
         self._templates: dict[tuple[int, IPv4Address], bytearray] = {}
         self._wake_threshold = WAKE_NEVER
+        self._next_drain = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self.machine = Machine(machine_settings(cfg))
@@ -217,6 +218,13 @@ class Instance:
 
     def _on_timer(self) -> None:
         self._timer = None
+        now = self.loop.time()
+        if self.router.state == State.MASTER and now < self._next_drain:
+            # a master's own advert timer: whatever could unseat it rings the doorbell, so the
+            # queue (lower-priority adverts, counted only) is drained once a second, not per advert
+            self.apply(self.router.tick(now))
+            return
+        self._next_drain = now + 1.0
         self._process()
 
     def _on_addr_removed(self, address: IPv4Interface) -> None:

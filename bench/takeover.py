@@ -10,8 +10,8 @@ first in each repetition. Reported: medians over the repetitions and the ratio a
 - idle: both nodes running, CPU seconds used over the idle window per node, and RSS (summed
   over a daemon's processes: keepalived runs a parent and a VRRP child).
 
-    python -m bench.takeover              # 10 repetitions, 60 s idle, v2 1 s and v3 0.1 s
-    python -m bench.takeover --reps 1 --idle 2 --modes v3   # smoke run
+    python -m bench.takeover              # 10 repetitions; idle: 5 windows of 60 s; v2 1 s and v3 0.1 s
+    python -m bench.takeover --reps 1 --idle 2 --idle-reps 1 --modes v3   # smoke run
 """
 
 from __future__ import annotations
@@ -253,29 +253,43 @@ class Floor:
         return [psutil.Process(self.proc.pid)]
 
 
-def idle(impl: str, mode: str, seconds: float, work: Path) -> dict[str, float]:
+def idle(mode: str, seconds: float, reps: int, work: Path) -> dict[str, dict[str, float]]:
+    """Idle CPU and RSS of keepalived, the agent and the bare floor, side by side in one window.
+
+    All three pairs run at once in their own labs (together they use well under 1% of a core,
+    so they do not disturb each other), each window is `seconds` long, and the figure per
+    implementation and role is the median over `reps` windows.
+    """
     version, interval = MODES[mode]
-    with NetnsLab(f"fi{impl[0]}{mode}", nodes=("a", "b")) as lab:
-        if impl == "floor":
-            a2, b2 = Floor(lab, "a", "master", version, interval), Floor(lab, "b", "backup", version, interval)
-            time.sleep(2.0)
-            procs = {"master": a2.processes(), "backup": b2.processes()}
-        else:
-            a, b = _pair(impl, lab, work, version, interval)
-            time.sleep(1.0)
-            procs = {"master": a.processes(), "backup": b.processes()}
-        cpu0 = {k: sum(cpu_seconds(p.pid) for p in ps) for k, ps in procs.items()}
-        t0 = time.monotonic()
-        time.sleep(seconds)
-        wall = time.monotonic() - t0
-        out = {}
-        for k, ps in procs.items():
-            cpu = sum(cpu_seconds(p.pid) for p in ps) - cpu0[k]
-            out[f"{k}_cpu_pct"] = 100 * cpu / wall
-            out[f"{k}_rss_mb"] = sum(p.memory_info().rss for p in ps) / 2**20
-        if impl != "floor" and not (a.wait_state("MASTER", 0) and b.wait_state("BACKUP", 0)):
-            raise RuntimeError(f"{impl}: state changed while idle")
-    return out
+    samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in (*IMPLS, "floor")}
+    with contextlib.ExitStack() as stack:
+        procs: dict[str, dict[str, list[psutil.Process]]] = {}
+        pairs: dict[str, tuple[Daemon, Daemon]] = {}
+        for impl in (*IMPLS, "floor"):
+            lab = stack.enter_context(NetnsLab(f"fi{impl[0]}{mode}", nodes=("a", "b"), client=False))
+            if impl == "floor":
+                fa, fb = Floor(lab, "a", "master", version, interval), Floor(lab, "b", "backup", version, interval)
+                procs[impl] = {"master": fa.processes(), "backup": fb.processes()}
+            else:
+                a, b = _pair(impl, lab, work / impl, version, interval)
+                pairs[impl] = (a, b)
+                procs[impl] = {"master": a.processes(), "backup": b.processes()}
+        time.sleep(2.0)
+        for _ in range(reps):
+            cpu0 = {(i, r): sum(cpu_seconds(p.pid) for p in ps)
+                    for i, roles in procs.items() for r, ps in roles.items()}
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            wall = time.monotonic() - t0
+            for (impl, role), before in cpu0.items():
+                cpu = sum(cpu_seconds(p.pid) for p in procs[impl][role]) - before
+                samples[impl].setdefault(f"{role}_cpu_pct", []).append(100 * cpu / wall)
+                samples[impl].setdefault(f"{role}_rss_mb", []).append(
+                    sum(p.memory_info().rss for p in procs[impl][role]) / 2**20)
+        for impl, (a, b) in pairs.items():
+            if not (a.wait_state("MASTER", 0) and b.wait_state("BACKUP", 0)):
+                raise RuntimeError(f"{impl}: state changed while idle")
+    return {impl: {k: statistics.median(v) for k, v in d.items()} for impl, d in samples.items()}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--idle", type=float, default=60.0, help="idle measurement window, seconds")
+    parser.add_argument("--idle-reps", type=int, default=5, help="idle windows; medians are reported")
     parser.add_argument("--modes", default="v2,v3", help="comma list of v2 (1 s adverts), v3 (0.1 s adverts)")
     parser.add_argument("--json", type=Path, help="also write raw results here")
     args = parser.parse_args(argv)
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples.append(s)
                     print(f"{mode} rep {rep + 1}/{args.reps} {impl:10s} crash {_fmt(s.crash)} "
                           f"sigterm {_fmt(s.sigterm)}", file=sys.stderr, flush=True)
-            idles = {impl: idle(impl, mode, args.idle, work / f"idle-{mode}-{impl}") for impl in (*IMPLS, "floor")}
+            idles = idle(mode, args.idle, args.idle_reps, work / f"idle-{mode}")
             med = {impl: {"crash": _median([s.crash for s in samples if s.impl == impl]),
                           "sigterm": _median([s.sigterm for s in samples if s.impl == impl])} for impl in IMPLS}
             failures = {impl: sum(1 for s in samples if s.impl == impl and (s.crash is None or s.sigterm is None))
@@ -354,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                              _ratio(ai[f"{role}_rss_mb"], ki[f"{role}_rss_mb"])))
             if any(failures.values()):
                 rows.append((label, "runs without a takeover", str(failures["keepalived"]), str(failures["agent"]), ""))
-    print(f"\n{args.reps} repetitions, idle window {args.idle:g} s, keepalived 2.2.7 vs failover-agent\n")
+    print(f"\n{args.reps} repetitions; idle: median of {args.idle_reps} windows of {args.idle:g} s; "
+          "keepalived 2.2.7 vs failover-agent\n")
     print("| mode | measure | keepalived | failover-agent | agent/keepalived |")
     print("|---|---|---|---|---|")
     for r in rows:

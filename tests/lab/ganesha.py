@@ -76,6 +76,7 @@ __all__ = [
     "node_namespace",
     "pids_in_mntns",
     "render_ganesha_conf",
+    "rpc_null",
     "send_garp",
 ]
 
@@ -655,6 +656,10 @@ def render_ganesha_conf(
         "        Access_Type = RW;",
         "    }",
         "}",
+        # No Kerberos: saves a keytab lookup and CRIT noise at every start.
+        "NFS_KRB5 {",
+        "    Active_krb5 = false;",
+        "}",
         "LOG {",
         f"    Default_Log_Level = {log_level};",
         "}",
@@ -808,13 +813,13 @@ class GaneshaServer(Closing):
 
     # -- health ----------------------------------------------------------------------------------
 
-    def nfs_null(self, version: int = 4, timeout: float = 3.0) -> bool:
-        """NFS NULL call over TCP to 127.0.0.1:2049 from inside the node (no rpcbind involved)."""
-        argv = ["rpcinfo", "-n", str(NFS_PORT), "-t", "127.0.0.1", str(NFS_PROGRAM), str(version)]
-        try:
-            return self.lab.run(self.node, argv, check=False, timeout=timeout).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
+    def nfs_null(self, version: int = 4, timeout: float = 2.0) -> bool:
+        """NFS NULL call over TCP to 127.0.0.1:2049 from inside the node (no rpcbind involved).
+
+        Not ``rpcinfo -n 2049``: Debian's rpcinfo asks rpcbind first even with -n and so
+        fails on an NFSv4-only node, which needs no rpcbind.
+        """
+        return rpc_null(self.lab, self.node, "127.0.0.1", NFS_PORT, NFS_PROGRAM, version, timeout)
 
     def mount_null(self, timeout: float = 3.0) -> bool:
         """MOUNT v3 NULL, looked up through the node's rpcbind (what an NFSv3 client does)."""
@@ -854,11 +859,49 @@ class GaneshaServer(Closing):
         """True while ganesha reports being in grace, False after it left (or skipped) it, None if unknown."""
         state: bool | None = None
         for line in self.log().splitlines():
-            if "NOT IN GRACE" in line or "skipping GRACE" in line.replace("Skipping", "skipping"):
+            # ganesha 4.3: "NFS Server Now IN GRACE, duration N", "NFS Server Now NOT IN GRACE",
+            # "NFS Server skipping GRACE (Graceless is true)"
+            if "NOT IN GRACE" in line or "skipping GRACE" in line:
                 state = False
             elif "IN GRACE" in line:
                 state = True
         return state
+
+
+_RPC_NULL_CODE = """
+import os, socket, struct, sys
+host, port, prog, vers, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+xid = int.from_bytes(os.urandom(4), "big")
+# CALL, RPC version 2, procedure 0 (NULL), AUTH_NONE credential and verifier
+call = struct.pack("!IIIIIIIIII", xid, 0, 2, prog, vers, 0, 0, 0, 0, 0)
+with socket.create_connection((host, port), timeout=timeout) as s:
+    s.sendall(struct.pack("!I", 0x80000000 | len(call)) + call)
+    data = b""
+    while len(data) < 4 or len(data) < 4 + (struct.unpack("!I", data[:4])[0] & 0x7FFFFFFF):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed before the reply")
+        data += chunk
+rxid, mtype, stat, _flavor, vlen = struct.unpack("!IIIII", data[4:24])
+accept = struct.unpack("!I", data[24 + vlen : 28 + vlen])[0] if stat == 0 else None
+if (rxid, mtype, stat, accept) != (xid, 1, 0, 0):
+    sys.exit(f"bad reply: xid ok {rxid == xid}, type {mtype}, reply_stat {stat}, accept_stat {accept}")
+"""
+
+
+def rpc_null(lab: NetnsLab, node: str, host: str, port: int, program: int, version: int,
+             timeout: float = 2.0) -> bool:  # fmt: skip
+    """ONC RPC NULL procedure over TCP from ``node``'s network namespace; True if it succeeded.
+
+    A NULL reply with accept_stat SUCCESS proves the RPC dispatcher is up and serves that
+    program and version (PROG_UNAVAIL / PROG_MISMATCH count as failure).
+    """
+    argv = [sys.executable, "-I", "-S", "-c", _RPC_NULL_CODE, host, str(port), str(program), str(version),
+            repr(timeout)]  # fmt: skip
+    try:
+        return lab.run(node, argv, check=False, timeout=timeout + 5).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 # --------------------------------------------------------------------------------------------

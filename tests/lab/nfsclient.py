@@ -295,7 +295,7 @@ class NfsWriter:
         proc = self.proc
         assert proc is not None and proc.stdout is not None
         for line in proc.stdout:
-            self._parse(line.split(maxsplit=5))
+            self._parse(line.strip().split(maxsplit=5))
         with self._cond:
             self._ended = True
             self._cond.notify_all()
