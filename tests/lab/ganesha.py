@@ -231,15 +231,22 @@ class NodeNamespace(Closing):
         Returns once none of them runs any more; the kernel then releases the namespace and
         its mounts (asynchronously: SharedDisk.wait_released tells when the disk is free).
         """
-        if self._holder is None:
+        if self._holder is None or self._key is None:
             return
-        refs = [ref for ref in map(ProcRef.of, self.pids()) if ref is not None]
-        holder_ref = ProcRef.of(self._holder.pid)
-        for ref in [*refs, *([holder_ref] if holder_ref else [])]:
-            ref.send_signal(signal.SIGKILL)
+        key, deadline = self._key, time.monotonic() + timeout
+        # Rescan until the namespace is empty: a process may fork (a mount helper, a script)
+        # between one scan and the signals.  Dead processes (zombies too) no longer show a
+        # mount namespace, so they drop out of the scan.
+        while True:
+            refs = [ref for ref in map(ProcRef.of, pids_in_mntns(key)) if ref is not None and ref.alive()]
+            if not refs:
+                break
+            if time.monotonic() >= deadline:
+                raise LabError(f"node {self.node}: processes survived SIGKILL: {[r.pid for r in refs]}")
+            for ref in refs:
+                ref.send_signal(signal.SIGKILL)
+            time.sleep(0.005)
         self._reap(timeout)
-        if not wait_until(lambda: not any(ref.alive() for ref in refs), timeout):
-            raise LabError(f"node {self.node}: processes survived SIGKILL: {[r.pid for r in refs if r.alive()]}")
 
     def stop(self, grace: float = 3.0) -> None:
         """Orderly node shutdown: SIGTERM everything in the namespace (SIGKILL after ``grace``)."""
