@@ -49,10 +49,7 @@ class Chain:
 
     @property
     def mount_spec(self) -> fs.MountSpec | None:
-        f = self.cfg.filesystem
-        if f is None:
-            return None
-        return fs.MountSpec(f.device, f.mountpoint, f.fstype, f.options, f.kill_holders, f.kill_grace)
+        return self.cfg.filesystem
 
     async def run(self, step: RunStep) -> tuple[bool, str]:
         """Carry out one step; never raises (except cancellation)."""

@@ -23,19 +23,16 @@ from pathlib import Path
 
 import psutil
 
+from agent.config import FilesystemConfig
+from drbd.drbdadm import run
+
 
 class FsError(Exception):
     """A mount step failed; the message names the device, mountpoint and what went wrong."""
 
 
-@dataclass(frozen=True)
-class MountSpec:
-    device: str
-    mountpoint: str
-    fstype: str = "ext4"
-    options: tuple[str, ...] = ()
-    kill_holders: bool = True
-    kill_grace: float = 3.0
+# what to mount is exactly the [filesystem] section of the config
+MountSpec = FilesystemConfig
 
 
 @dataclass(frozen=True)
@@ -101,16 +98,10 @@ def anything_mounted_on(mountpoint: str) -> bool:
 
 
 async def _run(argv: list[str], timeout: float) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise FsError(f"{argv[0]} did not finish within {timeout:g} s") from None
-    return proc.returncode or 0, out.decode(errors="replace").strip()
+    code, out, err = await run(argv, timeout)
+    if code == 124 and err.endswith(f"timed out after {timeout:g} s"):
+        raise FsError(f"{argv[0]} did not finish within {timeout:g} s")
+    return code, (out + err).strip()
 
 
 async def mount(spec: MountSpec, timeout: float = 30.0) -> None:

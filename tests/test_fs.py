@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,6 @@ import pytest
 from agent import fs
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def loopdev(tmp_path: Path) -> Iterator[str]:
-    image = tmp_path / "disk.img"
-    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert dev.startswith("/dev/loop"), dev
-    try:
-        yield dev
-    finally:
-        subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True)
-        subprocess.run(["losetup", "-d", dev], check=True)
 
 
 def spec(tmp_path: Path, dev: str, **kw: object) -> fs.MountSpec:

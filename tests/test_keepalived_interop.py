@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,6 @@ from tests.lab.netns import CLIENT, NetnsLab, wait_until
 pytestmark = pytest.mark.lab
 
 VIP = "192.0.2.100"
-_ids = itertools.count()
 
 MODES: dict[str, dict[str, Any]] = {
     "v2": {"version": 2, "advert_interval": 1.0},
@@ -30,12 +26,6 @@ MODES: dict[str, dict[str, Any]] = {
 def master_down(priority: int, interval: float, version: int) -> float:
     skew = (256 - priority) / 256 * (interval if version == 3 else 1)
     return 3 * interval + skew
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    with NetnsLab(f"fk{os.getpid() % 10000}x{next(_ids)}", nodes=("a", "b")) as lab:
-        yield lab
 
 
 def keepalived(lab: NetnsLab, node: str, tmp_path: Path, priority: int, mode: dict[str, Any]) -> Keepalived:

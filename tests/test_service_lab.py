@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +15,6 @@ pytestmark = pytest.mark.lab
 
 VIP = "192.0.2.100/24"
 FAST = {"version": 3, "advert_interval": 0.1}
-_ids = itertools.count()
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    with NetnsLab(f"fc{os.getpid() % 10000}x{next(_ids)}", nodes=("a", "b")) as lab:
-        yield lab
 
 
 def pair(lab: NetnsLab, tmp_path: Path, **extra: object) -> tuple[AgentProc, AgentProc]:

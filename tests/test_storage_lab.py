@@ -7,12 +7,9 @@ the host's mount table.
 
 from __future__ import annotations
 
-import itertools
-import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,29 +22,6 @@ pytestmark = pytest.mark.lab
 
 VIP = "192.0.2.100/24"
 FAST = {"version": 3, "advert_interval": 0.1}
-_ids = itertools.count()
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    with NetnsLab(f"fst{os.getpid() % 10000}x{next(_ids)}", nodes=("a", "b")) as lab:
-        yield lab
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[str]:
-    image = tmp_path / "shared.img"
-    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    try:
-        yield dev
-    finally:
-        for m in fs.mounts():
-            if m.mountpoint.startswith(str(tmp_path)):
-                subprocess.run(["umount", "-l", m.mountpoint], capture_output=True)
-        subprocess.run(["losetup", "-d", dev], check=True)
 
 
 def storage_agent(lab: NetnsLab, node: str, tmp_path: Path, device: str, priority: int,
@@ -70,9 +44,9 @@ def mounted_on(tmp_path: Path, node: str) -> bool:
 
 
 def test_master_mounts_then_raises_the_vip_and_hands_over_in_order(lab: NetnsLab, tmp_path: Path,
-                                                                   disk: str) -> None:
-    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
-    b = storage_agent(lab, "b", tmp_path, disk, 100).start()
+                                                                   loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
+    b = storage_agent(lab, "b", tmp_path, loopdev, 100).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     assert mounted_on(tmp_path, "a") and not mounted_on(tmp_path, "b")
     assert VIP in lab.addresses("a")
@@ -89,9 +63,9 @@ def test_master_mounts_then_raises_the_vip_and_hands_over_in_order(lab: NetnsLab
 
 
 def test_a_failing_step_rolls_back_faults_and_lets_the_peer_serve(lab: NetnsLab, tmp_path: Path,
-                                                                  disk: str) -> None:
+                                                                  loopdev: str) -> None:
     a = storage_agent(lab, "a", tmp_path, "/dev/no-such-disk", 150).start()
-    b = storage_agent(lab, "b", tmp_path, disk, 100).start()
+    b = storage_agent(lab, "b", tmp_path, loopdev, 100).start()
     assert wait_until(lambda: "mount acquire FAILED" in a.log(), 5), a.log()
     assert "device /dev/no-such-disk does not exist" in a.log()
     assert wait_until(lambda: b.status()["instance"]["phase"] == "SERVING", 5), b.log()
@@ -106,8 +80,8 @@ def test_a_failing_step_rolls_back_faults_and_lets_the_peer_serve(lab: NetnsLab,
     assert b.alive and a.alive
 
 
-def test_monitor_remounts_a_vanished_filesystem(lab: NetnsLab, tmp_path: Path, disk: str) -> None:
-    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+def test_monitor_remounts_a_vanished_filesystem(lab: NetnsLab, tmp_path: Path, loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     subprocess.run(["umount", str(tmp_path / "mnt-a")], check=True)  # someone unmounts it by hand
     assert wait_until(lambda: "mount check FAILED" in a.log(), 3), a.log()
@@ -115,8 +89,8 @@ def test_monitor_remounts_a_vanished_filesystem(lab: NetnsLab, tmp_path: Path, d
     assert VIP in lab.addresses("a")
 
 
-def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path, disk: str) -> None:
-    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path, loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     a.kill()
     assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
@@ -132,8 +106,8 @@ def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path
 
 
 def test_reload_changes_monitor_settings_live_and_restarts_for_storage_changes(lab: NetnsLab, tmp_path: Path,
-                                                                               disk: str) -> None:
-    a = storage_agent(lab, "a", tmp_path, disk, 150).start()
+                                                                               loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     text = a.config_path.read_text()
     a.write_config(text.replace("interval = 0.5", "interval = 1.5"))

@@ -7,13 +7,10 @@ Timing assertions carry generous margins: they check the protocol's order of mag
 
 from __future__ import annotations
 
-import itertools
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +20,8 @@ from tests.lab.netns import CLIENT, NetnsLab, wait_until
 
 VIP = "192.0.2.100"
 VIP_CIDR = "192.0.2.100/24"
-_ids = itertools.count()
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    with NetnsLab(f"fv{os.getpid() % 10000}x{next(_ids)}", nodes=("a", "b")) as lab:
-        yield lab
 
 
 def agents(lab: NetnsLab, tmp_path: Path, a: dict[str, object], b: dict[str, object]) -> tuple[AgentProc, AgentProc]:
