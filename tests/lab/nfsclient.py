@@ -31,19 +31,15 @@ Typical use::
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from tests.lab.netns import CLIENT, LabError, NetnsLab, stop_process
+from tests.lab.child import LineChild
+from tests.lab.netns import CLIENT, NetnsLab, stop_process
 
 __all__ = ["NFSIO_SCRIPT", "Ack", "Connected", "NfsWriter", "VerifyReport", "WriteError", "verify_files"]
 
@@ -119,15 +115,6 @@ def _nfsio_argv(mode: str, server: str, *, export: str, version: int, directory:
     ]  # fmt: skip
 
 
-def _check_clock(ready_at: float, child_time_ns: str, before: float, after: float) -> None:
-    own = os.readlink("/proc/self/ns/time")
-    if child_time_ns not in (own, "time:[none]") or not before <= ready_at <= after:
-        raise LabError(
-            "child's CLOCK_MONOTONIC is not comparable with ours: "
-            f"{before:.6f} <= {ready_at:.6f} <= {after:.6f}, time ns {child_time_ns} vs {own}"
-        )
-
-
 def verify_files(
     lab: NetnsLab,
     names: Iterable[str],
@@ -179,7 +166,7 @@ def verify_files(
     return report
 
 
-class NfsWriter:
+class NfsWriter(LineChild):
     """Acknowledged-write loop in a lab namespace (see the module docstring).
 
     ``interval`` paces file starts (0 = back to back); ``op_timeout`` bounds every NFS call
@@ -205,8 +192,7 @@ class NfsWriter:
             raise ValueError("version must be 3 or 4")
         if size < 16:
             raise ValueError("size must be >= 16 bytes (header + random part)")
-        self.lab = lab
-        self.name = name
+        super().__init__(lab, name)
         self.server = server
         self.export = export
         self.version = version
@@ -215,109 +201,34 @@ class NfsWriter:
         self.interval = interval
         self.op_timeout = op_timeout
         self.retry_interval = retry_interval
-        self.proc: subprocess.Popen[str] | None = None
-        self.ready_at: float | None = None
+        self.stop_grace = 5.0 + op_timeout  # it finishes the file in progress first
         self.end_line: tuple[int, int] | None = None
         self._acks: list[Ack] = []
         self._errors: list[WriteError] = []
         self._connects: list[Connected] = []
-        self._child_time_ns = ""
-        self._ended = False
-        self._cond = threading.Condition()
-        self._reader: threading.Thread | None = None
-        self._stderr: IO[bytes] | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    what = "NFS writer"
+    maxsplit = 5
 
-    def start(self, timeout: float = 10.0) -> NfsWriter:
-        """Spawn the child and wait for READY (not for the first connect: see wait_acked)."""
-        if self.proc is not None:
-            raise LabError("writer already started")
-        argv = _nfsio_argv(
+    def argv(self) -> list[str]:
+        return _nfsio_argv(
             "write", self.server, export=self.export, version=self.version, directory=self.directory,
             timeout=self.op_timeout,
             extra=("--size", str(self.size), "--interval", repr(self.interval),
                    "--retry-interval", repr(self.retry_interval)),
         )  # fmt: skip
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - must outlive start(); closed in stop()
-        before = time.monotonic()
-        # stdin is a pipe we never write: if this process dies, the child sees EOF and stops.
-        proc: subprocess.Popen[str] = self.lab.popen(
-            self.name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            text=True, bufsize=1,
-        )  # fmt: skip
-        self.proc = proc
-        self._reader = threading.Thread(target=self._read, name=f"nfswriter-{self.name}", daemon=True)
-        self._reader.start()
-        with self._cond:
-            self._cond.wait_for(lambda: self.ready_at is not None or self._ended, timeout)
-        after = time.monotonic()
-        if self.ready_at is None:
-            self.stop()
-            raise LabError(f"NFS writer in {self.lab.ns(self.name)} did not start: {self.stderr_text()}")
-        try:
-            _check_clock(self.ready_at, self._child_time_ns, before, after)
-        except LabError:
-            self.stop()
-            raise
-        return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the child; it finishes the file in progress (bounded by op_timeout) and prints END."""
-        proc = self.proc
-        if proc is None:
-            return
-        stop_process(proc, grace=timeout + self.op_timeout)
-        if self._reader is not None:
-            self._reader.join(timeout)
-        if proc.stdin is not None:
-            proc.stdin.close()
-
-    def __enter__(self) -> NfsWriter:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def stderr_text(self) -> str:
-        """What the child wrote to stderr (a traceback if it crashed)."""
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
-
-    def _read(self) -> None:
-        proc = self.proc
-        assert proc is not None and proc.stdout is not None
-        for line in proc.stdout:
-            self._parse(line.strip().split(maxsplit=5))
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
-
-    def _parse(self, parts: list[str]) -> None:
-        if not parts:
-            return
+    def parse(self, parts: list[str]) -> None:
         kind = parts[0]
-        with self._cond:
-            if kind == "A" and len(parts) >= 5:
-                self._acks.append(Ack(int(parts[1]), float(parts[2]), float(parts[3]), parts[4]))
-            elif kind == "E" and len(parts) >= 5:
-                message = parts[5] if len(parts) > 5 else ""
-                self._errors.append(WriteError(int(parts[1]), float(parts[2]), parts[3], parts[4], message))
-            elif kind == "C" and len(parts) >= 3:
-                self._connects.append(Connected(float(parts[1]), float(parts[2])))
-            elif kind == "READY" and len(parts) >= 3:
-                self._child_time_ns = parts[2]
-                self.ready_at = float(parts[1])
-            elif kind == "END" and len(parts) >= 3:
-                self.end_line = (int(parts[1]), int(parts[2]))
-            self._cond.notify_all()
+        if kind == "A" and len(parts) >= 5:
+            self._acks.append(Ack(int(parts[1]), float(parts[2]), float(parts[3]), parts[4]))
+        elif kind == "E" and len(parts) >= 5:
+            message = parts[5] if len(parts) > 5 else ""
+            self._errors.append(WriteError(int(parts[1]), float(parts[2]), parts[3], parts[4], message))
+        elif kind == "C" and len(parts) >= 3:
+            self._connects.append(Connected(float(parts[1]), float(parts[2])))
+        elif kind == "END" and len(parts) >= 3:
+            self.end_line = (int(parts[1]), int(parts[2]))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -338,11 +249,6 @@ class NfsWriter:
         """Snapshot of successful (re)connects."""
         with self._cond:
             return list(self._connects)
-
-    @property
-    def running(self) -> bool:
-        """The child is still writing."""
-        return self.proc is not None and self.proc.poll() is None
 
     def wait_acked(self, count: int, timeout: float, after: float | None = None) -> bool:
         """Block until ``count`` files were acknowledged (after ``after``, if given)."""

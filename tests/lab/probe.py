@@ -21,18 +21,13 @@ Typical benchmark use::
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from tests.lab.netns import DEFAULT_DEV, LabError, NetnsLab, stop_process
+from tests.lab.child import LineChild
+from tests.lab.netns import DEFAULT_DEV, NetnsLab
 
 __all__ = ["PINGER_SCRIPT", "Pinger", "Reply", "SendError"]
 
@@ -64,7 +59,7 @@ class SendError:
     error: str
 
 
-class Pinger:
+class Pinger(LineChild):
     """Echo requests every ``interval`` s from ``name``'s namespace to ``target``.
 
     The queries are safe to call while the pinger runs (they work on a snapshot), so a
@@ -83,115 +78,39 @@ class Pinger:
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
-        self.lab = lab
-        self.name = name
+        super().__init__(lab, name)
         self.target = target
         self.interval = interval
         self.duration = duration
         self.dev = dev
-        self.proc: subprocess.Popen[str] | None = None
-        self.ready_at: float | None = None
         self.sent = 0
         self._replies: list[Reply] = []
         self._errors: list[SendError] = []
-        self._child_time_ns = ""
-        self._ended = False
-        self._cond = threading.Condition()
-        self._reader: threading.Thread | None = None
-        self._stderr: IO[bytes] | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    what = "pinger"
+    stop_grace = 2.0
 
-    def start(self, timeout: float = 5.0) -> Pinger:
-        """Spawn the child and wait for READY; raises LabError if it cannot run or clocks differ."""
-        if self.proc is not None:
-            raise LabError("pinger already started")
+    def argv(self) -> list[str]:
         argv = [
             sys.executable, "-u", str(PINGER_SCRIPT), self.target,
             "--interval", repr(self.interval), "--dev", self.dev,
         ]  # fmt: skip
         if self.duration is not None:
             argv += ["--duration", repr(self.duration)]
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - must outlive start(); closed by GC
-        before = time.monotonic()
-        # stdin is a pipe we never write: if this process dies, the child sees EOF and exits.
-        proc: subprocess.Popen[str] = self.lab.popen(
-            self.name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            text=True, bufsize=1,
-        )  # fmt: skip
-        self.proc = proc
-        self._reader = threading.Thread(target=self._read, name=f"pinger-{self.name}", daemon=True)
-        self._reader.start()
-        with self._cond:
-            self._cond.wait_for(lambda: self.ready_at is not None or self._ended, timeout)
-        after = time.monotonic()
-        if self.ready_at is None:
-            self.stop()
-            raise LabError(f"pinger in {self.lab.ns(self.name)} did not start: {self.stderr_text()}")
-        own_time_ns = os.readlink("/proc/self/ns/time")
-        if self._child_time_ns not in (own_time_ns, "time:[none]") or not before <= self.ready_at <= after:
-            self.stop()
-            raise LabError(
-                "child's CLOCK_MONOTONIC is not comparable with ours: "
-                f"{before:.6f} <= {self.ready_at:.6f} <= {after:.6f}, time ns {self._child_time_ns} vs {own_time_ns}"
-            )
-        return self
+        return argv
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """SIGTERM the child (it prints END), reap it and wait for the reader to drain."""
-        proc = self.proc
-        if proc is None:
-            return
-        stop_process(proc, grace=timeout)
-        if self._reader is not None:
-            self._reader.join(timeout)
-        if proc.stdin is not None:
-            proc.stdin.close()
+    def start(self, timeout: float = 5.0) -> Pinger:
+        return super().start(timeout)
 
-    def __enter__(self) -> Pinger:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def stderr_text(self) -> str:
-        """What the child wrote to stderr (a traceback if it crashed)."""
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
-
-    def _read(self) -> None:
-        """Parse the child's lines; runs in a daemon thread until the child's stdout closes."""
-        proc = self.proc
-        assert proc is not None and proc.stdout is not None
-        for line in proc.stdout:
-            self._parse(line.split())
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
-
-    def _parse(self, parts: list[str]) -> None:
-        if not parts:
-            return
+    def parse(self, parts: list[str]) -> None:
         kind = parts[0]
-        with self._cond:
-            if kind == "R" and len(parts) >= 6:
-                self._replies.append(Reply(int(parts[1]), float(parts[2]), float(parts[3]), parts[4], parts[5]))
-            elif kind == "S" and len(parts) >= 3:
-                self.sent += 1
-            elif kind == "E" and len(parts) >= 4:
-                self.sent += 1
-                self._errors.append(SendError(int(parts[1]), float(parts[2]), parts[3]))
-            elif kind == "READY" and len(parts) >= 3:
-                self._child_time_ns = parts[2]
-                self.ready_at = float(parts[1])
-            self._cond.notify_all()
+        if kind == "R" and len(parts) >= 6:
+            self._replies.append(Reply(int(parts[1]), float(parts[2]), float(parts[3]), parts[4], parts[5]))
+        elif kind == "S" and len(parts) >= 3:
+            self.sent += 1
+        elif kind == "E" and len(parts) >= 4:
+            self.sent += 1
+            self._errors.append(SendError(int(parts[1]), float(parts[2]), parts[3]))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -206,11 +125,6 @@ class Pinger:
         """Snapshot of refused sends."""
         with self._cond:
             return list(self._errors)
-
-    @property
-    def running(self) -> bool:
-        """The child is still pinging."""
-        return self.proc is not None and self.proc.poll() is None
 
     def lost(self) -> int:
         """Requests without a reply so far (the last few may still be in flight)."""
