@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.netns import NETNS_DIR, ProcRef, node_ip, wait_until
+from tests.lab.netns import NETNS_DIR, ProcRef, node_ip, pids_in_namespace, wait_until
 from tests.lab.nspawn import SRC_DIR, VENV_DIR, NspawnLab, ensure_image, mounts_mentioning
 
 pytestmark = pytest.mark.lab
@@ -65,16 +65,7 @@ for _ in range(5):
 
 def pid_namespace_members(ns_ino: tuple[int, int]) -> list[int]:
     """PIDs on the host whose PID namespace is the given one (a container's, after it stopped)."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                st = os.stat(f"/proc/{entry.name}/ns/pid")
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == ns_ino:
-                pids.append(int(entry.name))
-    return pids
+    return pids_in_namespace("pid", ns_ino)
 
 
 def test_nspawn_nodes_run_systemd_journald_and_raw_vrrp_sockets() -> None:

@@ -58,6 +58,7 @@ __all__ = [
     "ProcRef",
     "node_ip",
     "node_mac",
+    "pids_in_namespace",
     "pids_in_netns",
     "stop_process",
     "terminate_pids",
@@ -243,6 +244,22 @@ def _stop_processes(procs: Sequence[subprocess.Popen[Any]], grace: float = 2.0) 
         proc.wait()
 
 
+def pids_in_namespace(kind: str, key: tuple[int, int]) -> list[int]:
+    """PIDs (other than ours) whose namespace of `kind` ("net", "pid", "mnt") has inode `key`."""
+    own = os.getpid()
+    pids: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/{kind}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == key:
+            pids.append(int(entry.name))
+    return pids
+
+
 def pids_in_netns(path: str | Path) -> list[int]:
     """PIDs whose network namespace is the one bound at ``path`` (same test as `ip netns pids`).
 
@@ -251,19 +268,7 @@ def pids_in_netns(path: str | Path) -> list[int]:
     namespace and its interfaces live on while any process is inside.
     """
     target = os.stat(path)
-    key = (target.st_dev, target.st_ino)
-    own = os.getpid()
-    pids: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == own:
-            continue
-        try:
-            st = os.stat(f"/proc/{entry.name}/ns/net")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == key:
-            pids.append(int(entry.name))
-    return pids
+    return pids_in_namespace("net", (target.st_dev, target.st_ino))
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from tests.lab.netns import (
     CommandError,
     LabError,
     ProcRef,
+    pids_in_namespace,
     pids_in_netns,
     require_root_and_tools,
     wait_until,
@@ -726,16 +727,7 @@ class UmlNode:
     def _pidns_members(self) -> list[int]:
         if self._pidns is None:
             return []
-        members = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    st = os.stat(f"/proc/{entry.name}/ns/pid")
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) == self._pidns:
-                    members.append(int(entry.name))
-        return members
+        return pids_in_namespace("pid", self._pidns)
 
     def crash(self) -> None:
         """SIGKILL the node: no shutdown, no flush, peers see it vanish (a real crash).
