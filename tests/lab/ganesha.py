@@ -60,6 +60,7 @@ from tests.lab.netns import (
     LabError,
     NetnsLab,
     ProcRef,
+    pids_in_namespace,
     stop_process,
     terminate_pids,
     wait_until,
@@ -117,17 +118,7 @@ def pids_in_mntns(key: tuple[int, int]) -> list[int]:
     All lab nodes share the host's PID space, so "every process of node a" can only be found
     by comparing namespace identities; a name or a path would also match node b's ganesha.
     """
-    own = os.getpid()
-    pids: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == own:
-            continue
-        try:
-            if _ns_key(f"/proc/{entry.name}/ns/mnt") == key:
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return pids_in_namespace("mnt", key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -337,6 +337,13 @@ def _ready() -> None:
     print(f"READY {time.monotonic():.9f} {time_ns}", flush=True)
 
 
+def _report(seq: int, exc: NfsError) -> float:
+    """One E line for a failed call; returns its time."""
+    t = time.monotonic()
+    print(f"E {seq} {t:.9f} {exc.stage} {exc.errno_name} {_one_line(exc.strerror or '')}", flush=True)
+    return t
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split()) or "-"
 
@@ -362,8 +369,7 @@ def run_writer(args: argparse.Namespace, lib: LibNfs) -> int:
                 if stopper.poll():
                     break
                 errors += 1
-                t = time.monotonic()
-                print(f"E {seq} {t:.9f} {exc.stage} {exc.errno_name} {_one_line(exc.strerror or '')}", flush=True)
+                t = _report(seq, exc)
                 time.sleep(max(0.0, args.retry_interval - (t - t0)))
                 continue
             t1 = time.monotonic()
@@ -384,8 +390,7 @@ def run_writer(args: argparse.Namespace, lib: LibNfs) -> int:
             if stopper.poll():
                 break
             errors += 1
-            t = time.monotonic()
-            print(f"E {seq} {t:.9f} {exc.stage} {exc.errno_name} {_one_line(exc.strerror or '')}", flush=True)
+            t = _report(seq, exc)
             # A server that answers every call with an error (NFS4ERR_GRACE) must not get a
             # reconnect storm: every new context is a new NFSv4 client record on its disk.
             next_start = max(next_start, t + args.retry_interval)
