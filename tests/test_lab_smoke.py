@@ -131,6 +131,8 @@ def test_close_removes_namespaces_and_processes(prefix: str) -> None:
     subprocess.run(["ip", "netns", "add", f"{prefix}-a"], check=True)
     stale = subprocess.Popen(["nsenter", f"--net={NETNS_DIR / f'{prefix}-a'}", "sleep", "300"])
     try:
+        # nsenter joins the namespace a moment after it starts; the leftover is real only then
+        assert wait_until(lambda: stale.pid in pids_in_netns(NETNS_DIR / f"{prefix}-a"), 5)
         lab = NetnsLab(prefix)
         assert stale.wait(5) is not None, "the stale process in a leftover namespace was not stopped"
     finally:
