@@ -22,6 +22,10 @@ from agent.journal import Event, emit
 from agent.machine import Op, RunStep
 from drbd import drbdadm
 from drbd.status import Status, parse_events2
+from nfs.backend import Backend, NfsError
+from nfs.ganesha import GaneshaBackend
+from nfs.kernel import KernelBackend
+from nfs.statedir import StateDir
 from vrrp.vip import Garp, VipHolder
 
 log = logging.getLogger("failover-agent")
@@ -45,7 +49,21 @@ class Chain:
         self.runner = runner
         self.durations: dict[str, float] = {}
         self.drbd = drbdadm.Drbdadm(cfg.drbd.resource, runner=runner) if cfg.drbd else None
+        self.nfs: Backend | None = None
+        self.state: StateDir | None = None
+        self._build_nfs(cfg)
         self._garp_task: asyncio.Task[None] | None = None
+
+    def _build_nfs(self, cfg: Config) -> None:
+        if cfg.nfs is None or cfg.filesystem is None:
+            return
+        if cfg.nfs.backend == "ganesha":
+            self.nfs = GaneshaBackend(cfg.nfs, cfg.state_path)
+            self.state = StateDir(cfg.state_path, None, self.runner)
+        else:
+            self.nfs = KernelBackend(cfg.nfs, cfg.filesystem.mountpoint, self.runner,
+                                     notify_name=str(cfg.vrrp.vips[0].ip))
+            self.state = StateDir(cfg.state_path, cfg.nfs.state_target, self.runner)
 
     @property
     def mount_spec(self) -> fs.MountSpec | None:
@@ -59,7 +77,7 @@ class Chain:
             ok = True
         except TimeoutError:
             ok, detail = False, f"{step.step} {step.op} did not finish within {step.timeout:g} s"
-        except (StepFailed, fs.FsError, drbdadm.DrbdError) as e:
+        except (StepFailed, fs.FsError, drbdadm.DrbdError, NfsError) as e:
             ok, detail = False, str(e)
         except OSError as e:
             ok, detail = False, f"{step.step} {step.op}: {e}"
@@ -77,6 +95,10 @@ class Chain:
             ("drbd", Op.CHECK): self._drbd_check,
             ("mount", Op.ACQUIRE): self._mount_acquire, ("mount", Op.RELEASE): self._mount_release,
             ("mount", Op.CHECK): self._mount_check,
+            ("nfs_state", Op.ACQUIRE): self._state_acquire, ("nfs_state", Op.RELEASE): self._state_release,
+            ("nfs_state", Op.CHECK): self._state_check,
+            ("nfs", Op.ACQUIRE): self._nfs_acquire, ("nfs", Op.RELEASE): self._nfs_release,
+            ("nfs", Op.CHECK): self._nfs_check,
             ("vip", Op.ACQUIRE): self._vip_acquire, ("vip", Op.RELEASE): self._vip_release,
             ("vip", Op.CHECK): self._vip_check,
         }
@@ -95,6 +117,10 @@ class Chain:
         spec = self.mount_spec
         if spec is not None and fs.mounted(spec):
             held.append("mount")
+        if self.state is not None and self.state.bound():
+            held.append("nfs_state")
+        if self.nfs is not None and self.nfs.running():
+            held.append("nfs")
         return held
 
     # -- DRBD ----------------------------------------------------------------------------
@@ -164,6 +190,35 @@ class Chain:
         if not fs.mounted(spec):
             raise StepFailed(f"{spec.device} is no longer mounted on {spec.mountpoint}")
         return "mounted"
+
+    # -- NFS -----------------------------------------------------------------------------
+    def _nfs_timeout(self) -> float:
+        """Inside the step's own timeout, so a backend cleans up after itself before it is cancelled."""
+        return max(1.0, self.cfg.monitor.step_timeout - 2.0)
+
+    async def _state_acquire(self) -> str:
+        assert self.state is not None
+        return await self.state.acquire(self._nfs_timeout())
+
+    async def _state_release(self) -> str:
+        assert self.state is not None
+        return await self.state.release(self._nfs_timeout())
+
+    async def _state_check(self) -> str:
+        assert self.state is not None
+        return self.state.check()
+
+    async def _nfs_acquire(self) -> str:
+        assert self.nfs is not None
+        return await self.nfs.start(self._nfs_timeout())
+
+    async def _nfs_release(self) -> str:
+        assert self.nfs is not None
+        return await self.nfs.stop(self._nfs_timeout())
+
+    async def _nfs_check(self) -> str:
+        assert self.nfs is not None
+        return await self.nfs.check()
 
     # -- VIPs ----------------------------------------------------------------------------
     async def _vip_acquire(self) -> str:

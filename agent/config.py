@@ -16,6 +16,8 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Interface, NetmaskValu
 from pathlib import Path
 from typing import Any
 
+from nfs.exports import Export, ExportError, parse_export
+
 DEFAULT_PATH = Path("/etc/failover-agent/agent.toml")
 
 
@@ -245,6 +247,107 @@ _FS_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+NFS_BACKENDS = ("kernel", "ganesha")
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        text = _str(32)(v)
+        if text not in options:
+            raise _Invalid(f"must be one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return check
+
+
+def _relative_dir(v: Any) -> str:
+    text = _str(255)(v)
+    parts = text.split("/")
+    if not text or text.startswith("/") or "\0" in text or any(p in ("", ".", "..") for p in parts):
+        raise _Invalid(f"{text!r} must be a relative path inside the mountpoint, without '.' or '..'")
+    return text
+
+
+def _export_tables(v: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(v, list) or not v:
+        raise _Invalid("must be a non-empty list of { path, clients, options } tables")
+    for i, x in enumerate(v):
+        if not isinstance(x, dict):
+            raise _Invalid(f"entry {i + 1} must be a table {{ path, clients, options }}, got {x!r}")
+    return tuple(v)
+
+
+def _scope(v: Any) -> str:
+    text = _str(64)(v)
+    if not text or not all(c.isalnum() or c in "-._" for c in text):
+        raise _Invalid(f"{text!r}: letters, digits, '-', '.' and '_' only (it becomes a host name)")
+    return text
+
+
+@dataclass(frozen=True)
+class NfsConfig:
+    exports: tuple[Export, ...]
+    backend: str = "kernel"
+    state_dir: str = ".nfs-state"
+    grace_time: int = 10
+    lease_time: int = 10
+    versions: tuple[int, ...] = (3, 4)
+    server_scope: str = "failover-agent"
+    # kernel backend
+    service: str = "direct"
+    threads: int = 8
+    state_target: str = "/var/lib/nfs"
+    exports_file: str = "/etc/exports.d/failover-agent.exports"
+    # ganesha backend
+    graceless: bool = False
+    run_dir: str = "/run/failover-agent/ganesha"
+    ganesha_binary: str = "ganesha.nfsd"
+
+
+_NFS_KEYS: dict[str, Callable[[Any], Any]] = {
+    "backend": _choice(*NFS_BACKENDS),
+    "state_dir": _relative_dir,
+    "grace_time": _int(0, 3600),
+    "lease_time": _int(0, 3600),
+    "exports": _export_tables,
+    "versions": _list_of(_int(3, 4), min_len=1),
+    "server_scope": _scope,
+    "service": _choice("direct", "systemd"),
+    "threads": _int(1, 1024),
+    "state_target": _abs_path,
+    "exports_file": _abs_path,
+    "graceless": _bool,
+    "run_dir": _abs_path,
+    "ganesha_binary": _str(4096),
+}
+
+
+def _check_nfs(file: str, values: dict[str, Any], fs: FilesystemConfig | None) -> NfsConfig:
+    if fs is None:
+        raise ConfigError(file, "nfs", "needs a [filesystem] section: the exports live on the replicated filesystem")
+    exports = []
+    for i, raw in enumerate(values.pop("exports")):
+        try:
+            exports.append(parse_export(raw, fs.mountpoint))
+        except ExportError as e:
+            raise ConfigError(file, f"nfs.exports[{i + 1}]", str(e)) from None
+    cfg = NfsConfig(exports=tuple(exports), **values)
+    state = f"{fs.mountpoint.rstrip('/')}/{cfg.state_dir}"
+    if cfg.backend == "kernel":
+        for key, value in (("grace_time", cfg.grace_time), ("lease_time", cfg.lease_time)):
+            if value < 10:
+                raise ConfigError(file, f"nfs.{key}", f"kernel nfsd accepts 10 s at least, got {value}")
+    else:
+        for key, value, top in (("grace_time", cfg.grace_time, 180), ("lease_time", cfg.lease_time, 120)):
+            if value > top:
+                raise ConfigError(file, f"nfs.{key}", f"nfs-ganesha accepts 0..{top} s, got {value}")
+        inside = [e.path for e in cfg.exports if state == e.path or state.startswith(e.path.rstrip("/") + "/")]
+        if inside:
+            raise ConfigError(file, "nfs.state_dir", f"{state} is inside the export {inside[0]}: clients could "
+                              "read and change ganesha's recovery records; export a subdirectory instead")
+    return cfg
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     interval: float = 2.0
@@ -269,11 +372,20 @@ class Config:
     drbd: DrbdConfig | None = None
     filesystem: FilesystemConfig | None = None
     monitor: MonitorConfig = MonitorConfig()
+    nfs: NfsConfig | None = None
 
     @property
     def steps(self) -> tuple[str, ...]:
         """The acquire chain this config asks for, in order (VIP-only without storage sections)."""
-        return tuple(s for s, on in (("drbd", self.drbd), ("mount", self.filesystem), ("vip", True)) if on)
+        chain = (("drbd", self.drbd), ("mount", self.filesystem), ("nfs_state", self.nfs), ("nfs", self.nfs),
+                 ("vip", True))
+        return tuple(s for s, on in chain if on)
+
+    @property
+    def state_path(self) -> str:
+        """The NFS state directory on the replicated filesystem (absolute)."""
+        assert self.nfs is not None and self.filesystem is not None
+        return f"{self.filesystem.mountpoint.rstrip('/')}/{self.nfs.state_dir}"
 
 
 def _section(file: str, name: str, table: Any, specs: Mapping[str, Callable[[Any], Any]],
@@ -323,7 +435,7 @@ def parse(text: str, file: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -338,7 +450,8 @@ def parse(text: str, file: str = "<config>") -> Config:
     if drbd and fs and not fs.device.startswith("/dev/drbd"):
         raise ConfigError(file, "filesystem.device", f"{fs.device} is not a DRBD device (/dev/drbdN) "
                           "although [drbd] is configured")
-    return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor)
+    nfs = _check_nfs(file, _section(file, "nfs", doc["nfs"], _NFS_KEYS, NfsConfig), fs) if "nfs" in doc else None
+    return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs)
 
 
 def load(path: str | Path) -> Config:
@@ -352,7 +465,7 @@ def load(path: str | Path) -> Config:
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
     out = []
-    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor"):
+    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs"):
         before, after = getattr(old, section), getattr(new, section)
         if before is None or after is None:
             if before != after:

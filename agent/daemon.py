@@ -40,7 +40,7 @@ VERSION = "0.1.0"
 def needs_restart(old: Config, new: Config) -> bool:
     """Changes that cannot be applied to a running instance: its identity, or what it holds."""
     return (any(getattr(old.vrrp, k) != getattr(new.vrrp, k) for k in RESTART_KEYS)
-            or (old.drbd, old.filesystem) != (new.drbd, new.filesystem))
+            or (old.drbd, old.filesystem, old.nfs) != (new.drbd, new.filesystem, new.nfs))
 
 
 class SetupError(Exception):

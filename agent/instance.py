@@ -349,7 +349,7 @@ class Instance:
     def _on_phase(self, change: PhaseChange) -> None:
         if change.new == Phase.SERVING:
             total = (time.monotonic() - self._master_since) * 1000
-            done = "; ".join(f"{k.split('_')[0]} {v:g} ms" for k, v in self.chain.durations.items()
+            done = "; ".join(f"{k.rsplit('_', 1)[0]} {v:g} ms" for k, v in self.chain.durations.items()
                              if k.endswith("_acquire"))
             emit(Event.SERVING, f"became MASTER: {self._master_reason}; {done}; VIP {addrs(self.cfg.vrrp.vips)} up "
                  f"({total:.1f} ms after the transition)", VRRP_STATE="MASTER", REASON=self._master_reason,

@@ -19,6 +19,7 @@ class ExportError(ValueError):
 
 
 _CLIENT = re.compile(r"^[A-Za-z0-9.*?:/_@-]+$")
+_PATH = re.compile(r"^/[A-Za-z0-9._/+@:-]*$")  # no quotes, spaces or braces: it goes into two config syntaxes
 _OPTION = re.compile(r"^[A-Za-z0-9_]+(=[A-Za-z0-9_.:/@-]+)?$")
 
 
@@ -43,8 +44,8 @@ def parse_export(raw: Mapping[str, Any], mountpoint: str) -> Export:
     if unknown:
         raise ExportError(f"unknown field(s) {', '.join(sorted(unknown))} (known: path, clients, options)")
     path, clients, options = raw.get("path"), raw.get("clients"), raw.get("options", "rw,sync,no_subtree_check")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ExportError(f"path must be an absolute path, got {path!r}")
+    if not isinstance(path, str) or not _PATH.match(path):
+        raise ExportError(f"path must be an absolute path of letters, digits and ._/+@:-, got {path!r}")
     top = mountpoint.rstrip("/")
     if path != top and not path.startswith(top + "/"):
         raise ExportError(f"path {path} is not on the replicated filesystem {mountpoint}")
@@ -70,12 +71,19 @@ def render_kernel(exports: Iterable[Export]) -> str:
 
 
 def render_ganesha(exports: Iterable[Export], recovery_root: str, grace: int, lease: int, graceless: bool,
-                   nfs_versions: tuple[int, ...] = (3, 4)) -> str:
-    """A complete ganesha.conf: recovery records on the replicated disk, one EXPORT per entry."""
+                   nfs_versions: tuple[int, ...] = (3, 4), server_scope: str = "failover-agent") -> str:
+    """A complete ganesha.conf: recovery records on the replicated disk, one EXPORT per entry.
+
+    Both nodes render the same text from the same config, so Export_Id (the file handle's
+    export part) and Server_Scope match and clients reclaim their state after a takeover.
+    """
+    if not _PATH.match(recovery_root):
+        raise ExportError(f"recovery root {recovery_root!r} is not a plain absolute path")
+    protocols = ", ".join(str(v) for v in sorted(set(nfs_versions)))
     blocks = [
         "# written by failover-agent; changes are overwritten",
         "NFS_CORE_PARAM {",
-        f"    Protocols = {', '.join(str(v) for v in nfs_versions)};",
+        f"    Protocols = {protocols};",
         "    Enable_NLM = false;",
         "    Enable_RQUOTA = false;",
         "    Enable_UDP = false;",
@@ -87,20 +95,25 @@ def render_ganesha(exports: Iterable[Export], recovery_root: str, grace: int, le
         f"    Lease_Lifetime = {lease};",
         "    RecoveryBackend = fs;",
         f'    RecoveryRoot = "{recovery_root}";',
+        f'    Server_Scope = "{server_scope}";',
         "}",
+        "NFS_KRB5 { Active_krb5 = false; }",
     ]
     for i, e in enumerate(exports, 1):
         export_id = int(e.fsid) if e.fsid.isdigit() and 0 < int(e.fsid) < 65535 else i
+        access = "RO" if e.read_only else "RW"
         blocks += [
             "EXPORT {",
             f"    Export_Id = {export_id};",
             f'    Path = "{e.path}";',
             f'    Pseudo = "{e.path}";',
-            f"    Access_Type = {'RO' if e.read_only else 'RW'};",
+            f"    Protocols = {protocols};",
+            "    Transports = TCP;",
+            "    Access_Type = None;",
             f"    Squash = {'No_Root_Squash' if 'no_root_squash' in e.options else 'Root_Squash'};",
             "    SecType = sys;",
             "    FSAL { Name = VFS; }",
-            f'    CLIENT {{ Clients = "{e.clients}"; Access_Type = {"RO" if e.read_only else "RW"}; }}',
+            f"    CLIENT {{ Clients = {e.clients}; Access_Type = {access}; }}",  # a client list, never quoted
             "}",
         ]
     return "\n".join(blocks) + "\n"

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,9 @@ class AgentProc:
 
     def __init__(self, lab: NetnsLab, node: str, workdir: Path, **vrrp: Any) -> None:
         self.lab, self.node = lab, node
+        # how to start a process "on the node": in its network namespace; a node with its own
+        # mount namespace too replaces this with NodeNamespace.popen (argv, cwd=, stdout=, stderr=)
+        self.spawn: Callable[..., subprocess.Popen[bytes]] = lambda argv, **kw: lab.popen(node, argv, **kw)
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"agent-{node}.toml"
         self.log_path = workdir / f"agent-{node}.log"
@@ -88,13 +91,13 @@ class AgentProc:
         return result
 
     def start(self, extra_args: Sequence[str] = ()) -> AgentProc:
+        before = self.log().count("failover-agent running")  # the log is appended to across restarts
         log = self.log_path.open("ab")
         self.started_at = time.monotonic()
-        self.proc = self.lab.popen(self.node, [sys.executable, "-m", "agent.daemon", "--config",
-                                               str(self.config_path), *extra_args],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = self.spawn([sys.executable, "-m", "agent.daemon", "--config", str(self.config_path),
+                                *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         log.close()
-        if not wait_until(lambda: "failover-agent running" in self.log() or not self.alive, 10):
+        if not wait_until(lambda: self.log().count("failover-agent running") > before or not self.alive, 10):
             raise AssertionError(f"agent on {self.node} did not start:\n{self.log()}")
         if not self.alive:
             raise AssertionError(f"agent on {self.node} exited at startup:\n{self.log()}")

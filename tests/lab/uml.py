@@ -482,6 +482,75 @@ def _du(path: Path) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Host CPU quirk: UML 6.1 and large XSAVE areas
+# --------------------------------------------------------------------------------------------
+
+# Debian bookworm's UML 6.1 saves and restores its guests' FPU state with
+# ptrace(PTRACE_{GET,SET}REGSET, NT_X86_XSTATE) and a fixed 832-byte buffer (struct _xstate:
+# x87, SSE, AVX).  The host kernel accepts a SETREGSET only with its full XSAVE size, which is
+# larger on CPUs with AVX-512, PKU or AMX (11 KiB with AMX): every guest process then dies with
+# "userspace - ptrace set fp regs failed, errno = 14" and the init's death panics the node.
+# UML only uses XSTATE if a probing GETREGSET succeeds, so a seccomp filter on the node's host
+# processes makes exactly that request fail (EIO); UML falls back to PTRACE_{GET,SET}FPREGS
+# (the 512-byte FXSAVE area: x87 + SSE), which every x86-64 host supports.  Guest processes
+# still run AVX code; what is lost is only the AVX/AVX-512 upper register state across a UML
+# switch between two threads of one guest process, as with UML before it learnt XSTATE.
+# Newer UML kernels size the buffer from CPUID and would not need this.
+_IS_X86_64 = os.uname().machine == "x86_64"
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_NR_PTRACE_X86_64 = 101
+_PTRACE_GETREGSET, _PTRACE_SETREGSET, _NT_X86_XSTATE = 0x4204, 0x4205, 0x202
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+
+def _xstate_filter() -> bytes:
+    """Classic BPF: ptrace(PTRACE_GET/SETREGSET, _, NT_X86_XSTATE, _) -> EIO, everything else allowed."""
+    import struct
+
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    # seccomp_data: nr @0, arch @4, ip @8, args[i] @16+8i (low 32 bits first, little-endian)
+    prog = [
+        (ld_abs, 0, 0, 4),
+        (jeq, 0, 8, _AUDIT_ARCH_X86_64),  # other ABIs: allow (index 10)
+        (ld_abs, 0, 0, 0),
+        (jeq, 0, 6, _NR_PTRACE_X86_64),
+        (ld_abs, 0, 0, 16),  # request
+        (jeq, 1, 0, _PTRACE_GETREGSET),
+        (jeq, 0, 3, _PTRACE_SETREGSET),
+        (ld_abs, 0, 0, 32),  # addr: the regset type
+        (jeq, 0, 1, _NT_X86_XSTATE),
+        (ret, 0, 0, _SECCOMP_RET_ERRNO | 5),  # EIO
+        (ret, 0, 0, _SECCOMP_RET_ALLOW),
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+class _NoXstate:
+    """A preexec_fn installing the filter; everything is allocated before the fork."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        code = _xstate_filter()
+        self._buf = ctypes.create_string_buffer(code, len(code))
+        self._prog = SockFprog(len(code) // 8, ctypes.addressof(self._buf))
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._prctl = libc.prctl
+        self._prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+        self._arg = ctypes.cast(ctypes.pointer(self._prog), ctypes.c_void_p)
+
+    def __call__(self) -> None:
+        # root (CAP_SYS_ADMIN) needs no PR_SET_NO_NEW_PRIVS; the filter survives exec and fork
+        if self._prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._arg, 0, 0) != 0:
+            os.write(2, b"lab: cannot install the XSTATE seccomp filter\n")
+            os._exit(126)
+
+
+# --------------------------------------------------------------------------------------------
 # The command channel
 # --------------------------------------------------------------------------------------------
 
@@ -679,6 +748,7 @@ class UmlNode:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                 pass_fds=self._channel.guest_fds, start_new_session=True, env=env,
+                preexec_fn=_NoXstate() if _IS_X86_64 else None,
             )  # fmt: skip
         self._channel.spawned()
         self._pidns = None

@@ -1,0 +1,160 @@
+"""Kernel nfsd, started and stopped the way nfs-server.service would, with HA settings first.
+
+What makes kernel nfsd fail over cleanly, and why each step is here:
+* grace and lease are written to /proc/fs/nfsd before nfsd starts (the kernel refuses them
+  while it runs) and bound how long clients stall after a takeover;
+* the exports come from our config, with an explicit fsid, so file handles survive the move;
+* both nodes start nfsd with the same NFSv4 server scope (`rpc.nfsd --scope`), otherwise
+  clients may not reclaim their opens and locks on the new node;
+* on stop, nfsd is stopped, the exports withdrawn and the filesystem's locks dropped
+  (`unlock_filesystem`), or the unmount that follows would fail with the device busy;
+* after start, `sm-notify -f` tells NFSv3 clients to reclaim their locks.
+With `service = "systemd"` the start and stop go through nfs-server.service instead (the
+scope then comes from /etc/nfs.conf, [nfsd] scope=).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from agent.config import NfsConfig
+from nfs.backend import NfsError, Runner, run_checked
+from nfs.exports import render_kernel
+from nfs.rpc import nfs_answers
+
+NFSD = Path("/proc/fs/nfsd")
+UNIT = "nfs-server.service"
+
+
+def _helper_running(name: str) -> bool:
+    """Is an nfs-utils daemon (rpcbind, rpc.mountd, rpc.statd) running in our mount namespace?"""
+    ours = os.readlink("/proc/self/ns/mnt")
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == name:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{proc.pid}/ns/mnt") == ours:
+                    return True
+    return False
+
+
+class KernelBackend:
+    name = "kernel nfsd"
+
+    def __init__(self, cfg: NfsConfig, mountpoint: str, runner: Runner, notify_name: str = "",
+                 nfsd: Path = NFSD) -> None:
+        self.cfg = cfg
+        self.mountpoint = mountpoint
+        self.runner = runner
+        self.notify_name = notify_name
+        self.nfsd = nfsd
+
+    def threads(self) -> int:
+        try:
+            return int((self.nfsd / "threads").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def running(self) -> bool:
+        return self.threads() > 0
+
+    async def _ensure_nfsd_fs(self) -> None:
+        if (self.nfsd / "threads").exists():
+            return
+        await self.runner(["modprobe", "nfsd"], 30.0)
+        if not (self.nfsd / "threads").exists():
+            await run_checked(self.runner, ["mount", "-t", "nfsd", "nfsd", str(self.nfsd)], 30.0, "mounting nfsd fs")
+        if not (self.nfsd / "threads").exists():
+            raise NfsError(f"kernel nfsd is not available ({self.nfsd}/threads missing after modprobe nfsd)")
+
+    def _write(self, name: str, value: str) -> None:
+        try:
+            (self.nfsd / name).write_text(value + "\n")
+        except OSError as e:
+            raise NfsError(f"writing {value} to {self.nfsd / name}: {e.strerror or e}") from None
+
+    async def start(self, timeout: float) -> str:
+        t0 = time.monotonic()
+        c = self.cfg
+        await self._ensure_nfsd_fs()
+        if self.running():
+            raise NfsError(f"kernel nfsd already runs with {self.threads()} threads, started outside the agent "
+                           f"(disable {UNIT} at boot: the agent starts it)")
+        self._write("nfsv4gracetime", str(c.grace_time))
+        self._write("nfsv4leasetime", str(c.lease_time))
+        exports = Path(c.exports_file)
+        exports.parent.mkdir(parents=True, exist_ok=True)
+        exports.write_text(render_kernel(c.exports))
+        await run_checked(self.runner, ["exportfs", "-r"], 30.0, "exporting")
+        try:
+            if c.service == "systemd":
+                await run_checked(self.runner, ["systemctl", "start", UNIT], timeout, "starting nfsd")
+            else:
+                await self._start_direct(timeout)
+            why = "not asked yet"
+            while time.monotonic() - t0 < timeout:
+                why = await nfs_answers(c.versions, timeout=1.0)
+                if not why:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise NfsError(f"kernel nfsd started but does not answer: {why}")
+        except (NfsError, OSError):
+            # not held, so the machine will not release it: undo here, or nfsd pins the filesystem
+            with contextlib.suppress(NfsError, OSError):
+                await self.stop(10.0)
+            raise
+        notes = ""
+        if 3 in c.versions and self.notify_name:
+            code, _, err = await self.runner(["sm-notify", "-f", "-v", self.notify_name], 10.0)
+            notes = "; sm-notify sent" if code == 0 else f"; sm-notify failed (exit {code}): {err.strip()[:200]}"
+        return f"kernel nfsd serving {len(c.exports)} export(s) with {self.threads()} threads{notes}"
+
+    async def _start_direct(self, timeout: float) -> None:
+        c = self.cfg
+        skip = [arg for v in (3, 4) if v not in c.versions for arg in ("-N", str(v))]
+        if 3 in c.versions:
+            if not _helper_running("rpcbind"):
+                await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
+            if not _helper_running("rpc.statd"):
+                await run_checked(self.runner, ["rpc.statd", "--no-notify"], 30.0, "starting rpc.statd")
+        if not _helper_running("rpc.mountd"):
+            await run_checked(self.runner, ["rpc.mountd", *skip], 30.0, "starting rpc.mountd")
+        await run_checked(self.runner, ["rpc.nfsd", "--scope", c.server_scope, *skip, str(c.threads)], timeout,
+                          "starting nfsd")
+
+    async def stop(self, timeout: float) -> str:
+        c = self.cfg
+        notes = []
+        Path(c.exports_file).unlink(missing_ok=True)
+        if c.service == "systemd":
+            await run_checked(self.runner, ["systemctl", "stop", UNIT], timeout, "stopping nfsd")
+        else:
+            if self.running():
+                await run_checked(self.runner, ["rpc.nfsd", "0"], timeout, "stopping nfsd")
+            for e in c.exports:
+                code, _, err = await self.runner(["exportfs", "-u", f"{e.clients}:{e.path}"], 30.0)
+                if code != 0:
+                    notes.append(f"exportfs -u {e.clients}:{e.path}: {err.strip()[:200]}")
+        if self.running():
+            raise NfsError(f"kernel nfsd still has {self.threads()} threads after stopping")
+        if (self.nfsd / "unlock_filesystem").exists():
+            self._write("unlock_filesystem", self.mountpoint)
+        if self.notify_name and (self.nfsd / "unlock_ip").exists():
+            with contextlib.suppress(NfsError):
+                self._write("unlock_ip", self.notify_name)
+        return "kernel nfsd stopped, exports withdrawn, locks on " + self.mountpoint + " released" + \
+            (f" ({'; '.join(notes)})" if notes else "")
+
+    async def check(self) -> str:
+        if not self.running():
+            raise NfsError("kernel nfsd has no threads running")
+        why = await nfs_answers(self.cfg.versions)
+        if why:
+            raise NfsError(f"kernel nfsd does not answer: {why}")
+        return f"kernel nfsd answers ({self.threads()} threads)"

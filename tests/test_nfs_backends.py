@@ -1,0 +1,152 @@
+"""The NFS pieces the chain drives: the RPC NULL health check, the [nfs] config, the kernel backend.
+
+The kernel backend runs for real in the user-mode-linux lab (tests/test_uml_storage.py) and
+ganesha in the netns lab (tests/test_ganesha_failover.py); here the kernel backend's decisions
+are checked against a folder standing in for /proc/fs/nfsd and a runner that records commands,
+for the failures the labs cannot provoke on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.config import ConfigError, parse
+from nfs.backend import NfsError
+from nfs.kernel import KernelBackend
+from nfs.rpc import RpcError, check_null_reply, nfs_answers, null_call
+
+BASE = '[vrrp]\ninterface = "eth0"\nvrid = 51\npriority = 100\nvips = ["192.0.2.100/24"]\n'
+FS = '[filesystem]\ndevice = "/dev/drbd0"\nmountpoint = "/srv/nfs"\n'
+EXPORTS = 'exports = [{ path = "/srv/nfs/data", clients = "192.0.2.0/24", options = "rw,sync,fsid=1" }]\n'
+
+
+def reply(xid: int, stat: int = 0, accept: int = 0, vlen: int = 0) -> bytes:
+    return struct.pack("!IIIII", xid, 1, stat, 0, vlen) + bytes(vlen) + struct.pack("!I", accept)
+
+
+def test_null_call_is_a_record_marked_call_of_procedure_zero() -> None:
+    call = null_call(0x01020304, 100003, 4)
+    marker, xid, mtype, rpcvers, prog, vers, proc = struct.unpack("!IIIIIII", call[:28])
+    assert marker == 0x80000000 | (len(call) - 4)
+    assert (xid, mtype, rpcvers, prog, vers, proc) == (0x01020304, 0, 2, 100003, 4, 0)
+
+
+def test_null_reply_checks() -> None:
+    check_null_reply(7, reply(7))
+    check_null_reply(7, reply(7, vlen=8))
+    for bad, why in ((reply(8), "not a reply to our call"), (reply(7, stat=1), "denied"),
+                     (reply(7, accept=2), "version not served"), (reply(7)[:10], "too short")):
+        with pytest.raises(RpcError, match=why):
+            check_null_reply(7, bad)
+
+
+@given(st.binary(max_size=64))
+def test_garbage_replies_raise_rpc_error_only(data: bytes) -> None:
+    with contextlib.suppress(RpcError):  # anything else escaping is the failure
+        check_null_reply(7, data)
+
+
+def test_nfs_answers_names_the_version_and_address_when_nobody_listens() -> None:
+    why = asyncio.run(nfs_answers((4,), host="127.0.0.1", port=9, timeout=1.0))
+    assert why.startswith("NFSv4 NULL call to 127.0.0.1:9 failed")
+
+
+def test_nfs_section_parses_and_puts_the_nfs_steps_in_the_chain() -> None:
+    cfg = parse(BASE + '[drbd]\nresource = "r0"\n' + FS + "[nfs]\n" + EXPORTS)
+    assert cfg.nfs is not None and cfg.nfs.backend == "kernel" and cfg.nfs.exports[0].fsid == "1"
+    assert cfg.steps == ("drbd", "mount", "nfs_state", "nfs", "vip")
+    assert cfg.state_path == "/srv/nfs/.nfs-state"
+    vip_only = parse(BASE)
+    assert vip_only.steps == ("vip",) and vip_only.nfs is None
+
+
+@pytest.mark.parametrize(("text", "key", "needle"), [
+    ("[nfs]\n" + EXPORTS, "nfs", "needs a [filesystem] section"),
+    (FS + '[nfs]\nexports = [{ path = "/elsewhere", clients = "*", options = "fsid=1" }]\n', "nfs.exports[1]",
+     "not on the replicated filesystem"),
+    (FS + '[nfs]\nexports = [{ path = "/srv/nfs", clients = "*", options = "rw" }]\n', "nfs.exports[1]", "fsid"),
+    (FS + "[nfs]\nexports = []\n", "nfs.exports", "non-empty"),
+    (FS + '[nfs]\nbackend = "nfs-kernel"\n' + EXPORTS, "nfs.backend", "kernel, ganesha"),
+    (FS + '[nfs]\nstate_dir = "../etc"\n' + EXPORTS, "nfs.state_dir", "relative path inside"),
+    (FS + "[nfs]\ngrace_time = 5\n" + EXPORTS, "nfs.grace_time", "10 s at least"),
+    (FS + '[nfs]\nbackend = "ganesha"\nlease_time = 300\n' + EXPORTS, "nfs.lease_time", "0..120"),
+    (FS + '[nfs]\nbackend = "ganesha"\nexports = [{ path = "/srv/nfs", clients = "*", options = "fsid=1" }]\n',
+     "nfs.state_dir", "inside the export"),
+    (FS + '[nfs]\nserver_scope = "a b"\n' + EXPORTS, "nfs.server_scope", "letters, digits"),
+    (FS + "[nfs]\nversions = [2]\n" + EXPORTS, "nfs.versions", "3..4"),
+])  # fmt: skip
+def test_nfs_section_errors_name_the_key(text: str, key: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(BASE + text, "agent.toml")
+    assert e.value.key == key and needle in str(e.value)
+
+
+class Recorder:
+    """Runs nothing: records argv and answers from a table of (argv prefix -> exit, stderr)."""
+
+    def __init__(self, nfsd: Path, answers: dict[str, tuple[int, str]] | None = None) -> None:
+        self.nfsd, self.answers = nfsd, answers or {}
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        self.calls.append(list(argv))
+        for prefix, (code, err) in self.answers.items():
+            if " ".join(argv).startswith(prefix):
+                return code, "", err
+        if argv[:1] == ["rpc.nfsd"]:  # what the kernel does with the thread count
+            (self.nfsd / "threads").write_text(argv[-1] + "\n")
+        return 0, "", ""
+
+
+def kernel(tmp_path: Path, answers: dict[str, tuple[int, str]] | None = None) -> tuple[KernelBackend, Recorder]:
+    nfsd = tmp_path / "nfsd"
+    nfsd.mkdir()
+    for name, value in (("threads", "0"), ("nfsv4gracetime", "90"), ("nfsv4leasetime", "90"),
+                        ("unlock_filesystem", ""), ("unlock_ip", "")):
+        (nfsd / name).write_text(value + "\n")
+    text = BASE + FS + f'[nfs]\nexports_file = "{tmp_path}/exports"\nversions = [4]\nserver_scope = "ha"\n' + EXPORTS
+    cfg = parse(text)
+    assert cfg.nfs is not None
+    runner = Recorder(nfsd, answers)
+    return KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd), runner
+
+
+def test_kernel_start_failure_undoes_what_it_started_and_names_the_command(tmp_path: Path) -> None:
+    backend, runner = kernel(tmp_path, {"rpc.nfsd --scope": (1, "rpc.nfsd: unable to set any sockets for nfsd")})
+    with pytest.raises(NfsError, match=r"starting nfsd.*unable to set any sockets"):
+        asyncio.run(backend.start(5.0))
+    assert (tmp_path / "nfsd" / "nfsv4gracetime").read_text() == "10\n"  # written before the start
+    assert not (tmp_path / "exports").exists(), "the exports of a failed start stay behind"
+    assert (tmp_path / "nfsd" / "unlock_filesystem").read_text() == "/srv/nfs\n"
+    assert ["exportfs", "-u", "192.0.2.0/24:/srv/nfs/data"] in runner.calls
+
+
+def test_kernel_start_refuses_an_nfsd_started_by_someone_else(tmp_path: Path) -> None:
+    backend, runner = kernel(tmp_path)
+    (tmp_path / "nfsd" / "threads").write_text("8\n")
+    with pytest.raises(NfsError, match="already runs with 8 threads"):
+        asyncio.run(backend.start(5.0))
+    assert runner.calls == []
+
+
+def test_kernel_start_with_no_server_answering_is_a_failure_and_stops_nfsd(tmp_path: Path) -> None:
+    backend, runner = kernel(tmp_path)
+    with pytest.raises(NfsError, match="does not answer: NFSv4 NULL call"):
+        asyncio.run(backend.start(1.5))  # nothing listens on 127.0.0.1:2049 here
+    assert ["rpc.nfsd", "--scope", "ha", "-N", "3", "8"] in runner.calls
+    assert ["rpc.nfsd", "0"] in runner.calls and not backend.running()
+
+
+def test_kernel_stop_that_leaves_threads_is_an_error(tmp_path: Path) -> None:
+    backend, _ = kernel(tmp_path, {"rpc.nfsd 0": (0, "")})
+    (tmp_path / "nfsd" / "threads").write_text("8\n")
+    with pytest.raises(NfsError, match="still has 8 threads"):
+        asyncio.run(backend.stop(5.0))
