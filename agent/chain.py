@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent import fs
 from agent.config import Config
-from agent.guard import may_promote
+from agent.guard import PeerView, may_promote
 from agent.journal import Event, emit
 from agent.machine import Op, RunStep
 from drbd import drbdadm
@@ -53,6 +53,7 @@ class Chain:
         self.state: StateDir | None = None
         self._build_nfs(cfg)
         self._garp_task: asyncio.Task[None] | None = None
+        self.peer_view: Callable[[], PeerView] = PeerView  # the instance supplies VRRP's and the witnesses' view
 
     def _build_nfs(self, cfg: Config) -> None:
         if cfg.nfs is None or cfg.filesystem is None:
@@ -137,7 +138,7 @@ class Chain:
     async def _drbd_acquire(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None
         status = await self.drbd_status()
-        decision = may_promote(status, self.cfg.drbd.resource)
+        decision = may_promote(status, self.cfg.drbd.resource, self.peer_view())
         if not decision.allow:
             raise StepFailed(f"not promoting: {decision.reason}")
         if status is not None and status.primary:

@@ -219,11 +219,13 @@ def _mount_option(v: Any) -> str:
 class DrbdConfig:
     resource: str
     demote_escalation: tuple[str, ...] = ("retry", "force", "none")
+    unknown_peer: str = "refuse"
 
 
 _DRBD_KEYS: dict[str, Callable[[Any], Any]] = {
     "resource": _resource,
     "demote_escalation": _escalation,
+    "unknown_peer": lambda v: _choice("refuse", "witness")(v),
 }
 
 
@@ -349,6 +351,90 @@ def _check_nfs(file: str, values: dict[str, Any], fs: FilesystemConfig | None) -
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    argv: tuple[str, ...]
+    interval: float = 5.0
+    timeout: float = 2.0
+    fall: int = 2
+    rise: int = 1
+    weight: int = 0
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.argv)
+
+
+def _argv(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        raise _Invalid("must be a list of arguments like [\"/usr/local/bin/check\", \"--quick\"], "
+                       "not a shell string")
+    if not isinstance(v, list) or not v:
+        raise _Invalid(f"must be a non-empty list of arguments, got {v!r}")
+    argv = tuple(_str(4096)(x) for x in v)
+    if not argv[0].startswith("/"):
+        raise _Invalid(f"the program {argv[0]!r} must be an absolute path (no PATH lookup, no shell)")
+    return argv
+
+
+_CHECK_KEYS: dict[str, Callable[[Any], Any]] = {
+    "argv": _argv,
+    "interval": _float(0.1, 3600),
+    "timeout": _float(0.05, 3600),
+    "fall": _int(1, 100),
+    "rise": _int(1, 100),
+    "weight": _int(-253, 0),
+}
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    witnesses: tuple[IPv4Address, ...] = ()
+    interval: float = 1.0
+    timeout: float = 0.5
+    fall: int = 3
+    rise: int = 2
+    min_reachable: int = 1
+    checks: tuple[CheckConfig, ...] = ()
+
+
+_TRACK_KEYS: dict[str, Callable[[Any], Any]] = {
+    "witnesses": _list_of(_ipv4),
+    "interval": _float(0.05, 3600),
+    "timeout": _float(0.01, 60),
+    "fall": _int(1, 100),
+    "rise": _int(1, 100),
+    "min_reachable": _int(1, 64),
+    "check": lambda v: v,  # checked table by table in _check_track
+}
+
+
+def _check_track(file: str, values: dict[str, Any], vrrp: VrrpConfig) -> TrackConfig:
+    raw_checks = values.pop("check", [])
+    if not isinstance(raw_checks, list):
+        raise ConfigError(file, "track.check", "must be [[track.check]] tables")
+    checks = []
+    for i, table in enumerate(raw_checks):
+        name = f"track.check[{i + 1}]"
+        check = CheckConfig(**_section(file, name, table, _CHECK_KEYS, CheckConfig))
+        if check.timeout >= check.interval:
+            raise ConfigError(file, f"{name}.timeout", f"must be shorter than its interval ({check.interval:g} s)")
+        checks.append(check)
+    cfg = TrackConfig(checks=tuple(checks), **values)
+    if not cfg.witnesses and not cfg.checks:
+        raise ConfigError(file, "track", "needs witnesses, [[track.check]] entries, or both")
+    if cfg.witnesses:
+        if cfg.min_reachable > len(cfg.witnesses):
+            raise ConfigError(file, "track.min_reachable", f"is {cfg.min_reachable} but only "
+                              f"{len(cfg.witnesses)} witness(es) are listed")
+        if cfg.timeout >= cfg.interval:
+            raise ConfigError(file, "track.timeout", f"must be shorter than the interval ({cfg.interval:g} s)")
+        own = [w for w in cfg.witnesses if any(w == vip.ip for vip in vrrp.vips)]
+        if own:
+            raise ConfigError(file, "track.witnesses", f"{own[0]} is a VIP: the master would always reach it")
+    return cfg
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     interval: float = 2.0
     max_restarts: int = 2
@@ -373,6 +459,7 @@ class Config:
     filesystem: FilesystemConfig | None = None
     monitor: MonitorConfig = MonitorConfig()
     nfs: NfsConfig | None = None
+    track: TrackConfig | None = None
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -435,7 +522,7 @@ def parse(text: str, file: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -451,7 +538,12 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError(file, "filesystem.device", f"{fs.device} is not a DRBD device (/dev/drbdN) "
                           "although [drbd] is configured")
     nfs = _check_nfs(file, _section(file, "nfs", doc["nfs"], _NFS_KEYS, NfsConfig), fs) if "nfs" in doc else None
-    return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs)
+    track = (_check_track(file, _section(file, "track", doc["track"], _TRACK_KEYS, TrackConfig), vrrp)
+             if "track" in doc else None)
+    if drbd and drbd.unknown_peer == "witness" and not (track and track.witnesses):
+        raise ConfigError(file, "drbd.unknown_peer", "'witness' needs [track] witnesses to ask")
+    return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs,
+                  track=track)
 
 
 def load(path: str | Path) -> Config:
@@ -465,7 +557,7 @@ def load(path: str | Path) -> Config:
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
     out = []
-    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs"):
+    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track"):
         before, after = getattr(old, section), getattr(new, section)
         if before is None or after is None:
             if before != after:

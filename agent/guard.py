@@ -2,9 +2,20 @@
 
 DRBD 8.4 without fencing lets a node promote while its peer is unreachable but still Primary
 (captured in tests/fixtures/drbd: exit 0, split brain ahead), so the agent cannot leave the
-decision to DRBD. These are the rules that need no peer channel and no witness; with the
-replication link down and the peer's state unknown the answer is no (`unknown_peer =
-"refuse"`), with the reason and what the admin can do.
+decision to DRBD. The rules, in order:
+
+* never while the peer is Primary, never a disk that is not UpToDate, never against DRBD's
+  own may_promote (DRBD 9), never `primary --force`;
+* never while the resource is StandAlone: DRBD is not even trying to reach the peer, which is
+  what it does after detecting split brain (or after an admin's `disconnect`); data is never
+  chosen by the agent;
+* connected, or the peer's disk known Outdated: yes;
+* replication link down and the peer's state unknown: it may still be Primary. The default
+  `unknown_peer = "refuse"` says no, with what the admin can do. `unknown_peer = "witness"`
+  says yes only when a witness beyond our service NIC answers us (so we are not the isolated
+  one) and the peer's adverts have been absent for Master_Down_Interval (so it is not serving
+  on the service network either): availability bought with the risk that a peer alive behind
+  a broken service network still writes.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ from dataclasses import dataclass
 
 from drbd.status import OUTDATED, Status
 
+UNKNOWN_PEER_POLICIES = ("refuse", "witness")
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -20,7 +33,17 @@ class Decision:
     reason: str
 
 
-def may_promote(status: Status | None, resource: str) -> Decision:
+@dataclass(frozen=True)
+class PeerView:
+    """What the rest of the agent knows about the peer when DRBD does not."""
+
+    unknown_peer: str = "refuse"
+    witness_reachable: bool | None = None  # None: no witnesses configured
+    peer_silent_for: float = 0.0  # seconds since the peer's last VRRP advert (or since we started)
+    master_down_interval: float = 3.0
+
+
+def may_promote(status: Status | None, resource: str, view: PeerView = PeerView()) -> Decision:
     if status is None:
         return Decision(False, f"DRBD resource {resource} is not up on this node (drbdadm up {resource})")
     if status.primary:
@@ -36,7 +59,20 @@ def may_promote(status: Status | None, resource: str) -> Decision:
         return Decision(True, f"{resource} connected, peer {status.peer_role}, local disk UpToDate")
     if status.peer_disk == OUTDATED:
         return Decision(True, f"{resource} disconnected, but the peer's disk is known Outdated")
-    return Decision(False, f"the replication link of {resource} is down ({status.connection}) and the peer's state is "
-                           "unknown: it may still be Primary, so this node refuses to promote (unknown_peer = "
+    if status.standalone:
+        return Decision(False, f"{resource} is StandAlone: DRBD is not trying to reach the peer (after a split "
+                               f"brain, or `drbdadm disconnect`). The agent never picks whose data survives: see "
+                               f"'Split brain' in the README, then `drbdadm connect {resource}`")
+    unknown = f"the replication link of {resource} is down ({status.connection}) and the peer's state is unknown"
+    if view.unknown_peer == "witness":
+        if view.witness_reachable is not True:
+            return Decision(False, f"{unknown}, and no witness answers us: we may be the isolated node, so no "
+                                   "promotion (unknown_peer = witness)")
+        if view.peer_silent_for < view.master_down_interval:
+            return Decision(False, f"{unknown}; the peer advertised {view.peer_silent_for:.2f} s ago, within "
+                                   f"Master_Down_Interval {view.master_down_interval:.2f} s (unknown_peer = witness)")
+        return Decision(True, f"{unknown}, but a witness answers us and the peer has been silent for "
+                              f"{view.peer_silent_for:.2f} s: taken as dead (unknown_peer = witness)")
+    return Decision(False, f"{unknown}: it may still be Primary, so this node refuses to promote (unknown_peer = "
                            "refuse). If the peer is really down, outdate it (drbdadm outdate on the peer) or "
                            "power it off; the next retry after the hold-down then promotes")

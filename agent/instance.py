@@ -22,10 +22,13 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 
 from agent.chain import Chain
-from agent.config import Config
+from agent.config import CheckConfig, Config
+from agent.guard import PeerView
 from agent.journal import Event, emit
 from agent.machine import Action as MachineAction
 from agent.machine import Machine, Phase, PhaseChange, RunStep, Settings, VrrpFault, VrrpRecover
+from agent.probes import Pinger, run_check
+from agent.track import Tracker
 from vrrp.link import LinkMonitor
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Drop, Validator, auth_bytes, encode
 from vrrp.router import Action, Heard, Params, Router, SendAdvert, State, Transition
@@ -105,6 +108,8 @@ class Instance:
         self._retry: asyncio.TimerHandle | None = None
         self.machine = Machine(machine_settings(cfg))
         self.chain = Chain(cfg, self.vips, self.garp)
+        self.chain.peer_view = self._peer_view
+        self._vrrp_started = 0.0
         self._step_task: asyncio.Task[None] | None = None
         self._machine_timer: asyncio.TimerHandle | None = None
         self._quiet = asyncio.Event()  # no step running and nothing held: released
@@ -113,6 +118,11 @@ class Instance:
         self._tasks: list[asyncio.Task[None]] = []
         self._master_since = 0.0
         self._master_reason = ""
+        # why the router must stay in FAULT, by source ("link", "hold", "track"); FAULT while any
+        self._faults: dict[str, str] = {}
+        self.tracker = Tracker(cfg.track) if cfg.track else None
+        self.pinger: Pinger | None = None
+        self._track_tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,10 +136,16 @@ class Instance:
         self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor")]
         await self._reconcile()
         now = self.loop.time()
-        if self.info.up:
-            self.apply(self.router.start(now))
+        if not self.info.up:
+            self._faults["link"] = f"interface {self.info.name} is down at startup"
+        if self.tracker is not None and self.tracker.fault_reason:
+            self._faults["track"] = f"{self.tracker.fault_reason} (no verdict yet at startup)"
+        self._start_tracking()
+        self._vrrp_started = now
+        if self._faults:
+            self.apply(self.router.fault("; ".join(self._faults.values()), now))
         else:
-            self.apply(self.router.fault(f"interface {self.info.name} is down at startup", now))
+            self.apply(self.router.start(now))
 
     async def _reconcile(self) -> None:
         """Release what a crashed agent left held before taking part in VRRP: never serve twice."""
@@ -155,6 +171,7 @@ class Instance:
         if not await self._released(budget):
             emit(Event.FAULT, f"stopping with {', '.join(self.machine.held)} still held: release did not finish "
                  f"within {budget:g} s", logging.ERROR, HELD=",".join(self.machine.held))
+        self._stop_tracking()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -241,10 +258,81 @@ class Instance:
         now = self.loop.time()
         emit(Event.LINK, f"interface {self.info.name} is {'up' if up else 'down'} ({detail})",
              logging.INFO if up else logging.WARNING, LINK="up" if up else "down", INTERFACE=self.info.name)
-        if up:
-            self.apply(self.router.recover(now, f"interface {self.info.name} up again"))
-        else:
-            self.apply(self.router.fault(f"interface {self.info.name} down ({detail})", now))
+        self._set_fault("link", None if up else f"interface {self.info.name} down ({detail})", now)
+
+    def _set_fault(self, source: str, reason: str | None, now: float, farewell: bool = False) -> None:
+        """FAULT while any source has a reason; back to VRRP when the last one clears."""
+        had = bool(self._faults)
+        if reason:
+            self._faults[source] = reason
+        elif self._faults.pop(source, None) is None:
+            return
+        if self._faults and not had:
+            self.apply(self.router.fault(reason or source, now, farewell=farewell))
+        elif had and not self._faults:
+            self.apply(self.router.recover(now, f"{source} fault cleared"))
+
+    # -- reachability tracking ------------------------------------------------------------
+    def _start_tracking(self) -> None:
+        track = self.cfg.track
+        if track is None or self.tracker is None:
+            return
+        if track.witnesses and self.pinger is None:
+            self.pinger = Pinger(self.info.name, self.loop)
+        self._track_tasks = [asyncio.create_task(self._probe_witness(str(w)), name=f"witness-{w}")
+                             for w in track.witnesses]
+        self._track_tasks += [asyncio.create_task(self._probe_check(c), name=f"check-{c.name}")
+                              for c in track.checks]
+
+    def _stop_tracking(self) -> None:
+        for t in self._track_tasks:
+            t.cancel()
+        self._track_tasks = []
+        if self.pinger is not None:
+            self.pinger.close()
+            self.pinger = None
+
+    async def _probe_witness(self, address: str) -> None:
+        while self.cfg.track is not None and self.pinger is not None:
+            t0, track = self.loop.time(), self.cfg.track
+            ok, detail = await self.pinger.ping(address, track.timeout)
+            self._on_track(address, ok, detail)
+            await asyncio.sleep(max(0.0, track.interval - (self.loop.time() - t0)))
+
+    async def _probe_check(self, check: CheckConfig) -> None:
+        while True:
+            t0 = self.loop.time()
+            ok, detail = await run_check(check.argv, check.timeout)
+            self._on_track(check.name, ok, detail)
+            await asyncio.sleep(max(0.0, check.interval - (self.loop.time() - t0)))
+
+    def _on_track(self, name: str, ok: bool, detail: str) -> None:
+        if self.tracker is None:
+            return
+        now = self.loop.time()
+        for change in self.tracker.result(name, ok, detail):
+            emit(Event.TRACK, change.message, logging.INFO if change.up else logging.WARNING,
+                 TARGET=change.target, KIND=change.kind, UP=str(change.up).lower(),
+                 REACHABLE=self.tracker.reachable, PRIORITY_DELTA=self.tracker.priority_delta)
+        self._set_fault("track", self.tracker.fault_reason or None, now, farewell=True)
+        self._apply_priority(now)
+
+    def _peer_view(self) -> PeerView:
+        """For the guard: the witnesses' verdict and how long the peer has been silent on VRRP."""
+        now = self.loop.time()
+        heard = self.router.last_heard_at
+        silent = now - (heard if heard is not None else self._vrrp_started)
+        drbd = self.cfg.drbd
+        return PeerView(unknown_peer=drbd.unknown_peer if drbd else "refuse",
+                        witness_reachable=None if self.tracker is None or not self.cfg.track or not
+                        self.cfg.track.witnesses else not self.tracker.isolated,
+                        peer_silent_for=silent, master_down_interval=self.router.master_down_interval)
+
+    def _apply_priority(self, now: float) -> None:
+        base = self.cfg.vrrp.priority
+        prio = self.tracker.effective_priority(base) if self.tracker is not None else base
+        if prio != self.router.priority:
+            self.apply(self.router.with_priority(prio, now), why=f"tracked priority {prio} (configured {base})")
 
     # -- actions out --------------------------------------------------------------------
     def apply(self, actions: list[Action], why: str = "") -> None:
@@ -319,10 +407,9 @@ class Instance:
                 self.counters.faults += 1
                 emit(Event.FAULT, f"fault: {action.reason}; rolled back, priority 0 and silence for "
                      f"{(self.machine.hold_until or now) - now:g} s", logging.ERROR, REASON=action.reason)
-                self.apply(self.router.fault(action.reason, now, farewell=True))
+                self._set_fault("hold", action.reason, now, farewell=True)
             elif isinstance(action, VrrpRecover):
-                if self.link.up:
-                    self.apply(self.router.recover(now, action.reason))
+                self._set_fault("hold", None, now)
             elif isinstance(action, PhaseChange):
                 self._on_phase(action)
         if self.machine.running is None and not self.machine.held:
@@ -363,6 +450,7 @@ class Instance:
     async def reconfigure(self, new: Config) -> None:
         """Live changes only; the caller restarts the instance for restart keys."""
         old_vips, new_vips = set(self.cfg.vrrp.vips), set(new.vrrp.vips)
+        old_track = self.cfg.track
         self.cfg = new
         self._templates.clear()
         v = new.vrrp
@@ -378,7 +466,19 @@ class Instance:
                 await self.vips.add(added)
                 self.garp.send(added)
         assert self.info.primary is not None
-        self.apply(self.router.reconfigure(router_params(new, self.info.primary), self.loop.time()))
+        now = self.loop.time()
+        self.apply(self.router.reconfigure(router_params(new, self.info.primary), now))
+        if new.track != old_track:
+            self._stop_tracking()
+            if new.track is None:
+                self.tracker = None
+            elif self.tracker is None:
+                self.tracker = Tracker(new.track)
+            else:
+                self.tracker.configure(new.track)
+            self._start_tracking()
+            self._set_fault("track", self.tracker.fault_reason or None if self.tracker else None, now, farewell=True)
+        self._apply_priority(now)
         self.on_state(self)
 
     # -- status -------------------------------------------------------------------------
@@ -405,6 +505,8 @@ class Instance:
             "phase": str(self.machine.phase),
             "held": list(self.machine.held),
             "chain": list(self.cfg.steps),
+            "faults": dict(self._faults),
+            "track": self.tracker.summary() if self.tracker is not None else None,
             "monitor": {"interval": self.machine.s.monitor_interval, "max_restarts": self.machine.s.max_restarts,
                         "hold_down": self.machine.s.hold_down},
             "last_transition": None if self.last is None else {

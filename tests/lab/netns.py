@@ -621,6 +621,17 @@ class NetnsLab(Closing):
             if not wait_until(settled, wait, interval=0.005):
                 raise LabError(f"{self.ns(name)}: {dev} carrier did not go {'up' if up else 'down'}")
 
+    def set_bridged(self, name: str, bridged: bool, dev: str = DEFAULT_DEV) -> None:
+        """Take the member's port off the bridge (or put it back) without touching carrier.
+
+        The member's eth0 stays UP with carrier, but nothing it sends arrives anywhere and
+        nothing reaches it: a dead switch or uplink beyond the NIC, which link monitoring
+        cannot see and only reachability tracking can.
+        """
+        port = self._port(name, dev)
+        where = ("master", BRIDGE_DEV) if bridged else ("nomaster",)
+        self._ip("link", "set", port.bridge_port, *where, ns=port.bridge_ns)
+
     def set_iface(self, name: str, up: bool, dev: str = DEFAULT_DEV) -> None:
         """Set the member's own interface administratively down/up (`ip link set eth0 down`).
 
