@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from agent import fs
@@ -54,6 +55,7 @@ class Chain:
         self._build_nfs(cfg)
         self._garp_task: asyncio.Task[None] | None = None
         self.peer_view: Callable[[], PeerView] = PeerView  # the instance supplies VRRP's and the witnesses' view
+        self.fence_peer: Callable[[], Awaitable[str]] | None = None  # asks the peer to outdate (peer channel)
 
     def _build_nfs(self, cfg: Config) -> None:
         if cfg.nfs is None or cfg.filesystem is None:
@@ -138,7 +140,11 @@ class Chain:
     async def _drbd_acquire(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None
         status = await self.drbd_status()
-        decision = may_promote(status, self.cfg.drbd.resource, self.peer_view())
+        view = self.peer_view()
+        if (status is not None and not status.connected and not status.primary and not status.standalone
+                and status.peer_disk != "Outdated" and self.fence_peer is not None):
+            view = replace(view, peer_answer=await self.fence_peer())
+        decision = may_promote(status, self.cfg.drbd.resource, view)
         if not decision.allow:
             raise StepFailed(f"not promoting: {decision.reason}")
         if status is not None and status.primary:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,34 @@ def cmd_handover(args: argparse.Namespace) -> int:
 def cmd_maintenance(args: argparse.Namespace) -> int:
     print(control.request(_socket_path(args), "maintenance", on=args.mode == "on")["message"])
     return 0
+
+
+#: DRBD's fence-peer handler contract (drbd.conf(5), handlers): what the exit code tells DRBD
+FENCE_EXIT = {"outdated": 4, "unreachable-dead": 5, "primary": 6}
+
+
+def cmd_fence_peer(args: argparse.Namespace) -> int:
+    """DRBD's fence-peer handler: outdate the peer through the agents' peer channel."""
+    resource = os.environ.get("DRBD_RESOURCE", "?")
+    try:
+        answer = control.request(_socket_path(args), "fence-peer")
+    except (control.ControlError, OSError) as e:
+        print(f"fence-peer {resource}: the local agent does not answer ({e}); not fencing", file=sys.stderr)
+        return 1
+    result = str(answer.get("answer"))
+    if result == "unreachable":
+        if answer.get("witness_reachable"):
+            print(f"fence-peer {resource}: the peer does not answer and a witness answers us: peer taken as dead")
+            return FENCE_EXIT["unreachable-dead"]
+        print(f"fence-peer {resource}: the peer does not answer and no witness answers us either: we may be the "
+              "isolated node; not fencing", file=sys.stderr)
+        return 1
+    code = FENCE_EXIT.get(result)
+    if code is None:
+        print(f"fence-peer {resource}: the peer could not outdate its disk: {result}", file=sys.stderr)
+        return 1
+    print(f"fence-peer {resource}: peer {result}")
+    return code
 
 
 def _load(path: str) -> configmod.Config | None:
@@ -200,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p = with_socket(sub.add_parser("status", help="state, master, VIPs, counters of the running agent"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = with_socket(sub.add_parser("fence-peer", help="DRBD fence-peer handler: exit 4 outdated, 5 peer dead, "
+                                                      "6 peer Primary, 1 not fenced"))
+    p.set_defaults(func=cmd_fence_peer)
     p = sub.add_parser("history", help="the failover story of this node, from the journal")
     p.add_argument("--since", help="journalctl time spec, e.g. '1 hour ago' or '2026-11-21 02:00'")
     p.add_argument("--json", action="store_true")

@@ -435,6 +435,24 @@ def _check_track(file: str, values: dict[str, Any], vrrp: VrrpConfig) -> TrackCo
 
 
 @dataclass(frozen=True)
+class PeerConfig:
+    address: IPv4Address
+    port: int = 7801
+    secret_file: str = "/etc/failover-agent/peer.key"
+    timeout: float = 1.0
+    window: float = 5.0
+
+
+_PEER_KEYS: dict[str, Callable[[Any], Any]] = {
+    "address": _ipv4,
+    "port": _int(1, 65535),
+    "secret_file": _abs_path,
+    "timeout": _float(0.05, 30),
+    "window": _float(1, 300),
+}
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     interval: float = 2.0
     max_restarts: int = 2
@@ -460,6 +478,7 @@ class Config:
     monitor: MonitorConfig = MonitorConfig()
     nfs: NfsConfig | None = None
     track: TrackConfig | None = None
+    peer: PeerConfig | None = None
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -522,7 +541,7 @@ def parse(text: str, file: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -542,8 +561,9 @@ def parse(text: str, file: str = "<config>") -> Config:
              if "track" in doc else None)
     if drbd and drbd.unknown_peer == "witness" and not (track and track.witnesses):
         raise ConfigError(file, "drbd.unknown_peer", "'witness' needs [track] witnesses to ask")
+    peer = PeerConfig(**_section(file, "peer", doc["peer"], _PEER_KEYS, PeerConfig)) if "peer" in doc else None
     return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs,
-                  track=track)
+                  track=track, peer=peer)
 
 
 def load(path: str | Path) -> Config:
@@ -557,7 +577,7 @@ def load(path: str | Path) -> Config:
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
     out = []
-    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track"):
+    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer"):
         before, after = getattr(old, section), getattr(new, section)
         if before is None or after is None:
             if before != after:

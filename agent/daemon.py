@@ -26,7 +26,7 @@ from pyroute2 import AsyncIPRoute
 from agent import config as configmod
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
-from agent.instance import Counters, Instance, ReconcileError, addrs
+from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging
 from agent.metrics import MetricsServer
 from vrrp.vip import LinkInfo
@@ -40,7 +40,7 @@ VERSION = "0.1.0"
 def needs_restart(old: Config, new: Config) -> bool:
     """Changes that cannot be applied to a running instance: its identity, or what it holds."""
     return (any(getattr(old.vrrp, k) != getattr(new.vrrp, k) for k in RESTART_KEYS)
-            or (old.drbd, old.filesystem, old.nfs) != (new.drbd, new.filesystem, new.nfs))
+            or (old.drbd, old.filesystem, old.nfs, old.peer) != (new.drbd, new.filesystem, new.nfs, new.peer))
 
 
 class SetupError(Exception):
@@ -183,8 +183,8 @@ class Agent:
             await inst.start()
         except PermissionError as e:
             raise SetupError(f"raw sockets need root or CAP_NET_RAW/CAP_NET_ADMIN: {e}") from None
-        except ReconcileError as e:
-            await inst.stop("startup reconciliation failed")
+        except (ReconcileError, PeerSetupError) as e:
+            await inst.stop(f"startup failed: {e}")
             raise SetupError(str(e)) from None
         return inst
 
@@ -229,7 +229,13 @@ class Agent:
                 if not isinstance(on, bool):
                     raise ControlError("maintenance needs on: true or false")
                 return {"message": await self.instance.maintenance(on)}
-        raise ControlError(f"unknown command {command!r} (status, handover, maintenance)")
+        if command == "fence-peer":
+            inst = self.instance
+            answer = await inst.fence_peer()
+            witness = inst.tracker is not None and bool(self.cfg.track and self.cfg.track.witnesses) \
+                and not inst.tracker.isolated
+            return {"answer": answer, "witness_reachable": witness}
+        raise ControlError(f"unknown command {command!r} (status, handover, maintenance, fence-peer)")
 
     # -- reload -------------------------------------------------------------------------
     async def _reload_loop(self) -> None:

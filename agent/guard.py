@@ -10,7 +10,9 @@ decision to DRBD. The rules, in order:
   what it does after detecting split brain (or after an admin's `disconnect`); data is never
   chosen by the agent;
 * connected, or the peer's disk known Outdated: yes;
-* replication link down and the peer's state unknown: it may still be Primary. The default
+* replication link down and the peer's state unknown: first the peer is asked over the peer
+  channel to outdate itself (agent.peer); if it did, yes; if it says it is Primary, no. A peer
+  that does not answer may still be Primary. The default
   `unknown_peer = "refuse"` says no, with what the admin can do. `unknown_peer = "witness"`
   says yes only when a witness beyond our service NIC answers us (so we are not the isolated
   one) and the peer's adverts have been absent for Master_Down_Interval (so it is not serving
@@ -41,6 +43,8 @@ class PeerView:
     witness_reachable: bool | None = None  # None: no witnesses configured
     peer_silent_for: float = 0.0  # seconds since the peer's last VRRP advert (or since we started)
     master_down_interval: float = 3.0
+    # the peer's answer to "outdate yourself" over the peer channel: outdated | primary | unreachable | failed ...
+    peer_answer: str = ""
 
 
 def may_promote(status: Status | None, resource: str, view: PeerView = PeerView()) -> Decision:
@@ -64,6 +68,10 @@ def may_promote(status: Status | None, resource: str, view: PeerView = PeerView(
                                f"brain, or `drbdadm disconnect`). The agent never picks whose data survives: see "
                                f"'Split brain' in the README, then `drbdadm connect {resource}`")
     unknown = f"the replication link of {resource} is down ({status.connection}) and the peer's state is unknown"
+    if view.peer_answer == "outdated":
+        return Decision(True, f"{resource} disconnected; the peer outdated its disk at our request (peer channel)")
+    if view.peer_answer == "primary":
+        return Decision(False, f"{unknown} to DRBD, but the peer says over the peer channel that it is Primary")
     if view.unknown_peer == "witness":
         if view.witness_reachable is not True:
             return Decision(False, f"{unknown}, and no witness answers us: we may be the isolated node, so no "

@@ -27,11 +27,14 @@ from agent.guard import PeerView
 from agent.journal import Event, emit
 from agent.machine import Action as MachineAction
 from agent.machine import Machine, Phase, PhaseChange, RunStep, Settings, VrrpFault, VrrpRecover
+from agent.peer import PeerChannel
+from agent.peerwire import Message, load_secret
 from agent.probes import Pinger, run_check
 from agent.track import Tracker
+from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Drop, Validator, auth_bytes, encode
-from vrrp.router import Action, Heard, Params, Router, SendAdvert, State, Transition
+from vrrp.router import Action, Heard, OtherMaster, Params, Router, SendAdvert, State, Transition
 from vrrp.socket import WAKE_NEVER, VrrpSocket
 from vrrp.vip import Garp, LinkInfo, VipHolder
 
@@ -47,6 +50,10 @@ def machine_settings(cfg: Config) -> Settings:
     m = cfg.monitor
     return Settings(steps=cfg.steps, timeouts={s: m.step_timeout for s in cfg.steps}, monitor_interval=m.interval,
                     max_restarts=m.max_restarts, hold_down=m.hold_down, event_watched=frozenset({"vip"}))
+
+
+class PeerSetupError(Exception):
+    """The peer channel cannot start (secret file missing or too open, port taken)."""
 
 
 class ReconcileError(Exception):
@@ -109,7 +116,9 @@ class Instance:
         self.machine = Machine(machine_settings(cfg))
         self.chain = Chain(cfg, self.vips, self.garp)
         self.chain.peer_view = self._peer_view
+        self.peer_channel: PeerChannel | None = None
         self._vrrp_started = 0.0
+        self._last_reclaim = -1e9
         self._step_task: asyncio.Task[None] | None = None
         self._machine_timer: asyncio.TimerHandle | None = None
         self._quiet = asyncio.Event()  # no step running and nothing held: released
@@ -131,6 +140,7 @@ class Instance:
             emit(Event.CLEANUP, f"removed VIP(s) {addrs(stale)} left on {self.info.name} by an earlier run",
                  logging.WARNING, VIPS=addrs(stale))
         v = self.cfg.vrrp
+        await self._start_peer_channel()
         self.sock.open(first_byte=(v.version << 4) | 1, vrid=v.vrid)
         self.garp.open()
         self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor")]
@@ -172,6 +182,8 @@ class Instance:
             emit(Event.FAULT, f"stopping with {', '.join(self.machine.held)} still held: release did not finish "
                  f"within {budget:g} s", logging.ERROR, HELD=",".join(self.machine.held))
         self._stop_tracking()
+        if self.peer_channel is not None:
+            self.peer_channel.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -317,6 +329,57 @@ class Instance:
         self._set_fault("track", self.tracker.fault_reason or None, now, farewell=True)
         self._apply_priority(now)
 
+    # -- the peer channel -----------------------------------------------------------------
+    async def _start_peer_channel(self) -> None:
+        p = self.cfg.peer
+        if p is None:
+            return
+        try:
+            key = load_secret(p.secret_file)
+        except (OSError, ValueError) as e:
+            raise PeerSetupError(f"{self.cfg.file}: peer.secret_file: {e}") from None
+        assert self.info.primary is not None
+        channel = PeerChannel(str(self.info.primary), str(p.address), p.port, key, p.window, self._peer_request)
+        try:
+            await channel.start()
+        except OSError as e:
+            raise PeerSetupError(f"{self.cfg.file}: peer.port: cannot listen on {self.info.primary}:{p.port}: "
+                                 f"{e.strerror or e}") from None
+        self.peer_channel = channel
+        self.chain.fence_peer = self.fence_peer
+
+    async def fence_peer(self) -> str:
+        """Ask the peer to outdate its disk: outdated | primary | unreachable | failed: ..."""
+        if self.peer_channel is None or self.cfg.peer is None:
+            return "unreachable"
+        reply = await self.peer_channel.ask("outdate", self.cfg.peer.timeout)
+        answer = "unreachable" if reply is None else str(reply.body.get("result", "failed"))
+        detail = "" if reply is None else str(reply.body.get("detail", ""))
+        if answer not in ("outdated", "primary", "unreachable"):
+            answer = f"{answer}: {detail}" if detail else answer
+        emit(Event.FENCE, f"asked the peer {self.cfg.peer.address} to outdate its disk: {answer}", logging.WARNING,
+             ANSWER=answer, PEER=str(self.cfg.peer.address))
+        return answer
+
+    async def _peer_request(self, msg: Message) -> dict[str, Any]:
+        """Answer the peer. Only ever gives data up (outdate), and never while we hold or take it."""
+        status = await self.chain.drbd_status() if self.chain.drbd else None
+        if msg.kind == "state":
+            return {"vrrp": str(self.router.state), "phase": str(self.machine.phase), "held": self.machine.held,
+                    "drbd": status.summary() if status else None}
+        busy = self.machine.phase not in (Phase.IDLE, Phase.FAULT) or bool(self.machine.held)
+        if busy or (status is not None and status.primary):
+            return {"result": "primary", "detail": f"phase {self.machine.phase}, holding {self.machine.held}"}
+        if self.chain.drbd is None:
+            return {"result": "failed", "detail": "no [drbd] section on the peer"}
+        try:
+            await self.chain.drbd.outdate()
+        except DrbdError as e:
+            return {"result": "failed", "detail": str(e)}
+        emit(Event.FENCE, f"outdated our DRBD disk at the request of the peer {msg.sender}", logging.WARNING,
+             ANSWER="outdated", PEER=msg.sender)
+        return {"result": "outdated"}
+
     def _peer_view(self) -> PeerView:
         """For the guard: the witnesses' verdict and how long the peer has been silent on VRRP."""
         now = self.loop.time()
@@ -344,16 +407,33 @@ class Instance:
                     self._send_advert(action.priority)
             elif isinstance(action, Transition):
                 self._on_transition(action, why)
+            elif isinstance(action, OtherMaster):
+                self._other_master(action)
         deadline = self.router.deadline
         timer = self._timer
         if timer is None or deadline is None or timer.when() != deadline:
             if timer is not None:
                 timer.cancel()
             self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
-        threshold = self.router.priority if self.router.state == State.MASTER else WAKE_NEVER
+        # a master wakes for any advert: backups are silent, so one arriving means a challenger or
+        # another master (a healed partition) to answer at once; a backup's routine ones can wait
+        threshold = 1 if self.router.state == State.MASTER else WAKE_NEVER
         if threshold != self._wake_threshold:
             self._wake_threshold = threshold
             self.sock.wake_at_or_above(threshold)
+
+    def _other_master(self, other: OtherMaster) -> None:
+        """Two masters (a healed partition) and we win: gratuitous ARP now, so clients come back at once."""
+        now = self.loop.time()
+        if "vip" not in self.machine.held or now - self._last_reclaim < 1.0:
+            return
+        self._last_reclaim = now
+        self._send_advert(self.router.priority)  # the loser steps down on this, not on our next scheduled one
+        self.garp.send(self.cfg.vrrp.vips)
+        what = ("left mastership (priority 0)" if other.priority == 0 else
+                f"also acts as master (priority {other.priority} < {self.router.priority})")
+        emit(Event.TRANSITION, f"{other.src} {what} while we are master: advert and gratuitous ARP sent at once",
+             logging.WARNING, VRRP_STATE="MASTER", PEER=str(other.src), REASON="two masters")
 
     def _send_advert(self, priority: int) -> None:
         def datagram(dst: IPv4Address) -> bytearray:
@@ -506,6 +586,9 @@ class Instance:
             "held": list(self.machine.held),
             "chain": list(self.cfg.steps),
             "faults": dict(self._faults),
+            "peer": None if self.peer_channel is None or self.cfg.peer is None else {
+                "address": str(self.cfg.peer.address), "port": self.cfg.peer.port,
+                "rejected": dict(self.peer_channel.rejected)},
             "track": self.tracker.summary() if self.tracker is not None else None,
             "monitor": {"interval": self.machine.s.monitor_interval, "max_restarts": self.machine.s.max_restarts,
                         "hold_down": self.machine.s.hold_down},

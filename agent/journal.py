@@ -38,6 +38,7 @@ class Event(enum.StrEnum):
     FAULT = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0c"
     CLEANUP = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0d"
     TRACK = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0e"
+    FENCE = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0f"
 
 
 #: what each event means, for README and `failoverctl history`
@@ -55,6 +56,7 @@ DESCRIPTIONS = {
     Event.MAINTENANCE: "maintenance mode switched on or off",
     Event.FAULT: "a failure put the instance in FAULT",
     Event.CLEANUP: "leftovers of an earlier run were removed",
+    Event.FENCE: "the peer was asked to outdate its disk, or we outdated ours at its request: ANSWER, PEER",
     Event.TRACK: "a witness or track check changed verdict: TARGET, KIND, UP and the decision",
 }
 

@@ -130,6 +130,12 @@ class Drbdadm:
         if role != "Primary":
             raise DrbdError(f"drbdadm primary {self.resource} returned 0 but the role is {role}")
 
+    async def outdate(self) -> None:
+        """Mark our own disk Outdated (asked by a peer that wants to promote without us)."""
+        code, _, err = await self._drbdadm("outdate")
+        if code != 0:
+            raise classify("outdate", self.resource, code, err)
+
     async def demote(self, escalation: Sequence[str] = ("retry", "none"), notes: list[str] | None = None) -> None:
         """Secondary, escalating as configured; the last entry is the fence action."""
         log = notes if notes is not None else []

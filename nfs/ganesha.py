@@ -70,7 +70,7 @@ class GaneshaBackend:
                         return f"nfs-ganesha pid {proc.pid} serving in {time.monotonic() - t0:.3f} s"
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 0.02)
+                    await asyncio.wait_for(proc.wait(), 0.005)
         except asyncio.CancelledError:
             if proc.returncode is None:  # not held, so nobody else would stop it
                 proc.kill()

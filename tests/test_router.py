@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from tests.vrrp_sim import Lan
-from vrrp.router import Action, Heard, Params, Router, SendAdvert, State, Transition
+from vrrp.router import Action, Heard, OtherMaster, Params, Router, SendAdvert, State, Transition
 
 A = IPv4Address("192.0.2.1")
 B = IPv4Address("192.0.2.2")
@@ -67,7 +67,7 @@ def transitions(log: list[tuple[float, Action]]) -> list[tuple[float, State]]:
     return [(t, a.new) for t, a in log if isinstance(a, Transition)]
 
 
-def shape(actions: list[Action]) -> list[SendAdvert | tuple[State, State]]:
+def shape(actions: list[Action]) -> list[SendAdvert | OtherMaster | tuple[State, State]]:
     """Actions with transitions reduced to (old, new): reasons are prose for the journal."""
     return [(a.old, a.new) if isinstance(a, Transition) else a for a in actions]
 
@@ -176,12 +176,13 @@ def test_master_receiving_advert(own: int, heard: int, own_addr: IPv4Address, he
     r = master(params(own, own_addr), now=5.0)
     out = r.receive(Heard(heard_addr, heard, 1.0), 5.5)
     if yields:
-        assert len(out) == 1 and isinstance(out[0], Transition)
-        assert (out[0].old, out[0].new) == (State.MASTER, State.BACKUP)
+        # priority 0 first (the adapter sends it once released): the winner learns of us at once
+        assert len(out) == 2 and out[0] == SendAdvert(0) and isinstance(out[1], Transition)
+        assert (out[1].old, out[1].new) == (State.MASTER, State.BACKUP)
         assert r.deadline == pytest.approx(5.5 + mdi(own, 1.0, 2))
         assert r.master == heard_addr
     else:
-        assert out == []
+        assert out == [OtherMaster(heard_addr, heard)]  # the adapter reclaims the clients (GARP)
         assert r.state == State.MASTER
         assert r.deadline == pytest.approx(6.0)  # Adver_Timer untouched
 
@@ -197,7 +198,7 @@ def test_master_yields_to_higher_priority_even_without_preempt() -> None:
 def test_master_receiving_priority_0_readvertises_at_once(version: int) -> None:
     r = master(params(100, version=version, interval=2.0), now=0.0)
     out = r.receive(Heard(A, 0, 2.0), 1.25)
-    assert out == [SendAdvert(100)]
+    assert out == [SendAdvert(100), OtherMaster(A, 0)]  # and the adapter reclaims clients A may have had
     assert r.state == State.MASTER
     assert r.deadline == pytest.approx(3.25)  # Adver_Timer reset to Advertisement_Interval
 
@@ -294,8 +295,8 @@ def test_priority_0_sets_skew_whoever_sends_it(preempt: bool) -> None:
 def test_equal_priority_backups_resolve_by_address() -> None:
     """Two equal-priority routers that both become master: the lower address yields."""
     low, high = master(params(100, A)), master(params(100, B))
-    assert shape(low.receive(Heard(B, 100, 1.0), 0.001)) == [(State.MASTER, State.BACKUP)]
-    assert high.receive(Heard(A, 100, 1.0), 0.001) == []
+    assert shape(low.receive(Heard(B, 100, 1.0), 0.001)) == [SendAdvert(0), (State.MASTER, State.BACKUP)]
+    assert high.receive(Heard(A, 100, 1.0), 0.001) == [OtherMaster(A, 100)]
     assert (low.state, high.state) == (State.BACKUP, State.MASTER)
 
 

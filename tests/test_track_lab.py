@@ -24,11 +24,11 @@ FAST = {"version": 3, "advert_interval": 0.1}
 TRACK = {"interval": 0.2, "timeout": 0.15, "fall": 3, "rise": 2}
 
 
-def tracked_agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, checks: str = "",
-                  witnesses: tuple[str, ...] = (CLIENT_IP,), **track: object) -> AgentProc:
+def tracked_agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, *, checks: str = "",
+                  witnesses: tuple[str, ...] = (CLIENT_IP,), track: dict[str, float] | None = None) -> AgentProc:
     agent = AgentProc(lab, node, tmp_path, priority=priority, **FAST)
     text = render_agent_conf({"control_socket": str(agent.control_socket)}, priority=priority, **FAST)
-    settings = {**TRACK, **track}
+    settings = {**TRACK, **(track or {})}
     text += "[track]\n" + (f"witnesses = {list(witnesses)!r}\n".replace("'", '"') if witnesses else "")
     text += "".join(f"{k} = {v}\n" for k, v in settings.items()) + checks
     agent.write_config(text)
@@ -49,9 +49,9 @@ def phase(agent: AgentProc) -> str:
     return str(agent.status()["instance"]["state"])
 
 
-def pair(lab: NetnsLab, tmp_path: Path, **track: object) -> tuple[AgentProc, AgentProc]:
-    a = tracked_agent(lab, "a", tmp_path, 150, **track).start()
-    b = tracked_agent(lab, "b", tmp_path, 100, **track).start()
+def pair(lab: NetnsLab, tmp_path: Path, **track: float) -> tuple[AgentProc, AgentProc]:
+    a = tracked_agent(lab, "a", tmp_path, 150, track=track).start()
+    b = tracked_agent(lab, "b", tmp_path, 100, track=track).start()
     assert wait_until(lambda: holds(lab, "a") and phase(b) == "BACKUP", 10), a.log() + b.log()
     return a, b
 

@@ -54,7 +54,20 @@ class Transition:
     reason: str
 
 
-Action = SendAdvert | Transition
+@dataclass(frozen=True)
+class OtherMaster:
+    """We stay master, but `src` also acts as master (a partition healed): reclaim the clients.
+
+    The RFC lets the lower-priority master step down on our next advert; until the clients'
+    ARP caches point at us again they may still talk to it, so the adapter sends gratuitous
+    ARP at once instead of waiting for caches to expire.
+    """
+
+    src: IPv4Address
+    priority: int
+
+
+Action = SendAdvert | Transition | OtherMaster
 
 
 class Router:
@@ -228,13 +241,14 @@ class Router:
 
     def _master_receive(self, heard: Heard, now: float) -> list[Action]:
         if heard.priority == 0:
+            # another router leaves mastership while we are master: clients may still use it
             self.adver_at = now + self.params.advert_interval
-            return [SendAdvert(self.priority)]
+            return [SendAdvert(self.priority), OtherMaster(heard.src, 0)]
         wins = heard.priority > self.priority or (
             heard.priority == self.priority and int(heard.src) > int(self.params.address)
         )
         if not wins:
-            return []
+            return [OtherMaster(heard.src, heard.priority)]
         if heard.priority > self.priority:
             why = f"{heard.src} advertises higher priority {heard.priority} > {self.priority}"
         else:
@@ -243,7 +257,11 @@ class Router:
         self.last_heard_at = now
         if self.params.version == 3:
             self.master_adver_interval = heard.interval
-        return self._become_backup(now, why)
+        # Beyond RFC 3768: two masters met (a healed partition) and we lose. A priority-0 advert
+        # (sent by the adapter once we released) tells the winner at once, whichever of the two
+        # heard the other first, so it reclaims the clients with gratuitous ARP instead of
+        # leaving them on our MAC until their ARP caches expire.
+        return [SendAdvert(0), *self._become_backup(now, why)]
 
     def _become_master(self, now: float, reason: str) -> list[Action]:
         self.adver_at = now + self.params.advert_interval

@@ -74,8 +74,10 @@ __all__ = [
     "SharedDisk",
     "add_vip",
     "del_vip",
+    "freeze",
     "node_namespace",
     "pids_in_mntns",
+    "power_cut",
     "render_ganesha_conf",
     "rpc_null",
     "send_garp",
@@ -388,9 +390,14 @@ def node_namespace(lab: NetnsLab, node: str, start: bool = True) -> NodeNamespac
 # Shared disk
 # --------------------------------------------------------------------------------------------
 
+# The ioctl goes to whatever filesystem the path resolves to at that instant: if the node
+# unmounted just before, that would be the host's own. So it only runs when the open directory
+# is on the shared disk's device (argv[4], st_rdev of the loop device).
 _SHUTDOWN_CODE = """
 import fcntl, os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+if os.fstat(fd).st_dev != int(sys.argv[4]):
+    sys.exit(f"{sys.argv[1]} is not on the shared disk any more (unmounted meanwhile?): no shutdown")
 fcntl.ioctl(fd, int(sys.argv[2]), struct.pack("I", int(sys.argv[3])))
 """
 
@@ -506,7 +513,9 @@ class SharedDisk(Closing):
         COMMIT ganesha acknowledged) are on the disk and will be replayed by the next mount.
         """
         flags = EXT4_GOING_FLAGS_LOGFLUSH if flush_log else EXT4_GOING_FLAGS_NOLOGFLUSH
-        ns.run([sys.executable, "-c", _SHUTDOWN_CODE, str(self.mountpoint), str(EXT4_IOC_SHUTDOWN), str(flags)])
+        rdev = os.stat(self.dev).st_rdev
+        ns.run([sys.executable, "-c", _SHUTDOWN_CODE, str(self.mountpoint), str(EXT4_IOC_SHUTDOWN), str(flags),
+                str(rdev)])
 
     def crash(self, ns: NodeNamespace, timeout: float = 10.0) -> float:
         """Node ``ns`` dies with the disk mounted; returns seconds until the disk is free.
@@ -542,6 +551,42 @@ class SharedDisk(Closing):
             subprocess.run(["losetup", "-d", self.device], capture_output=True, timeout=10)
             self.device = None
         self.image.unlink(missing_ok=True)
+
+
+def freeze(ns: NodeNamespace, timeout: float = 2.0) -> None:
+    """SIGSTOP every process of the node and return once all of them are stopped.
+
+    The first instant of a power cut: from here on no daemon of the node can react, so what
+    follows (cable pulled, ext4 shut down, processes killed) cannot turn into an orderly release.
+    Without it, pulling the cable first lets a daemon see the carrier loss and unmount before
+    the ext4 shutdown, which then finds no mount.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        refs = [ref for ref in map(ProcRef.of, ns.pids()) if ref is not None]
+        running = [ref for ref in refs if ref.state() not in (None, "T", "t", "Z", "X")]
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"node {ns.node}: processes not stopped: {[r.pid for r in running]}")
+        for ref in running:
+            ref.send_signal(signal.SIGSTOP)
+        time.sleep(0.001)
+
+
+def power_cut(lab: NetnsLab, disk: SharedDisk, ns: NodeNamespace) -> bool:
+    """The node loses power; returns whether it still had the disk mounted at that instant.
+
+    Freeze, cable pulled, ext4 shut down without log flush, every process killed, as close
+    together as possible. The time between freezing and pulling the cable matters to the
+    client: meanwhile the node's kernel still acknowledges at TCP level a request its frozen
+    server will never answer, and the client then waits for its RPC timeout.
+    """
+    freeze(ns)
+    lab.set_link(ns.node, False)
+    held = disk.mounted_in(ns)
+    disk.crash(ns)
+    return held
 
 
 # --------------------------------------------------------------------------------------------

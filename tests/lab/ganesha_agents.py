@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab.agent import AgentProc, render_agent_conf
-from tests.lab.ganesha import NodeNamespace, SharedDisk, node_namespace
+from tests.lab.ganesha import NodeNamespace, SharedDisk, node_namespace, power_cut
 from tests.lab.netns import NetnsLab, wait_until
 
 EXPORT = "export"
@@ -101,16 +101,16 @@ class GaneshaAgents:
         return [n for n in self.agents if self.phase(n) == "SERVING"]
 
     def crash(self, node: str) -> float:
-        """Power cut: agent SIGKILLed, link down, ext4 shut down, every process of the node killed.
+        """Power cut (ganesha.power_cut): every process frozen, cable pulled, ext4 shut down, all killed.
 
-        The agent dies first so it cannot react to its link going down by releasing in order
-        (that would be a graceful stop, not a crash). Returns seconds until the disk is free.
+        Returns seconds until the disk is free for the peer.
         """
-        agent = self.agents[node]
-        if agent.alive:
-            agent.kill()
-        self.lab.set_link(node, False)
-        return self.disk.crash(self.ns[node])
+        t0 = time.monotonic()
+        power_cut(self.lab, self.disk, self.ns[node])
+        proc = self.agents[node].proc
+        if proc is not None:
+            proc.wait(5)
+        return time.monotonic() - t0
 
     def reboot(self, node: str) -> None:
         """Bring a crashed node back: link up, fresh namespace, agent started (it joins as backup)."""
