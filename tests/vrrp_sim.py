@@ -219,7 +219,7 @@ class Lan:
         for action in actions:
             if isinstance(action, SendAdvert):
                 self._broadcast(i, action.priority)
-            else:
+            elif isinstance(action, Transition):
                 self.transitions.append(Record(self.now, i, action))
                 if action.new == State.MASTER:
                     span = Span(i, self.now)
