@@ -98,12 +98,9 @@ class Chain:
             ("drbd", Op.CHECK): self._drbd_check,
             ("mount", Op.ACQUIRE): self._mount_acquire, ("mount", Op.RELEASE): self._mount_release,
             ("mount", Op.CHECK): self._mount_check,
-            ("nfs_state", Op.ACQUIRE): self._state_acquire, ("nfs_state", Op.RELEASE): self._state_release,
-            ("nfs_state", Op.CHECK): self._state_check,
-            ("nfs", Op.ACQUIRE): self._nfs_acquire, ("nfs", Op.RELEASE): self._nfs_release,
-            ("nfs", Op.CHECK): self._nfs_check,
             ("vip", Op.ACQUIRE): self._vip_acquire, ("vip", Op.RELEASE): self._vip_release,
             ("vip", Op.CHECK): self._vip_check,
+            **self._nfs_handlers(),
         }
         fn = handler.get((step.step, step.op))
         if fn is None:
@@ -203,29 +200,22 @@ class Chain:
         """Inside the step's own timeout, so a backend cleans up after itself before it is cancelled."""
         return max(1.0, self.cfg.monitor.step_timeout - 2.0)
 
-    async def _state_acquire(self) -> str:
-        assert self.state is not None
-        return await self.state.acquire(self._nfs_timeout())
+    def _nfs_handlers(self) -> dict[tuple[str, Op], Callable[[], Awaitable[str]]]:
+        state, nfs, timeout = self.state, self.nfs, self._nfs_timeout()
+        if state is None or nfs is None:
+            return {}
 
-    async def _state_release(self) -> str:
-        assert self.state is not None
-        return await self.state.release(self._nfs_timeout())
+        async def state_check() -> str:
+            return state.check()
 
-    async def _state_check(self) -> str:
-        assert self.state is not None
-        return self.state.check()
-
-    async def _nfs_acquire(self) -> str:
-        assert self.nfs is not None
-        return await self.nfs.start(self._nfs_timeout())
-
-    async def _nfs_release(self) -> str:
-        assert self.nfs is not None
-        return await self.nfs.stop(self._nfs_timeout())
-
-    async def _nfs_check(self) -> str:
-        assert self.nfs is not None
-        return await self.nfs.check()
+        return {
+            ("nfs_state", Op.ACQUIRE): lambda: state.acquire(timeout),
+            ("nfs_state", Op.RELEASE): lambda: state.release(timeout),
+            ("nfs_state", Op.CHECK): state_check,
+            ("nfs", Op.ACQUIRE): lambda: nfs.start(timeout),
+            ("nfs", Op.RELEASE): lambda: nfs.stop(timeout),
+            ("nfs", Op.CHECK): nfs.check,
+        }
 
     # -- VIPs ----------------------------------------------------------------------------
     async def _vip_acquire(self) -> str:

@@ -201,11 +201,16 @@ def _escalation(v: Any) -> tuple[str, ...]:
     return tuple(steps)
 
 
+def _word(v: Any, what: str) -> str:
+    """Letters, digits, '-', '.' and '_': safe as a DRBD resource name, a host name, a config token."""
+    text = _str(64)(v)
+    if not text or not all(c.isalnum() or c in "_-." for c in text):
+        raise _Invalid(f"{text!r} is not {what} (letters, digits, '-', '.' and '_' only)")
+    return text
+
+
 def _resource(v: Any) -> str:
-    name = _str(64)(v)
-    if not name or not all(c.isalnum() or c in "_-." for c in name):
-        raise _Invalid(f"{name!r} is not a DRBD resource name")
-    return name
+    return _word(v, "a DRBD resource name")
 
 
 def _mount_option(v: Any) -> str:
@@ -280,10 +285,7 @@ def _export_tables(v: Any) -> tuple[dict[str, Any], ...]:
 
 
 def _scope(v: Any) -> str:
-    text = _str(64)(v)
-    if not text or not all(c.isalnum() or c in "-._" for c in text):
-        raise _Invalid(f"{text!r}: letters, digits, '-', '.' and '_' only (it becomes a host name)")
-    return text
+    return _word(v, "an NFSv4 server scope")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Sequence
 
+from vrrp.packet import checksum
 from vrrp.socket import _JEQ, _LD_B_IND, _LDX_MSH, _RET, attach_filter
 
 SO_BINDTODEVICE = 25
@@ -39,18 +40,9 @@ def echo_reply_program(ident: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def echo_request(ident: int, seq: int, payload: bytes = b"failover") -> bytes:
     header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
-    return header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:] + payload
+    return header[:2] + struct.pack("!H", checksum(header + payload)) + header[4:] + payload
 
 
 def parse_echo_reply(datagram: bytes) -> tuple[str, int, int] | None:
