@@ -137,6 +137,13 @@ class Chain:
     async def _drbd_acquire(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None
         status = await self.drbd_status()
+        waited, t0 = "", time.monotonic()
+        while status is not None and status.peer_primary and status.connected and \
+                time.monotonic() - t0 < self._inner_timeout():
+            # we preempted, or the partition healed: the peer is releasing; wait for its demotion
+            await asyncio.sleep(0.1)
+            status = await self.drbd_status()
+            waited = f"; waited {time.monotonic() - t0:.2f} s for the peer to demote"
         view = self.peer_view()
         if (status is not None and not status.connected and not status.primary and not status.standalone
                 and status.peer_disk != "Outdated" and self.fence_peer is not None):
@@ -145,9 +152,9 @@ class Chain:
         if not decision.allow:
             raise StepFailed(f"not promoting: {decision.reason}")
         if status is not None and status.primary:
-            return decision.reason
+            return decision.reason + waited
         await self.drbd.promote()
-        return f"{self.cfg.drbd.resource} Primary ({decision.reason})"
+        return f"{self.cfg.drbd.resource} Primary ({decision.reason}{waited})"
 
     async def _drbd_release(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None
@@ -196,12 +203,12 @@ class Chain:
         return "mounted"
 
     # -- NFS -----------------------------------------------------------------------------
-    def _nfs_timeout(self) -> float:
+    def _inner_timeout(self) -> float:
         """Inside the step's own timeout, so a backend cleans up after itself before it is cancelled."""
         return max(1.0, self.cfg.monitor.step_timeout - 2.0)
 
     def _nfs_handlers(self) -> dict[tuple[str, Op], Callable[[], Awaitable[str]]]:
-        state, nfs, timeout = self.state, self.nfs, self._nfs_timeout()
+        state, nfs, timeout = self.state, self.nfs, self._inner_timeout()
         if state is None or nfs is None:
             return {}
 

@@ -17,7 +17,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,14 +169,19 @@ def _signal_all(holders: Iterable[Holder], sig: signal.Signals) -> None:
             os.kill(h.pid, sig)
 
 
-async def unmount(spec: MountSpec, timeout: float = 30.0, report: list[str] | None = None) -> None:
-    """Unmount and verify; with kill_holders, SIGTERM then SIGKILL what keeps it busy, then retry."""
+async def unmount(spec: MountSpec, timeout: float = 30.0, report: list[str] | None = None,
+                  present: Callable[[], bool] | None = None) -> None:
+    """Unmount and verify; with kill_holders, SIGTERM then SIGKILL what keeps it busy, then retry.
+
+    `present` says whether the mount is still there when it is not the device itself (a bind).
+    """
     notes = report if report is not None else []
     deadline = time.monotonic() + timeout
-    if not mounted(spec):
+    still: Callable[[], bool] = present if present is not None else (lambda: mounted(spec))
+    if not still():
         return
     code, out = await _run(["umount", spec.mountpoint], max(1.0, deadline - time.monotonic()))
-    if code != 0 and mounted(spec):
+    if code != 0 and still():
         holders = find_holders(spec.mountpoint)
         if not spec.kill_holders:
             raise FsError(f"umount {spec.mountpoint} failed (exit {code}): {out}; held by "
@@ -193,11 +198,11 @@ async def unmount(spec: MountSpec, timeout: float = 30.0, report: list[str] | No
             await asyncio.sleep(0.1)
         while True:
             code, out = await _run(["umount", spec.mountpoint], max(1.0, deadline - time.monotonic()))
-            if code == 0 or not mounted(spec) or time.monotonic() >= deadline:
+            if code == 0 or not still() or time.monotonic() >= deadline:
                 break
             _signal_all(find_holders(spec.mountpoint), signal.SIGKILL)
             await asyncio.sleep(0.2)
-    if mounted(spec):
+    if still():
         raise FsError(f"umount {spec.mountpoint} failed (exit {code}): {out}; still held by "
                       f"{_describe(find_holders(spec.mountpoint))}")
 

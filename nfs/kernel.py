@@ -4,13 +4,19 @@ What makes kernel nfsd fail over cleanly, and why each step is here:
 * grace and lease are written to /proc/fs/nfsd before nfsd starts (the kernel refuses them
   while it runs) and bound how long clients stall after a takeover;
 * the exports come from our config, with an explicit fsid, so file handles survive the move;
-* both nodes start nfsd with the same NFSv4 server scope (`rpc.nfsd --scope`), otherwise
-  clients may not reclaim their opens and locks on the new node;
+* both nodes start nfsd with the same NFSv4 server scope, otherwise clients may not reclaim
+  their opens and locks on the new node. nfsd takes the scope from the UTS host name of the
+  process that starts its threads (nfs-utils 2.6 has no option for it), so `rpc.nfsd` runs in
+  a UTS namespace of its own whose host name is the scope;
+* rpc.mountd and rpc.statd run as our children (foreground), because they keep files open
+  in /var/lib/nfs, which is the state folder on the replicated filesystem: on stop they are
+  stopped by PID, or the filesystem could not be unmounted;
 * on stop, nfsd is stopped, the exports withdrawn and the filesystem's locks dropped
   (`unlock_filesystem`), or the unmount that follows would fail with the device busy;
-* after start, `sm-notify -f` tells NFSv3 clients to reclaim their locks.
-With `service = "systemd"` the start and stop go through nfs-server.service instead (the
-scope then comes from /etc/nfs.conf, [nfsd] scope=).
+* after start, `sm-notify -f -v VIP` tells NFSv3 clients to reclaim their locks (the VIP
+  should resolve, e.g. through /etc/hosts, or sm-notify refuses it).
+With `service = "systemd"` the start and stop go through nfs-server.service instead; the scope
+then is the node's host name unless the unit is given the same one on both nodes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -30,6 +37,17 @@ from nfs.rpc import nfs_answers
 
 NFSD = Path("/proc/fs/nfsd")
 UNIT = "nfs-server.service"
+# set the UTS host name (nfsd's server scope) in a fresh UTS namespace, then become rpc.nfsd;
+# a fixed script, the values come as arguments
+_SCOPED_NFSD = 'printf %s "$1" >/proc/sys/kernel/hostname && shift && exec rpc.nfsd "$@"'
+
+
+Spawn = Callable[[list[str]], Awaitable[asyncio.subprocess.Process]]
+
+
+async def _spawn_quiet(argv: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
 
 def _helper_running(name: str) -> bool:
@@ -47,12 +65,14 @@ class KernelBackend:
     name = "kernel nfsd"
 
     def __init__(self, cfg: NfsConfig, mountpoint: str, runner: Runner, notify_name: str = "",
-                 nfsd: Path = NFSD) -> None:
+                 nfsd: Path = NFSD, spawn: Spawn | None = None) -> None:
         self.cfg = cfg
         self.mountpoint = mountpoint
         self.runner = runner
         self.notify_name = notify_name
         self.nfsd = nfsd
+        self.helpers: list[asyncio.subprocess.Process] = []  # rpc.mountd, rpc.statd in the foreground
+        self.spawn = spawn or _spawn_quiet
 
     def threads(self) -> int:
         try:
@@ -122,11 +142,36 @@ class KernelBackend:
             if not _helper_running("rpcbind"):
                 await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
             if not _helper_running("rpc.statd"):
-                await run_checked(self.runner, ["rpc.statd", "--no-notify"], 30.0, "starting rpc.statd")
+                await self._helper(["rpc.statd", "-F", "--no-notify"])
         if not _helper_running("rpc.mountd"):
-            await run_checked(self.runner, ["rpc.mountd", *skip], 30.0, "starting rpc.mountd")
-        await run_checked(self.runner, ["rpc.nfsd", "--scope", c.server_scope, *skip, str(c.threads)], timeout,
-                          "starting nfsd")
+            await self._helper(["rpc.mountd", "-F", *skip])
+        await run_checked(self.runner, ["unshare", "--uts", "sh", "-c", _SCOPED_NFSD, "sh", c.server_scope, *skip,
+                                        str(c.threads)], timeout, "starting nfsd")
+
+    async def _helper(self, argv: list[str]) -> None:
+        try:
+            proc = await self.spawn(argv)
+        except OSError as e:
+            raise NfsError(f"starting {argv[0]}: {e.strerror or e}") from None
+        self.helpers.append(proc)
+        with contextlib.suppress(TimeoutError):  # still running after a moment: started
+            await asyncio.wait_for(proc.wait(), 0.05)
+        if proc.returncode is not None:
+            raise NfsError(f"{argv[0]} exited with {proc.returncode} at startup")
+
+    async def _stop_helpers(self) -> list[str]:
+        stopped = []
+        for proc in self.helpers:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 3.0)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+                stopped.append(str(proc.pid))
+        self.helpers = []
+        return stopped
 
     async def stop(self, timeout: float) -> str:
         c = self.cfg
@@ -141,6 +186,9 @@ class KernelBackend:
                 code, _, err = await self.runner(["exportfs", "-u", f"{e.clients}:{e.path}"], 30.0)
                 if code != 0:
                     notes.append(f"exportfs -u {e.clients}:{e.path}: {err.strip()[:200]}")
+        helpers = await self._stop_helpers()
+        if helpers:
+            notes.append(f"rpc.mountd/rpc.statd (pid {', '.join(helpers)}) stopped")
         if self.running():
             raise NfsError(f"kernel nfsd still has {self.threads()} threads after stopping")
         if (self.nfsd / "unlock_filesystem").exists():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from agent.config import FilesystemConfig
+from agent.fs import FsError, unmount
 from nfs.backend import NfsError, Runner, run_checked
 
 
@@ -64,14 +66,16 @@ class StateDir:
         target = self.bind_to
         if target is None or not self.bound():
             return "NFS state folder not bound" if target else "nothing to release"
-        code, out, err = await self.runner(["umount", target], timeout)
-        if code != 0 and self.bound():
-            # a daemon (rpc.mountd, rpc.statd) holds a file there; detach so the data can move
-            await run_checked(self.runner, ["umount", "--lazy", target], timeout, "unbinding NFS state")
-            return f"{target} detached lazily ({(err or out).strip()[:200]})"
-        if self.bound():
-            raise NfsError(f"{target} is still bound after umount")
-        return f"{target} unbound"
+        # Never a lazy unmount: it would keep the replicated filesystem busy, and DRBD could not
+        # be demoted. A daemon still holding a state file (an rpc.statd left by a killed agent)
+        # is stopped like any holder of the filesystem.
+        spec = FilesystemConfig(device=self.path, mountpoint=target, kill_holders=True, kill_grace=2.0)
+        notes: list[str] = []
+        try:
+            await unmount(spec, timeout, notes, present=self.bound)
+        except FsError as e:
+            raise NfsError(str(e)) from None
+        return f"{target} unbound" + (f" ({'; '.join(notes)})" if notes else "")
 
     def check(self) -> str:
         if not Path(self.path).is_dir():

@@ -13,6 +13,7 @@ import contextlib
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from hypothesis import given
@@ -101,12 +102,27 @@ class Recorder:
         for prefix, (code, err) in self.answers.items():
             if " ".join(argv).startswith(prefix):
                 return code, "", err
-        if argv[:1] == ["rpc.nfsd"]:  # what the kernel does with the thread count
+        if "rpc.nfsd" in " ".join(argv):  # what the kernel does with the thread count
             (self.nfsd / "threads").write_text(argv[-1] + "\n")
         return 0, "", ""
 
 
-def kernel(tmp_path: Path, answers: dict[str, tuple[int, str]] | None = None) -> tuple[KernelBackend, Recorder]:
+class Helpers:
+    """Starts a real long-running stand-in (sleep) for each nfs-utils daemon, and records argv."""
+
+    def __init__(self) -> None:
+        self.started: list[list[str]] = []
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def __call__(self, argv: list[str]) -> asyncio.subprocess.Process:
+        self.started.append(argv)
+        proc = await asyncio.create_subprocess_exec("sleep", "30")
+        self.procs.append(proc)
+        return proc
+
+
+def kernel(tmp_path: Path, answers: dict[str, tuple[int, str]] | None = None,
+           helpers: Helpers | None = None) -> tuple[KernelBackend, Recorder]:
     nfsd = tmp_path / "nfsd"
     nfsd.mkdir()
     for name, value in (("threads", "0"), ("nfsv4gracetime", "90"), ("nfsv4leasetime", "90"),
@@ -116,17 +132,32 @@ def kernel(tmp_path: Path, answers: dict[str, tuple[int, str]] | None = None) ->
     cfg = parse(text)
     assert cfg.nfs is not None
     runner = Recorder(nfsd, answers)
-    return KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd), runner
+    return KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd,
+                         spawn=helpers or Helpers()), runner
 
 
 def test_kernel_start_failure_undoes_what_it_started_and_names_the_command(tmp_path: Path) -> None:
-    backend, runner = kernel(tmp_path, {"rpc.nfsd --scope": (1, "rpc.nfsd: unable to set any sockets for nfsd")})
+    helpers = Helpers()
+    backend, runner = kernel(tmp_path, {"unshare --uts": (1, "rpc.nfsd: unable to set any sockets for nfsd")},
+                             helpers)
     with pytest.raises(NfsError, match=r"starting nfsd.*unable to set any sockets"):
         asyncio.run(backend.start(5.0))
+    assert helpers.started == [["rpc.mountd", "-F", "-N", "3"]]
+    assert all(p.returncode is not None for p in helpers.procs), "rpc.mountd left running after the failure"
     assert (tmp_path / "nfsd" / "nfsv4gracetime").read_text() == "10\n"  # written before the start
     assert not (tmp_path / "exports").exists(), "the exports of a failed start stay behind"
     assert (tmp_path / "nfsd" / "unlock_filesystem").read_text() == "/srv/nfs\n"
     assert ["exportfs", "-u", "192.0.2.0/24:/srv/nfs/data"] in runner.calls
+
+
+def test_kernel_helper_that_cannot_start_is_a_clear_failure(tmp_path: Path) -> None:
+    async def missing(argv: list[str]) -> asyncio.subprocess.Process:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    backend, _ = kernel(tmp_path)
+    backend.spawn = missing
+    with pytest.raises(NfsError, match=r"starting rpc\.mountd: No such file or directory"):
+        asyncio.run(backend.start(5.0))
 
 
 def test_kernel_start_refuses_an_nfsd_started_by_someone_else(tmp_path: Path) -> None:
@@ -141,7 +172,7 @@ def test_kernel_start_with_no_server_answering_is_a_failure_and_stops_nfsd(tmp_p
     backend, runner = kernel(tmp_path)
     with pytest.raises(NfsError, match="does not answer: NFSv4 NULL call"):
         asyncio.run(backend.start(1.5))  # nothing listens on 127.0.0.1:2049 here
-    assert ["rpc.nfsd", "--scope", "ha", "-N", "3", "8"] in runner.calls
+    assert ["unshare", "--uts", "sh", "-c", ANY, "sh", "ha", "-N", "3", "8"] in runner.calls  # scope = UTS name
     assert ["rpc.nfsd", "0"] in runner.calls and not backend.running()
 
 

@@ -25,8 +25,15 @@
 # them without a parser process: no value is ever interpreted by a shell.
 
 set -u
-if [[ -z ${LAB_REEXEC:-} ]]; then
-    export LAB_REEXEC=1 GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX
+# No AVX in guest user space: UML carries only the x87/SSE part of a guest process's vector
+# registers (tests/lab/uml.py, "Host CPU quirk"), so YMM/ZMM/mask contents can change under a
+# running program; glibc's EVEX string functions then fail (printf printed its format string
+# verbatim).  glibc and OpenSSL pick their code by CPUID at startup, so tell them before any
+# other program runs, this shell included (hence the re-exec).  OpenSSL: AVX, FMA, F16C in the
+# first word; AVX2, AVX-512*, VAES, VPCLMULQDQ in the second (its OPENSSL_ia32cap layout).
+if [[ ${GLIBC_TUNABLES:-} != *-AVX512F* ]]; then
+    export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-AVX512ER,-AVX512PF,-AVX_VNNI,-FMA,-FMA4,-AVX_Fast_Unaligned_Load
+    export OPENSSL_ia32cap='~0x3000100000000000:~0x5e42dc230020'
     exec /bin/bash "$0" "$@"
 fi
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -45,6 +52,23 @@ mount -n -t tmpfs -o mode=0755,size=64m tmpfs /run
 mount -n -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/lock /run/lab /run/rpcbind /run/sendsigs.omit.d
 ln -sf /proc/self/mounts /etc/mtab 2>/dev/null
+
+# Programs the kernel starts itself (modprobe for module autoloading, DRBD's handler
+# helper, nfsd's client-tracking upcall) get a fixed environment without the variables
+# above: they run through dash wrappers that add them (dash copes without them, glibc's
+# stdio does not).
+mkdir -p /run/lab/helpers
+helper() {  # NAME TARGET
+    printf '#!/bin/sh\nGLIBC_TUNABLES=%s\nOPENSSL_ia32cap=%s\nexport GLIBC_TUNABLES OPENSSL_ia32cap\nexec %s "$@"\n' \
+        "$GLIBC_TUNABLES" "$OPENSSL_ia32cap" "$2" >"/run/lab/helpers/$1"
+    chmod 755 "/run/lab/helpers/$1"
+}
+helper modprobe /usr/sbin/modprobe
+helper drbdadm /usr/sbin/drbdadm
+helper nfsdcltrack /usr/sbin/nfsdcltrack
+echo /run/lab/helpers/modprobe >/proc/sys/kernel/modprobe
+printf 'options drbd usermode_helper=/run/lab/helpers/drbdadm\noptions nfsd cltrack_prog=/run/lab/helpers/nfsdcltrack\n' \
+    >/etc/modprobe.d/lab-helpers.conf
 
 declare -A P=()
 read -r -a words </proc/cmdline

@@ -1,0 +1,583 @@
+"""failover-agent inside user-mode-linux nodes: real DRBD 8.4, kernel nfsd, a kernel NFS client.
+
+Built on tests/lab/uml.py.  Nodes a (priority 150) and b (priority 100) each run the agent
+from the working tree exactly as a server would, minus systemd: in the foreground, logging to
+stderr (no journald in the guest), with the guest's venv interpreter::
+
+    cd /opt/failover-agent/src && /opt/failover-agent/venv/bin/python3 -m agent.daemon \\
+        --config /etc/failover-agent/agent.toml --log-target stderr
+
+Their chain is the whole storage chain: DRBD promote -> mount /dev/drbd0 on /srv/nfs -> NFS
+state folder (/srv/nfs/.nfs-state bound on /var/lib/nfs) -> kernel nfsd -> VIP 192.0.2.100.
+The client node mounts 192.0.2.100:/srv/nfs (hard mount) and runs tests/lab/uml_nfsload.py,
+which writes numbered files whose names carry their sha256.
+
+What the agent relies on and the lab sets up before starting it (as an admin would): the DRBD
+resource configured and up on both nodes, in sync, both Secondary (``drbdadm up`` at boot,
+never ``primary``), an ext4 on it, the mountpoint present.  UML has no carrier events (a cut
+cable is not seen as link down), no systemd and no journald; see tests/lab/uml.py.
+
+Ground truth is read from the nodes (``facts``: /proc/drbd, /proc/mounts, nfsd's thread
+count, the addresses on eth0), never taken from the agent's own account.
+
+Used by tests/test_uml_storage.py and ``python -m tests.lab.demo --uml``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.lab.agent import TRANSITION, Logged, render_agent_conf
+from tests.lab.netns import LabError, wait_until
+from tests.lab.uml import (
+    CLIENT,
+    GUEST_PYTHON,
+    GUEST_SRC,
+    DrbdResource,
+    DrbdTimings,
+    SpawnedProcess,
+    UmlLab,
+    UmlNode,
+    connected_uptodate,
+    drbd_bootstrap,
+    drbd_up,
+    nfs_mount,
+    wait_drbd,
+)
+
+VIP = "192.0.2.100"
+EXPORT = "/srv/nfs"
+CLIENT_MNT = "/mnt/nfs"
+CLIENT_DIR = f"{CLIENT_MNT}/load"
+GUEST_CONF = "/etc/failover-agent/agent.toml"
+GUEST_RUN = "/run/failover-agent"
+GUEST_SOCKET = f"{GUEST_RUN}/control.sock"
+GUEST_LOG = f"{GUEST_RUN}/agent.log"
+NFSLOAD = f"{GUEST_SRC}/tests/lab/uml_nfsload.py"
+PRIORITIES = {"a": 150, "b": 100}
+WITNESS = "192.0.2.10"  # the client node
+SERVING_LOG = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)")
+
+# VRRPv2 with 1 s adverts: Master_Down_Interval 3.41 s (a) / 3.61 s (b).  preempt off: a node
+# that comes back stays BACKUP instead of taking the data back (a second outage for nothing).
+VRRP: dict[str, Any] = {"version": 2, "advert_interval": 1, "preempt": False}
+MONITOR: dict[str, Any] = {"interval": 1.0, "max_restarts": 1, "hold_down": 2.0, "step_timeout": 30}
+
+
+def _table(name: str, values: dict[str, Any]) -> str:
+    from tests.lab.agent import _toml_value
+
+    return f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
+
+
+def storage_conf(
+    priority: int,
+    *,
+    nfs: bool = True,
+    resource: DrbdResource | None = None,
+    vrrp: dict[str, Any] | None = None,
+    monitor: dict[str, Any] | None = None,
+) -> str:
+    """The agent's whole config for a storage node (``nfs=False``: DRBD + mount + VIP only)."""
+    res = resource or DrbdResource()
+    text = render_agent_conf({"control_socket": GUEST_SOCKET}, priority=priority, **{**VRRP, **(vrrp or {})})
+    # No fencing in the lab's DRBD: after a crash of the Primary, the survivor can only tell "dead"
+    # from "cut off" by a witness beyond its peer (the client node; unknown_peer = witness).
+    text += _table("drbd", {"resource": res.name, "unknown_peer": "witness"})
+    text += _table("filesystem", {"device": res.device, "mountpoint": EXPORT, "fstype": "ext4", "kill_grace": 1.0})
+    if nfs:
+        text += _table(
+            "nfs",
+            {
+                "backend": "kernel",
+                "state_dir": ".nfs-state",
+                "grace_time": 10,
+                "lease_time": 10,
+                "server_scope": "nfs-ha",
+                "threads": 8,
+                "service": "direct",
+            },
+        )
+        # an inline table, as the [nfs] contract writes it
+        text += (
+            'exports = [{ path = "/srv/nfs", clients = "192.0.2.0/24", '
+            'options = "rw,sync,no_subtree_check,no_root_squash,fsid=1" }]\n'
+        )
+    text += _table("monitor", {**MONITOR, **(monitor or {})})
+    text += _table("track", {"witnesses": [WITNESS]})
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# What a node really holds
+# --------------------------------------------------------------------------------------------
+
+_FACTS_SCRIPT = r"""
+sed -n 's/^ *0: cs:\([^ ]*\) ro:\([^/]*\)\/[^ ]* ds:\([^/]*\)\/.*/drbd \2 \1 \3/p' /proc/drbd 2>/dev/null
+grep -q " $1 " /proc/mounts && echo mounted
+grep -q " /var/lib/nfs " /proc/mounts && echo state_bound
+[ -r /proc/fs/nfsd/threads ] && echo "nfsd $(cat /proc/fs/nfsd/threads)"
+ip -4 -o addr show dev eth0 | grep -q " $2/" && echo vip
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """One node's storage state, read from the kernel."""
+
+    role: str  # Primary | Secondary | "" (resource not up)
+    cs: str
+    disk: str
+    mounted: bool
+    state_bound: bool
+    nfsd_threads: int
+    vip: bool
+
+    @property
+    def serving(self) -> bool:
+        return self.role == "Primary" and self.mounted and self.state_bound and self.nfsd_threads > 0 and self.vip
+
+    @property
+    def idle(self) -> bool:
+        """Holds nothing: Secondary, nothing mounted, no nfsd, no VIP."""
+        return (
+            self.role == "Secondary"
+            and not self.mounted
+            and not self.state_bound
+            and self.nfsd_threads == 0
+            and not self.vip
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"DRBD {self.role or 'down'} {self.cs} {self.disk}; {'' if self.mounted else 'not '}mounted; "
+            f"state {'bound' if self.state_bound else 'unbound'}; nfsd threads {self.nfsd_threads}; "
+            f"VIP {'held' if self.vip else 'absent'}"
+        )
+
+
+def facts(node: UmlNode) -> Facts:
+    out = node.sh(_FACTS_SCRIPT, EXPORT, VIP, timeout=20).stdout.split("\n")
+    words = {line.split()[0]: line.split()[1:] for line in out if line.strip()}
+    drbd = words.get("drbd", ["", "", ""])
+    threads = words.get("nfsd", ["0"])
+    return Facts(
+        drbd[0],
+        drbd[1],
+        drbd[2],
+        "mounted" in words,
+        "state_bound" in words,
+        int(threads[0]) if threads and threads[0].isdigit() else 0,
+        "vip" in words,
+    )
+
+
+def failures(log: str, limit: int = 4) -> str:
+    """The first failed step of each kind in an agent's log: the cause, before its consequences."""
+    seen: dict[str, str] = {}
+    for line in log.splitlines():
+        m = re.search(r" ERROR (\w+ \w+) FAILED", line)
+        if m and m[1] not in seen:
+            seen[m[1]] = line
+    if not seen:
+        return ""
+    return "first failures:\n" + "\n".join(list(seen.values())[:limit]) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The agent in a node
+# --------------------------------------------------------------------------------------------
+
+
+class UmlAgent:
+    """One failover-agent process in one UML node (its config, process, log and control socket)."""
+
+    def __init__(self, node: UmlNode, conf: str) -> None:
+        self.node = node
+        self.conf = conf
+        self.proc: SpawnedProcess | None = None
+        self.started_at = 0.0
+        self._log = ""  # last log read: what a crashed node said before it died
+        self.earlier: list[str] = []  # the logs of earlier runs (restarts, reboots), oldest first
+
+    def start(self, timeout: float = 60.0) -> UmlAgent:
+        node = self.node
+        node.run(["mkdir", "-p", "-m", "0700", GUEST_RUN])
+        node.write_file(GUEST_CONF, self.conf, mode=0o600)
+        if self.proc is not None:
+            self.earlier.append(self.log())
+        node.run(["rm", "-f", GUEST_LOG])
+        self._log = ""
+        self.started_at = time.monotonic()
+        self.proc = node.spawn([GUEST_PYTHON, "-m", "agent.daemon", "--config", GUEST_CONF, "--log-target", "stderr"],
+                               log_path=GUEST_LOG, cwd=GUEST_SRC)  # fmt: skip
+        if not wait_until(lambda: "failover-agent running" in self.log() or not self.alive(), timeout, 0.2):
+            raise AssertionError(f"agent on {node.name} did not start within {timeout:g} s:\n{self.log()}")
+        if not self.alive():
+            raise AssertionError(f"agent on {node.name} exited at startup:\n{self.log()}")
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.node.running and self.proc.alive()
+
+    def log(self) -> str:
+        """The agent's output so far; after a crash of the node, what was last read."""
+        if self.node.running:
+            result = self.node.run(["cat", GUEST_LOG], check=False, timeout=20)
+            if result.returncode == 0:
+                self._log = result.stdout
+        return self._log
+
+    def history(self) -> str:
+        """Every run's log, for failure messages."""
+        runs = [*self.earlier, self.log()]
+        return "".join(f"--- run {i + 1}\n{text}" for i, text in enumerate(runs))
+
+    def transitions(self) -> list[Logged]:
+        return [Logged(*m.groups()) for m in TRANSITION.finditer(self.log())]
+
+    def vrrp_state(self) -> str | None:
+        ts = self.transitions()
+        return ts[-1].new if ts else None
+
+    def wait_log(self, needle: str | re.Pattern[str], timeout: float, since: int = 0) -> bool:
+        def found() -> bool:
+            text = self.log()[since:]
+            return bool(needle.search(text)) if isinstance(needle, re.Pattern) else needle in text
+
+        return wait_until(found, timeout, 0.2)
+
+    def acquire_ms(self) -> float | None:
+        """MASTER to VIP on this agent's last takeover, as it logged it."""
+        found = SERVING_LOG.findall(self.log())
+        return float(found[-1]) if found else None
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """failoverctl inside the node, against this agent's control socket."""
+        result = self.node.run([GUEST_PYTHON, "-m", "agent.cli", *args, "--socket", GUEST_SOCKET],
+                               check=False, timeout=timeout, cwd=GUEST_SRC)  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"failoverctl {' '.join(args)} on {self.node.name} failed "
+                                 f"(exit {result.returncode}): {result.stderr.strip()}")  # fmt: skip
+        return result
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = json.loads(self.ctl("status", "--json").stdout)
+        return answer
+
+    def terminate(self, timeout: float = 60.0) -> float:
+        """SIGTERM (systemctl stop); returns seconds until the process is gone."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.signal(signal.SIGTERM)
+        if not wait_until(lambda: not self.proc.alive(), timeout, 0.1):  # type: ignore[union-attr]
+            raise AssertionError(f"agent on {self.node.name} still runs {timeout:g} s after SIGTERM:\n{self.log()}")
+        return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# The NFS client's writer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+    start: float
+    ack: float
+    name: str
+
+
+@dataclass
+class VerifyReport:
+    ok: int
+    checked: int
+    bad: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.checked > 0 and self.ok == self.checked
+
+    def describe(self) -> str:
+        tail = f"; first problems: {self.bad[:5]}" if self.bad else ""
+        return f"{self.ok} of {self.checked} files intact{tail}"
+
+
+def guest_clock(node: UmlNode) -> float:
+    """The node's CLOCK_BOOTTIME (its /proc/uptime), the writer's time axis."""
+    return float(node.read_file("/proc/uptime").split()[0])
+
+
+class UmlNfsWriter:
+    """tests/lab/uml_nfsload.py writing through the client's NFS mount, in the background."""
+
+    LOG = "/run/lab/nfsload.log"
+
+    def __init__(
+        self,
+        client: UmlNode,
+        directory: str = CLIENT_DIR,
+        size: int = 16384,
+        interval: float = 0.05,
+        max_seconds: float = 900.0,
+    ) -> None:
+        self.client = client
+        self.directory = directory
+        self.argv = ["python3", NFSLOAD, "write", directory, "--size", str(size), "--interval", f"{interval:g}",
+                     "--max-seconds", f"{max_seconds:g}"]  # fmt: skip
+        self.proc: SpawnedProcess | None = None
+        self._text = ""
+
+    def start(self, timeout: float = 30.0) -> UmlNfsWriter:
+        self.client.run(["rm", "-f", self.LOG])
+        self.proc = self.client.spawn(self.argv, log_path=self.LOG)
+        if not wait_until(lambda: "READY" in self.text() or not self.proc.alive(), timeout, 0.2):  # type: ignore[union-attr]
+            raise AssertionError(f"NFS writer did not start:\n{self.text()}")
+        return self
+
+    def text(self) -> str:
+        result = self.client.run(["cat", self.LOG], check=False, timeout=20)
+        if result.returncode == 0:
+            self._text = result.stdout
+        return self._text
+
+    def acks(self) -> list[Ack]:
+        out = []
+        for line in self.text().splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[0] == "A":
+                out.append(Ack(int(parts[1]), float(parts[2]), float(parts[3]), parts[4]))
+        return out
+
+    def errors(self) -> list[str]:
+        return [line for line in self.text().splitlines() if line.startswith("E ")]
+
+    def acked_after(self, t: float) -> int:
+        return sum(1 for a in self.acks() if a.ack > t)
+
+    def wait_acked(self, count: int, timeout: float, after: float = 0.0) -> bool:
+        return wait_until(lambda: self.acked_after(after) >= count, timeout, 0.3)
+
+    def max_gap(self, start: float, end: float | None = None) -> float:
+        """Longest time without an acknowledged write between ``start`` and ``end`` (guest clock)."""
+        points = [start] + [a.ack for a in self.acks() if a.ack > start and (end is None or a.ack <= end)]
+        return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+
+    def first_ack_after(self, t: float) -> float | None:
+        later = [a.ack for a in self.acks() if a.ack > t]
+        return min(later) if later else None
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """SIGTERM; the writer finishes the file in flight (a hard mount may make it wait)."""
+        if self.proc is None or not self.client.running:
+            return
+        self.proc.signal(signal.SIGTERM)
+        if not wait_until(lambda: "END " in self.text(), timeout, 0.3):
+            raise AssertionError(f"NFS writer did not stop within {timeout:g} s:\n{self.text()[-2000:]}")
+
+    def verify(self, names: list[str] | None = None, timeout: float = 300.0) -> VerifyReport:
+        """Read every acknowledged file back through the mount (page cache dropped first)."""
+        wanted = names if names is not None else [a.name for a in self.acks()]
+        self.client.write_sysfs("/proc/sys/vm/drop_caches", "3")
+        result = self.client.run(["python3", NFSLOAD, "verify", self.directory], input="\n".join(wanted) + "\n",
+                                 check=False, timeout=timeout)  # fmt: skip
+        bad = [line for line in result.stdout.splitlines() if line.startswith("V ") and not line.startswith("V OK")]
+        end = [line.split() for line in result.stdout.splitlines() if line.startswith("END ")]
+        if not end:
+            raise AssertionError(f"verifier failed (exit {result.returncode}): {result.stderr[-2000:]}")
+        return VerifyReport(int(end[-1][1]), int(end[-1][2]), bad)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole lab
+# --------------------------------------------------------------------------------------------
+
+
+class StorageLab:
+    """UML nodes a, b, client; DRBD r0 between a and b; an agent per storage node (not started).
+
+    ``setup()`` boots, bootstraps DRBD (in sync, both Secondary, ext4 on it) and prepares the
+    mountpoints; ``start_agents()`` starts a's agent alone until it serves, then b's.
+    """
+
+    def __init__(
+        self,
+        prefix: str = "umlstor",
+        *,
+        nfs: bool = True,
+        disk_mb: int = 128,
+        vrrp: dict[str, Any] | None = None,
+        monitor: dict[str, Any] | None = None,
+    ) -> None:
+        self.resource = DrbdResource()
+        self.nfs = nfs
+        self.lab = UmlLab(prefix, nodes=tuple(PRIORITIES), client=True, disk_mb=disk_mb)
+        self.nodes = {name: self.lab[name] for name in PRIORITIES}
+        self.client = self.lab[CLIENT]
+        self.agents = {name: UmlAgent(self.lab[name], storage_conf(prio, nfs=nfs, resource=self.resource,
+                                                                    vrrp=vrrp, monitor=monitor))
+                       for name, prio in PRIORITIES.items()}  # fmt: skip
+        self.drbd_timings: DrbdTimings | None = None
+
+    def __enter__(self) -> StorageLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lab.close()
+
+    def setup(self) -> dict[str, float]:
+        boots = self.lab.boot()
+        self.drbd_timings = drbd_bootstrap(self.lab, self.resource, mkfs=True)
+        for node in self.nodes.values():
+            self._prepare(node)
+        return boots
+
+    def _prepare(self, node: UmlNode) -> None:
+        """What a storage node's admin sets up once: the mountpoint and a name for the VIP.
+
+        sm-notify (run by the agent after nfsd starts, for NFSv3 lock recovery) refuses a
+        ``-v`` address it cannot resolve, and the lab has no DNS.
+        """
+        node.run(["mkdir", "-p", EXPORT])
+        node.sh('grep -q " nfs-vip$" /etc/hosts || echo "$1 nfs-vip" >>/etc/hosts', VIP)
+
+    def start_agents(self, first: str = "a", timeout: float = 90.0) -> None:
+        self.agents[first].start()
+        self.wait_serving(first, timeout)
+        for name, agent in self.agents.items():
+            if name != first:
+                agent.start()
+
+    def facts(self) -> dict[str, Facts]:
+        return {name: facts(node) for name, node in self.nodes.items() if node.running}
+
+    def wait_serving(self, name: str, timeout: float, since: int = 0) -> float:
+        """Until ``name`` logged SERVING and the kernel shows it holding everything; seconds."""
+        t0 = time.monotonic()
+        agent = self.agents[name]
+        logged = agent.wait_log("became MASTER", timeout, since=since)
+        if logged and wait_until(lambda: facts(agent.node).serving, max(1.0, timeout - (time.monotonic() - t0)), 0.2):
+            return time.monotonic() - t0
+        raise AssertionError(f"{name} does not serve after {timeout:g} s: {self.describe()}\n"
+                             f"{failures(agent.log()[since:])}--- agent log of {name} (tail):\n"
+                             f"{agent.log()[-3000:]}")  # fmt: skip
+
+    def wait_idle(self, name: str, timeout: float) -> float:
+        t0 = time.monotonic()
+        if wait_until(lambda: facts(self.nodes[name]).idle, timeout, 0.2):
+            return time.monotonic() - t0
+        raise AssertionError(f"{name} still holds something after {timeout:g} s: {self.describe()}\n"
+                             f"--- agent log of {name}:\n{self.agents[name].log()[-5000:]}")  # fmt: skip
+
+    def describe(self) -> str:
+        return "; ".join(f"{name}: {f}" for name, f in self.facts().items())
+
+    def mount_client(self) -> float:
+        took = nfs_mount(self.client, VIP, EXPORT, CLIENT_MNT, "4.2", options="hard,timeo=10,retrans=3")
+        self.client.run(["mkdir", "-p", CLIENT_DIR])
+        return took
+
+    def crash(self, name: str) -> None:
+        """Power cut of a storage node (SIGKILL of its UML process tree); its agent log is kept."""
+        self.agents[name].log()
+        self.nodes[name].crash()
+
+    def reboot(self, name: str, start_agent: bool = True) -> dict[str, float]:
+        """Boot a crashed node, ``drbdadm up`` (as its init would), then its agent."""
+        steps: dict[str, float] = {}
+        node = self.nodes[name]
+        t0 = time.monotonic()
+        node.boot()
+        steps["boot"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        drbd_up(node, self.resource, self.lab)
+        self._prepare(node)
+        wait_drbd(node, connected_uptodate, 120, "Connected UpToDate/UpToDate after the reboot")
+        steps["drbd_rejoin"] = time.monotonic() - t0
+        if start_agent:
+            t0 = time.monotonic()
+            self.agents[name].start()
+            steps["agent_start"] = time.monotonic() - t0
+        return steps
+
+    def master(self) -> list[str]:
+        return [name for name, f in self.facts().items() if f.serving]
+
+
+# --------------------------------------------------------------------------------------------
+# README demo: python -m tests.lab.demo --uml
+# --------------------------------------------------------------------------------------------
+
+
+def demo() -> int:
+    """The storage demo on UML nodes: agents in the nodes, real DRBD and kernel nfsd."""
+    t_start = time.monotonic()
+
+    def say(what: str) -> None:
+        print(f"  {time.monotonic() - t_start:8.3f} s  {what}", flush=True)
+
+    def chain(agent: UmlAgent, since: int) -> None:
+        keep = ("acquire done", "release done", "FAILED", "became MASTER", "released:", "->", "refuses")
+        for line in agent.log()[since:].splitlines():
+            if any(k in line for k in keep):
+                print(f"             {agent.node.name}: {line.split(' ', 2)[-1][:160]}")
+
+    print("failover-agent storage demo on user-mode-linux: agents in nodes a (priority 150) and b (100), "
+          f"VRRPv2 advert 1 s, VIP {VIP};\nreal DRBD 8.4 (r0) between them, kernel nfsd started by the agent; "
+          "a client node writes files through the VIP\n")  # fmt: skip
+    try:
+        with StorageLab("umldemo") as s:
+            s.setup()
+            say("nodes booted; DRBD r0 in sync, both Secondary, ext4 on it")
+            s.start_agents()
+            say(f"a serves ({s.agents['a'].acquire_ms():.0f} ms from MASTER to VIP); {s.describe()}")
+            chain(s.agents["a"], 0)
+            s.mount_client()
+            writer = UmlNfsWriter(s.client).start()
+            writer.wait_acked(20, 60)
+            say(f"client: {len(writer.acks())} files acknowledged through the VIP")
+
+            print("\n-- planned switch: failoverctl handover on a")
+            marks = {n: len(a.log()) for n, a in s.agents.items()}
+            t0 = guest_clock(s.client)
+            print("            ", s.agents["a"].ctl("handover").stdout.strip())
+            s.wait_serving("b", 60, since=marks["b"])
+            s.wait_idle("a", 30)
+            say("b serves, a holds nothing")
+            chain(s.agents["a"], marks["a"])
+            chain(s.agents["b"], marks["b"])
+            writer.wait_acked(10, 120, after=t0)
+            print(f"   => longest time without an acknowledged write: {writer.max_gap(t0 - 1):.3f} s")
+
+            print("\n-- crash: power cut of b (SIGKILL of its UML process)")
+            marks = {n: len(a.log()) for n, a in s.agents.items()}
+            t0 = guest_clock(s.client)
+            s.crash("b")
+            try:
+                s.wait_serving("a", 60, since=marks["a"])
+                say("a serves")
+            except AssertionError:
+                say("a does NOT serve after 60 s")
+            chain(s.agents["a"], marks["a"])
+            if writer.wait_acked(5, 60, after=t0):
+                print(f"   => longest time without an acknowledged write: {writer.max_gap(t0 - 1):.3f} s")
+            writer.stop()
+            report = writer.verify()
+            print(f"\nclient: {len(writer.acks())} files acknowledged; read back through the VIP: {report.describe()}")
+    except (LabError, AssertionError) as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    print("\nlab removed (UML nodes, namespace, disks)")
+    return 0
