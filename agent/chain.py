@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent import fs
 from agent.config import Config
-from agent.guard import PeerView, may_promote
+from agent.guard import PeerView, may_promote, witness_wait
 from agent.journal import Event, emit
 from agent.machine import Op, RunStep
 from drbd import drbdadm
@@ -148,6 +148,13 @@ class Chain:
         if (status is not None and not status.connected and not status.primary and not status.standalone
                 and status.peer_disk != "Outdated" and self.fence_peer is not None):
             view = replace(view, peer_answer=await self.fence_peer())
+        pause = witness_wait(status, view)
+        if 0 < pause < self._inner_timeout() - (time.monotonic() - t0):
+            # unknown_peer = witness: give an isolated peer the time to notice and release first
+            await asyncio.sleep(pause)
+            status = await self.drbd_status()
+            view = replace(self.peer_view(), peer_answer=view.peer_answer)
+            waited += f"; waited {pause:.2f} s so an isolated peer could release first"
         decision = may_promote(status, self.cfg.drbd.resource, view)
         if not decision.allow:
             raise StepFailed(f"not promoting: {decision.reason}")

@@ -225,12 +225,14 @@ class DrbdConfig:
     resource: str
     demote_escalation: tuple[str, ...] = ("retry", "force", "none")
     unknown_peer: str = "refuse"
+    witness_grace: float = 5.0
 
 
 _DRBD_KEYS: dict[str, Callable[[Any], Any]] = {
     "resource": _resource,
     "demote_escalation": _escalation,
     "unknown_peer": lambda v: _choice("refuse", "witness")(v),
+    "witness_grace": _float(0, 600),
 }
 
 

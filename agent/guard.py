@@ -15,9 +15,10 @@ decision to DRBD. The rules, in order:
   that does not answer may still be Primary. The default
   `unknown_peer = "refuse"` says no, with what the admin can do. `unknown_peer = "witness"`
   says yes only when a witness beyond our service NIC answers us (so we are not the isolated
-  one) and the peer's adverts have been absent for Master_Down_Interval (so it is not serving
-  on the service network either): availability bought with the risk that a peer alive behind
-  a broken service network still writes.
+  one) and the peer's adverts have been absent for Master_Down_Interval plus the time an
+  isolated peer needs to notice it (its tracking) and release (`witness_grace`): availability
+  bought with the risk that a peer alive behind a broken service network that fails to
+  release in time still writes.
 """
 
 from __future__ import annotations
@@ -43,8 +44,19 @@ class PeerView:
     witness_reachable: bool | None = None  # None: no witnesses configured
     peer_silent_for: float = 0.0  # seconds since the peer's last VRRP advert (or since we started)
     master_down_interval: float = 3.0
+    # how long an isolated peer needs to notice (track fall x interval + timeout) and release
+    # (witness_grace): promoting earlier could overlap with its Primary
+    isolation_time: float = 0.0
     # the peer's answer to "outdate yourself" over the peer channel: outdated | primary | unreachable | failed ...
     peer_answer: str = ""
+
+
+def witness_wait(status: Status | None, view: PeerView) -> float:
+    """Seconds until the witness rule could allow promoting (0: decide now)."""
+    if (status is None or view.unknown_peer != "witness" or view.witness_reachable is not True
+            or status.connected or status.primary or status.standalone or view.peer_answer in ("outdated", "primary")):
+        return 0.0
+    return max(0.0, view.master_down_interval + view.isolation_time - view.peer_silent_for)
 
 
 def may_promote(status: Status | None, resource: str, view: PeerView = PeerView()) -> Decision:
@@ -76,9 +88,11 @@ def may_promote(status: Status | None, resource: str, view: PeerView = PeerView(
         if view.witness_reachable is not True:
             return Decision(False, f"{unknown}, and no witness answers us: we may be the isolated node, so no "
                                    "promotion (unknown_peer = witness)")
-        if view.peer_silent_for < view.master_down_interval:
-            return Decision(False, f"{unknown}; the peer advertised {view.peer_silent_for:.2f} s ago, within "
-                                   f"Master_Down_Interval {view.master_down_interval:.2f} s (unknown_peer = witness)")
+        needed = view.master_down_interval + view.isolation_time
+        if view.peer_silent_for < needed:
+            return Decision(False, f"{unknown}; the peer advertised {view.peer_silent_for:.2f} s ago, less than "
+                                   f"Master_Down_Interval + the time an isolated peer needs to step down "
+                                   f"({needed:.2f} s) (unknown_peer = witness)")
         return Decision(True, f"{unknown}, but a witness answers us and the peer has been silent for "
                               f"{view.peer_silent_for:.2f} s: taken as dead (unknown_peer = witness)")
     return Decision(False, f"{unknown}: it may still be Primary, so this node refuses to promote (unknown_peer = "

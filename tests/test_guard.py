@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from agent.guard import PeerView, may_promote
+from agent.guard import PeerView, may_promote, witness_wait
 from drbd.status import Status
 
 ROLES = ("Primary", "Secondary", "Unknown")
@@ -65,7 +65,7 @@ def test_every_combination_matches_the_rule_table() -> None:
     (Status("r0", "Secondary", "UpToDate", "Connecting"), PeerView(unknown_peer="witness", witness_reachable=False,
                                                                    peer_silent_for=9), "we may be the isolated node"),
     (Status("r0", "Secondary", "UpToDate", "Connecting"), PeerView(unknown_peer="witness", witness_reachable=True,
-                                                                   peer_silent_for=1), "within Master_Down_Interval"),
+                                                                   peer_silent_for=1), "less than Master_Down_Interval +"),
 ])  # fmt: skip
 def test_refusals_say_why_and_what_to_do(st: Status | None, view: PeerView, needle: str) -> None:
     d = may_promote(st, "r0", view)
@@ -77,3 +77,18 @@ def test_the_witness_policy_allows_a_dead_peer_only_with_a_witness_and_silence()
     d = may_promote(st, "r0", PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=3.2,
                                        master_down_interval=3.0))
     assert d.allow and "taken as dead (unknown_peer = witness)" in d.reason
+
+
+def test_the_witness_policy_leaves_an_isolated_peer_time_to_release_first() -> None:
+    st = Status("r0", "Secondary", "UpToDate", "Connecting")
+    view = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=4.0, master_down_interval=3.6,
+                    isolation_time=8.5)  # fall 3 x 1 s + timeout 0.5 + witness_grace 5
+    assert not may_promote(st, "r0", view).allow
+    assert witness_wait(st, view) == 3.6 + 8.5 - 4.0
+    later = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=12.2, master_down_interval=3.6,
+                     isolation_time=8.5)
+    assert may_promote(st, "r0", later).allow and witness_wait(st, later) == 0
+    # nothing to wait for when the rule cannot allow anyway, or DRBD already decides
+    assert witness_wait(st, PeerView(unknown_peer="refuse", peer_silent_for=0)) == 0
+    assert witness_wait(st, PeerView(unknown_peer="witness", witness_reachable=False)) == 0
+    assert witness_wait(Status("r0", "Secondary", "UpToDate", "Connected"), view) == 0
