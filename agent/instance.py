@@ -108,7 +108,7 @@ class Instance:
         self.link = LinkMonitor(info.index, info.up, self._on_link, self._on_addr_removed)
         self.last: LastTransition | None = None
         self._ip_id = 0
-        self._templates: dict[tuple[int, IPv4Address], bytearray] = {}
+        self._templates: dict[tuple[int, IPv4Address, float | None], bytearray] = {}
         self._wake_threshold = WAKE_NEVER
         self._next_drain = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -408,7 +408,7 @@ class Instance:
                 if action.priority == 0 and not self._quiet.is_set():
                     self._farewell = True  # sent once everything is released
                 else:
-                    self._send_advert(action.priority)
+                    self._send_advert(action.priority, action.interval)
             elif isinstance(action, Transition):
                 self._on_transition(action, why)
             elif isinstance(action, OtherMaster):
@@ -439,11 +439,11 @@ class Instance:
         emit(Event.TRANSITION, f"{other.src} {what} while we are master: advert and gratuitous ARP sent at once",
              logging.WARNING, VRRP_STATE="MASTER", PEER=str(other.src), REASON="two masters")
 
-    def _send_advert(self, priority: int) -> None:
+    def _send_advert(self, priority: int, interval: float | None = None) -> None:
         def datagram(dst: IPv4Address) -> bytearray:
-            template = self._templates.get((priority, dst))
+            template = self._templates.get((priority, dst, interval))
             if template is None:
-                template = self._templates[(priority, dst)] = self._encode(priority, dst)
+                template = self._templates[(priority, dst, interval)] = self._encode(priority, dst, interval)
             self._ip_id = (self._ip_id + 1) & 0xFFFF
             struct.pack_into("!H", template, 4, self._ip_id)
             struct.pack_into("!H", template, 10, 0)  # IP_HDRINCL: the kernel fills the checksum
@@ -453,10 +453,11 @@ class Instance:
         self.sock.send(datagram)
         self.counters.adverts_sent += self.sock.sent - before
 
-    def _encode(self, priority: int, dst: IPv4Address) -> bytearray:
+    def _encode(self, priority: int, dst: IPv4Address, interval: float | None = None) -> bytearray:
         v = self.cfg.vrrp
         adv = Advertisement(
-            version=v.version, vrid=v.vrid, priority=priority, interval=v.advert_interval,
+            version=v.version, vrid=v.vrid, priority=priority,
+            interval=v.advert_interval if interval is None or v.version == 2 else interval,
             addresses=tuple(vip.ip for vip in v.vips),
             auth_type=AUTH_PASS if v.auth_pass else AUTH_NONE, auth_data=auth_bytes(v.auth_pass))
         assert self.info.primary is not None

@@ -176,8 +176,8 @@ def test_master_receiving_advert(own: int, heard: int, own_addr: IPv4Address, he
     r = master(params(own, own_addr), now=5.0)
     out = r.receive(Heard(heard_addr, heard, 1.0), 5.5)
     if yields:
-        # priority 0 first (the adapter sends it once released): the winner learns of us at once
-        assert len(out) == 2 and out[0] == SendAdvert(0) and isinstance(out[1], Transition)
+        # one last advert at our priority: the winner learns of us at once (and re-claims clients)
+        assert len(out) == 2 and out[0] == SendAdvert(own, 1.0) and isinstance(out[1], Transition)
         assert (out[1].old, out[1].new) == (State.MASTER, State.BACKUP)
         assert r.deadline == pytest.approx(5.5 + mdi(own, 1.0, 2))
         assert r.master == heard_addr
@@ -295,7 +295,7 @@ def test_priority_0_sets_skew_whoever_sends_it(preempt: bool) -> None:
 def test_equal_priority_backups_resolve_by_address() -> None:
     """Two equal-priority routers that both become master: the lower address yields."""
     low, high = master(params(100, A)), master(params(100, B))
-    assert shape(low.receive(Heard(B, 100, 1.0), 0.001)) == [SendAdvert(0), (State.MASTER, State.BACKUP)]
+    assert shape(low.receive(Heard(B, 100, 1.0), 0.001)) == [SendAdvert(100, 1.0), (State.MASTER, State.BACKUP)]
     assert high.receive(Heard(A, 100, 1.0), 0.001) == [OtherMaster(A, 100)]
     assert (low.state, high.state) == (State.BACKUP, State.MASTER)
 

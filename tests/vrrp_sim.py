@@ -218,7 +218,7 @@ class Lan:
         node = self.nodes[i]
         for action in actions:
             if isinstance(action, SendAdvert):
-                self._broadcast(i, action.priority)
+                self._broadcast(i, action.priority, action.interval)
             elif isinstance(action, Transition):
                 self.transitions.append(Record(self.now, i, action))
                 if action.new == State.MASTER:
@@ -238,10 +238,10 @@ class Lan:
         if span is not None:
             span.end = self.now
 
-    def _broadcast(self, i: int, priority: int) -> None:
+    def _broadcast(self, i: int, priority: int, interval: float | None = None) -> None:
         sender = self.nodes[i]
         self.sent.append(Sent(self.now, i, priority))
-        heard = Heard(sender.params.address, priority, sender.params.advert_interval)
+        heard = Heard(sender.params.address, priority, sender.params.advert_interval if interval is None else interval)
         at = self.now + self.delay
         for j, node in enumerate(self.nodes):
             if j == i or node.router is None or node.group != sender.group:

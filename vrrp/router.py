@@ -45,6 +45,7 @@ class Heard:
 @dataclass(frozen=True)
 class SendAdvert:
     priority: int
+    interval: float | None = None  # None: our own; set when the advert speaks for another master's interval
 
 
 @dataclass(frozen=True)
@@ -257,11 +258,14 @@ class Router:
         self.last_heard_at = now
         if self.params.version == 3:
             self.master_adver_interval = heard.interval
-        # Beyond RFC 3768: two masters met (a healed partition) and we lose. A priority-0 advert
-        # (sent by the adapter once we released) tells the winner at once, whichever of the two
-        # heard the other first, so it reclaims the clients with gratuitous ARP instead of
-        # leaving them on our MAC until their ARP caches expire.
-        return [SendAdvert(0), *self._become_backup(now, why)]
+        # Two masters met (a healed partition) and we lose. One last advert at our own priority
+        # tells the winner at once, whichever of the two heard the other first, so it reclaims
+        # the clients with gratuitous ARP instead of leaving them on our MAC until their ARP
+        # caches expire. To any RFC router it is just an advert of ours still in flight (not a
+        # priority 0, which would make other backups take over and flap). It carries the
+        # winner's interval: a v3 backup that accepts it must not learn a shorter one than the
+        # master it will follow, or it would time out between that master's adverts.
+        return [SendAdvert(self.priority, heard.interval), *self._become_backup(now, why)]
 
     def _become_master(self, now: float, reason: str) -> list[Action]:
         self.adver_at = now + self.params.advert_interval
