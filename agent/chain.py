@@ -22,7 +22,7 @@ from agent.guard import PeerView, may_promote, witness_wait
 from agent.journal import Event, emit
 from agent.machine import Op, RunStep
 from drbd import drbdadm
-from drbd.status import Status, parse_events2
+from drbd.status import Status, auto_promote_on, parse_events2
 from nfs.backend import Backend, NfsError
 from nfs.ganesha import GaneshaBackend
 from nfs.kernel import KernelBackend
@@ -114,6 +114,13 @@ class Chain:
         held = []
         if self.drbd and (st := await self.drbd_status()) is not None and st.primary:
             held.append("drbd")
+        if self.drbd and self.cfg.drbd is not None:
+            res = self.cfg.drbd.resource
+            code, out, _ = await self.runner(["drbdsetup", "show", "--show-defaults", res], 10.0)
+            if code == 0 and auto_promote_on(out):
+                log.warning("DRBD auto-promote is on for %s: anything opening its device (a mount, a backup job) "
+                            "promotes it behind the agent's back; set `options { auto-promote no; }` in drbd.conf",
+                            res)
         spec = self.mount_spec
         if spec is not None and fs.mounted(spec):
             held.append("mount")

@@ -1,15 +1,19 @@
 """One model of a DRBD resource's state, whatever DRBD told us it in.
 
 DRBD 8.4 speaks through /proc/drbd; drbd-utils 9 speaks `drbdsetup events2` (also against an
-8.4 kernel, as the fixtures in tests/fixtures/drbd show). `status --json` needs a DRBD 9
-kernel, which this lab does not have, so it is not parsed yet. The failover logic (and the
-split-brain guard) must not care which: they read a `Status`. Parsing is pure and total:
+8.4 kernel, as the fixtures in tests/fixtures/drbd show) and, with a DRBD 9 kernel,
+`drbdsetup status --json` (field names from DRBD 9's documented JSON: role, devices[].disk-state,
+connections[].connection-state/peer-role, peer_devices[].peer-disk-state/replication-state;
+the lab has no DRBD 9 kernel, so that parser is tested on text written after that layout, not on
+a capture). The failover logic (and the split-brain guard) must not care which: they read a
+`Status`. Parsing is pure and total:
 unknown words are kept as they are, and a line that cannot be read is skipped, never raised
 on, because this text comes from outside.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 
@@ -202,3 +206,49 @@ def parse_events2(text: str) -> dict[str, Status]:
     for line in text.splitlines():
         ev.feed(line)
     return ev.resources
+
+
+def parse_status_json(text: str) -> dict[str, Status]:
+    """DRBD 9 `drbdsetup status --json`: a list of resources; anything malformed is skipped."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    out: dict[str, Status] = {}
+    for res in doc if isinstance(doc, list) else []:
+        if not isinstance(res, dict) or not isinstance(res.get("name"), str):
+            continue
+        devices = _dicts(res.get("devices"))
+        disks = [d.get("disk-state") for d in devices]
+        disk = "Diskless"
+        for i, d in enumerate(x for x in disks if isinstance(x, str)):
+            disk = d if i == 0 else _worse(disk, d)
+        minors = [d.get("minor") for d in devices]
+        st = Status(res["name"], role=str(res.get("role", UNKNOWN)), disk=disk,
+                    suspended=bool(res.get("suspended", False)),
+                    minor=minors[0] if minors and isinstance(minors[0], int) else None)
+        conns = _dicts(res.get("connections"))
+        if conns:  # single-peer view: the first connection is "the peer"
+            c = conns[0]
+            peers = _dicts(c.get("peer_devices"))
+            peer_disk = DUNKNOWN
+            for i, p in enumerate(x for x in (q.get("peer-disk-state") for q in peers) if isinstance(x, str)):
+                peer_disk = p if i == 0 else _worse(peer_disk, p)
+            repl = peers[0].get("replication-state") if peers else None
+            sync = peers[0].get("percent-in-sync") if peers else None
+            st = replace(st, connection=str(c.get("connection-state", "StandAlone")),
+                         peer_role=str(c.get("peer-role", UNKNOWN)), peer_disk=peer_disk,
+                         replication=str(repl) if isinstance(repl, str) else st.replication,
+                         sync_percent=float(sync) if isinstance(sync, int | float) and sync < 100 else None)
+        out[st.name] = st
+    return out
+
+
+def _dicts(v: object) -> list[dict[str, object]]:
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+
+def auto_promote_on(show: str) -> bool:
+    """`drbdsetup show --show-defaults RES` (DRBD 9) says `auto-promote yes;`: opening the
+    device promotes it, behind the agent's back. 8.4 has no such option and prints none."""
+    return re.search(r"^\s*auto-promote\s+yes\s*;", show, re.M) is not None

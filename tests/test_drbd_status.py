@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drbd.status import Events2, parse_events2, parse_proc_drbd
+from drbd.status import Events2, Status, auto_promote_on, parse_events2, parse_proc_drbd, parse_status_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "drbd"
 
@@ -94,3 +94,21 @@ def test_events2_stream_follows_a_peer_crash_and_rejoin() -> None:
 def test_garbage_never_raises(text: str) -> None:
     parse_proc_drbd(text)
     parse_events2(text)
+
+
+def test_status_json_drbd9_layout() -> None:
+    """Written after DRBD 9's documented `status --json` layout (no DRBD 9 kernel here to capture)."""
+    res = parse_status_json((FIXTURES / "status-json-drbd9-layout.json").read_text())
+    r0, r1 = res["r0"], res["r1"]
+    assert (r0.role, r0.disk, r0.peer_role, r0.peer_disk, r0.connection) == \
+        ("Secondary", "Outdated", "Primary", "UpToDate", "Connected")
+    assert r0.connected and r0.peer_primary and not r0.uptodate and r0.minor == 0
+    assert (r1.role, r1.connection, r1.peer_disk) == ("Primary", "Connecting", "DUnknown") and not r1.connected
+    for garbage in ("", "{}", "[1, null, {\"name\": 3}]", "not json", "[{\"name\": \"x\", \"devices\": 5}]"):
+        assert all(isinstance(s, Status) for s in parse_status_json(garbage).values())
+
+
+def test_auto_promote_is_seen_in_drbdsetup_show() -> None:
+    assert auto_promote_on("resource r0 {\n    options {\n        auto-promote    yes;\n    }\n}\n")
+    assert not auto_promote_on("resource r0 {\n    options {\n        auto-promote    no;\n    }\n}\n")
+    assert not auto_promote_on((FIXTURES / "drbdadm-version.txt").read_text())
