@@ -97,8 +97,9 @@ def cmd_fence_peer(args: argparse.Namespace) -> int:
         if answer.get("witness_reachable"):
             print(f"fence-peer {resource}: the peer does not answer and a witness answers us: peer taken as dead")
             return FENCE_EXIT["unreachable-dead"]
-        print(f"fence-peer {resource}: the peer does not answer and no witness answers us either: we may be the "
-              "isolated node; not fencing", file=sys.stderr)
+        print(f"fence-peer {resource}: the peer does not answer and the witnesses do not vouch for us "
+              f"({answer.get('witness_detail') or 'no detail'}): we may be the isolated node; not fencing",
+              file=sys.stderr)
         return 1
     code = FENCE_EXIT.get(result)
     if code is None:

@@ -232,9 +232,11 @@ class Agent:
         if command == "fence-peer":
             inst = self.instance
             answer = await inst.fence_peer()
-            witness = inst.tracker is not None and bool(self.cfg.track and self.cfg.track.witnesses) \
-                and not inst.tracker.isolated
-            return {"answer": answer, "witness_reachable": witness}
+            witness, detail = await inst.witnesses_answer_now() if answer == "unreachable" else (False, "")
+            if answer == "unreachable":
+                emit(Event.FENCE, f"fence-peer: the peer does not answer; witnesses: {detail}", logging.WARNING,
+                     ANSWER=answer, WITNESS=str(witness).lower())
+            return {"answer": answer, "witness_reachable": witness, "witness_detail": detail}
         raise ControlError(f"unknown command {command!r} (status, handover, maintenance, fence-peer)")
 
     # -- reload -------------------------------------------------------------------------

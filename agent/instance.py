@@ -361,6 +361,20 @@ class Instance:
              ANSWER=answer, PEER=str(self.cfg.peer.address))
         return answer
 
+    async def witnesses_answer_now(self) -> tuple[bool, str]:
+        """Ping every witness afresh: the tracker's verdict lags by up to fall x interval, too late
+        for DRBD's fence-peer handler, which declares the peer dead on our word."""
+        track = self.cfg.track
+        if track is None or not track.witnesses or self.pinger is None or self.tracker is None:
+            return False, "no witnesses configured"
+        pinger = self.pinger
+        results = await asyncio.gather(*(pinger.ping(str(w), track.timeout) for w in track.witnesses))
+        ok = sum(1 for answered, _ in results if answered)
+        detail = "; ".join(f"{w}: {d}" for w, (_, d) in zip(track.witnesses, results, strict=True))
+        if self.tracker.isolated:
+            return False, f"the tracker counts us isolated ({detail})"
+        return ok >= track.min_reachable, f"{ok} of {len(results)} witnesses answer now ({detail})"
+
     async def _peer_request(self, msg: Message) -> dict[str, Any]:
         """Answer the peer. Only ever gives data up (outdate), and never while we hold or take it."""
         status = await self.chain.drbd_status() if self.chain.drbd else None
@@ -372,11 +386,15 @@ class Instance:
             return {"result": "primary", "detail": f"phase {self.machine.phase}, holding {self.machine.held}"}
         if self.chain.drbd is None:
             return {"result": "failed", "detail": "no [drbd] section on the peer"}
+        notes: list[str] = []
         try:
-            await self.chain.drbd.outdate()
+            await self.chain.drbd.outdate(notes)
         except DrbdError as e:
+            emit(Event.FENCE, f"the peer {msg.sender} asked us to outdate our DRBD disk and it failed: {e}",
+                 logging.ERROR, ANSWER="failed", PEER=msg.sender)
             return {"result": "failed", "detail": str(e)}
-        emit(Event.FENCE, f"outdated our DRBD disk at the request of the peer {msg.sender}", logging.WARNING,
+        how = f" ({'; '.join(notes)})" if notes else ""
+        emit(Event.FENCE, f"outdated our DRBD disk at the request of the peer {msg.sender}{how}", logging.WARNING,
              ANSWER="outdated", PEER=msg.sender)
         return {"result": "outdated"}
 

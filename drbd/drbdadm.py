@@ -130,11 +130,46 @@ class Drbdadm:
         if role != "Primary":
             raise DrbdError(f"drbdadm primary {self.resource} returned 0 but the role is {role}")
 
-    async def outdate(self) -> None:
-        """Mark our own disk Outdated (asked by a peer that wants to promote without us)."""
-        code, _, err = await self._drbdadm("outdate")
+    async def _checked(self, action: str) -> str:
+        code, out, err = await self._drbdadm(action)
         if code != 0:
-            raise classify("outdate", self.resource, code, err)
+            raise classify(action, self.resource, code, err)
+        return out
+
+    async def disk_state(self) -> str:
+        """Our disk state ('UpToDate', 'Outdated', ...); 8.4 prints 'local/peer'."""
+        return (await self._checked("dstate")).strip().split("/")[0] or "Unknown"
+
+    async def connection_state(self) -> str:
+        """'Connected', 'WFConnection', 'StandAlone', ... (the first word DRBD prints)."""
+        words = (await self._checked("cstate")).split()
+        return words[0] if words else "Unknown"
+
+    async def outdate(self, notes: list[str] | None = None) -> None:
+        """Mark our own disk Outdated (asked by a peer that wants to promote without us).
+
+        DRBD 8.4 exits 0 and changes nothing when the disk is still Connected, which is the usual
+        moment: the peer's DRBD notices the lost link and runs its fence-peer handler before ours
+        does. A peer told "outdated" then records us as Outdated while we stay UpToDate and fall
+        behind, so the disk state is read back, and a connected disk is disconnected for the
+        outdate and reconnected at once (it resyncs as SyncTarget when the link works again).
+        """
+        log = notes if notes is not None else []
+        await self._checked("outdate")
+        if await self.disk_state() == "Outdated":
+            return
+        cstate = await self.connection_state()
+        if cstate == "StandAlone":
+            raise DrbdError(f"drbdadm outdate {self.resource} returned 0 but the disk is not Outdated (StandAlone)")
+        await self._checked("disconnect")
+        try:
+            await self._checked("outdate")
+            disk = await self.disk_state()
+        finally:
+            await self._checked("connect")
+        log.append(f"{self.resource} was {cstate}: disconnected, outdated ({disk}), reconnected")
+        if disk != "Outdated":
+            raise DrbdError(f"drbdadm outdate {self.resource} returned 0 but the disk is {disk} (was {cstate})")
 
     async def demote(self, escalation: Sequence[str] = ("retry", "none"), notes: list[str] | None = None) -> None:
         """Secondary, escalating as configured; the last entry is the fence action."""

@@ -104,3 +104,40 @@ def test_missing_module_and_bad_escalation() -> None:
     b, _ = adm({})
     with pytest.raises(ValueError, match="last demote_escalation entry"):
         asyncio.run(b.demote(["retry", "explode"]))
+
+
+OUTDATED = (0, "Outdated/DUnknown\n", "")
+UPTODATE = (0, "UpToDate/UpToDate\n", "")
+OK = (0, "", "")
+
+
+def test_outdate_on_a_disconnected_disk_is_read_back_and_done() -> None:
+    d, replay = adm({"outdate": [OK], "dstate": [OUTDATED]})
+    asyncio.run(d.outdate())
+    assert [c[1] for c in replay.calls] == ["outdate", "dstate"]
+
+
+def test_outdate_while_still_connected_disconnects_outdates_and_reconnects() -> None:
+    """8.4 ignores `outdate` (exit 0) on a Connected disk: a peer told "outdated" would be wrong."""
+    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE, OUTDATED], "cstate": [(0, "Connected\n", "")],
+                     "disconnect": [OK], "connect": [OK]})
+    notes: list[str] = []
+    asyncio.run(d.outdate(notes))
+    assert [c[1] for c in replay.calls] == ["outdate", "dstate", "cstate", "disconnect", "outdate", "dstate",
+                                            "connect"]
+    assert "was Connected: disconnected, outdated (Outdated), reconnected" in notes[0]
+
+
+def test_outdate_that_does_not_take_is_an_error_and_the_link_is_restored() -> None:
+    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE], "cstate": [(0, "Connected\n", "")],
+                     "disconnect": [OK], "connect": [OK]})
+    with pytest.raises(drbdadm.DrbdError, match="returned 0 but the disk is UpToDate"):
+        asyncio.run(d.outdate())
+    assert replay.calls[-1][1] == "connect"
+
+
+def test_outdate_standalone_that_does_not_take_is_an_error_without_reconnecting() -> None:
+    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE], "cstate": [(0, "StandAlone\n", "")]})
+    with pytest.raises(drbdadm.DrbdError, match="StandAlone"):
+        asyncio.run(d.outdate())
+    assert "connect" not in [c[1] for c in replay.calls]

@@ -102,14 +102,14 @@ print(json.dumps(answers))
 """
 
 
-def peer_agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, peer: str) -> AgentProc:
+def peer_agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, peer: str, extra: str = "") -> AgentProc:
     key = tmp_path / f"peer-{node}.key"
     key.write_bytes(KEY)
     key.chmod(0o600)
     agent = AgentProc(lab, node, tmp_path, priority=priority)
     text = render_agent_conf({"control_socket": str(agent.control_socket)}, priority=priority, version=3,
                              advert_interval=0.1)
-    text += f'[peer]\naddress = "{peer}"\nsecret_file = "{key}"\ntimeout = 0.5\n'
+    text += f'[peer]\naddress = "{peer}"\nsecret_file = "{key}"\ntimeout = 0.5\n' + extra
     agent.write_config(text)
     lab.add_cleanup(agent.close)
     return agent
@@ -161,3 +161,20 @@ def test_fence_peer_handler_exit_codes(lab: NetnsLab, tmp_path: Path) -> None:
     assert r.returncode == 1 and "may be the isolated node" in r.stderr
     assert time.monotonic() - t0 < 5
     assert "asked the peer 192.0.2.2 to outdate its disk: unreachable" in a.log()
+
+
+def test_fence_peer_declares_the_peer_dead_only_while_a_witness_answers_now(lab: NetnsLab, tmp_path: Path) -> None:
+    """Exit 5 tells DRBD the peer is dead: only on a fresh witness answer, never on the tracker's verdict,
+    which lags by fall x interval (here 10 s, so a stale verdict would still say "connected")."""
+    track = '[track]\nwitnesses = ["192.0.2.10"]\ninterval = 1.0\ntimeout = 0.3\nfall = 10\nrise = 1\n'
+    a = peer_agent(lab, "a", tmp_path, 150, "192.0.2.2", track).start()
+    assert wait_until(lambda: a.status()["instance"]["state"] == "MASTER", 10), a.log()[-3000:]
+    r = fence(a)  # no b at all: unreachable, and the witness answers
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "taken as dead" in r.stdout
+    lab.run("client", ["ip", "route", "add", "blackhole", f"{lab.ipv4('a')}/32"])
+    r = fence(a)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "0 of 1 witnesses answer now" in r.stderr and "no echo reply" in r.stderr
+    assert a.status()["instance"]["state"] == "MASTER", "the tracker noticed already: the test proves nothing"
+    assert "fence-peer: the peer does not answer; witnesses:" in a.log()
