@@ -55,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -97,6 +98,7 @@ __all__ = [
     "ensure_host_packages",
     "ensure_image",
     "nfs_mount",
+    "parse_proc_drbd",
     "timed",
     "wait_drbd",
 ]
@@ -665,6 +667,12 @@ class UmlNode:
     _next_id: int = 0
     _started_at: float = 0.0
     _cut: set[str] = field(default_factory=set)
+    # One request at a time on the command channel (the guest serves them in order anyway):
+    # lets a watcher thread sample a node while the test drives it.  Reentrant: write_file runs.
+    _chan_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _ready: bool = False
+    # requests that got no answer within 2 s, so the channel was nudged: (id, argv[:3], nudges, answered)
+    nudges: list[tuple[int, list[str], int, bool]] = field(default_factory=list, repr=False)
 
     # -- names and paths -----------------------------------------------------------------------
 
@@ -726,6 +734,11 @@ class UmlNode:
         """The UML process tree is alive (not necessarily ready for commands)."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def ready(self) -> bool:
+        """Booted and taking commands (running, and its init said ``ready``)."""
+        return self._ready and self.running
+
     def start(self, fresh_root: bool = False) -> None:
         """Launch the UML process; ``wait_ready()`` completes the boot.
 
@@ -733,7 +746,9 @@ class UmlNode:
         """
         if self.running:
             raise LabError(f"node {self.name} is already running")
-        self._reap()
+        self._ready = False
+        with self._chan_lock:
+            self._reap()
         if fresh_root:
             self.cow.unlink(missing_ok=True)
         self.shared.mkdir(parents=True, exist_ok=True)
@@ -757,6 +772,10 @@ class UmlNode:
 
     def wait_ready(self, timeout: float = 90.0) -> float:
         """Wait for init's ``ready`` line; returns the boot time in seconds (host clock)."""
+        with self._chan_lock:  # a concurrent request must not swallow the ready line
+            return self._wait_ready_locked(timeout)
+
+    def _wait_ready_locked(self, timeout: float) -> float:
         assert self._channel is not None, "start() first"
         deadline = time.monotonic() + timeout
         line = None
@@ -770,6 +789,7 @@ class UmlNode:
                 raise LabError(f"node {self.name}: kernel panic while booting\n{self.console_tail()}")
         if line is None:
             raise LabError(f"node {self.name} not ready after {timeout:.0f}s\n{self.console_tail()}")
+        self._ready = True
         self.boot_seconds = time.monotonic() - self._started_at
         with contextlib.suppress(ValueError, IndexError):
             self.guest_uptime_at_ready = float(line.split()[2])
@@ -820,9 +840,12 @@ class UmlNode:
         Returns once every host process of the guest is gone, so the taps are free for a
         reboot and nothing of the guest can still send a packet.
         """
+        self._ready = False
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
-        self._reap()
+        # the kill ends a request in flight (EOF on the channel): then the channel is ours to close
+        with self._chan_lock:
+            self._reap()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Orderly power-off (stop processes, unmount, drbdadm down, sync); crash on timeout."""
@@ -875,11 +898,19 @@ class UmlNode:
             raise TypeError("argv must be a sequence of arguments, not a shell string")
         if not self.running or self._channel is None:
             raise LabError(f"node {self.name} is not running")
-        if mode in ("run", "spawn") and not argv:
+        if mode in ("run", "spawn", "read") and not argv:
             raise ValueError("empty argv")
         fields = [mode, f"{timeout:g}", cwd, "/dev/null", log_path, *argv]
         if any("\0" in f for f in fields):
             raise ValueError("arguments cannot contain NUL bytes")
+        with self._chan_lock:
+            return self._request_locked(fields, argv, timeout, input)
+
+    def _request_locked(
+        self, fields: list[str], argv: Sequence[str], timeout: float, input: str | bytes | None
+    ) -> tuple[int, int]:
+        if not self.running or self._channel is None:  # crashed while we waited for the channel
+            raise LabError(f"node {self.name} is not running")
         self._next_id += 1
         rid = self._next_id
         queue = self.shared / "q"
@@ -893,12 +924,25 @@ class UmlNode:
         # The guest enforces `timeout`; the margin covers a loaded host and UML's own latency.
         deadline = time.monotonic() + timeout + 15.0
         prefix = f"done {rid} "
+        nudged = 0
         try:
-            line = self._channel.expect(lambda s: s.startswith(prefix), deadline)
+            while True:
+                line = self._channel.expect(lambda s: s.startswith(prefix), min(deadline, time.monotonic() + 2.0))
+                if line is not None or time.monotonic() >= deadline:
+                    break
+                # No answer yet: the command may simply be slow, or the guest may have missed the
+                # wakeup for our line (once a node left two requests unanswered for 45 s, cause
+                # not found).  An empty line costs nothing (init skips it) and would wake it;
+                # `nudges` keeps a record, so a real stall shows in the tests' reports.
+                self._channel.send("")
+                nudged += 1
         except LabError as exc:
             raise LabError(f"node {self.name}: {exc} while running {list(argv)}\n{self.console_tail()}") from None
+        if nudged:
+            self.nudges.append((rid, list(argv)[:3], nudged, line is not None))
         if line is None:
-            raise LabError(f"node {self.name} did not answer request {rid} {list(argv)} within {timeout + 15:.0f}s")
+            raise LabError(f"node {self.name} did not answer request {rid} {list(argv)} within {timeout + 15:.0f}s\n"
+                           f"{self.console_tail()}")  # fmt: skip
         return rid, int(line[len(prefix) :])
 
     def run(
@@ -927,6 +971,19 @@ class UmlNode:
         if check and status != 0:
             raise CommandError(status, [f"[{self.name}]", *argv], stdout, stderr)
         return result
+
+    def read_kernel_file(self, path: str, timeout: float = 10.0) -> str | None:
+        """A (kernel) file's content read by the guest's init itself, without a fork or exec.
+
+        Cheap enough to poll several times a second (``run(["cat", ...])`` costs a fork and two
+        execs, tens of ms of host ptrace work under UML).  None if the file cannot be read.
+        """
+        rid, status = self._request("read", [path], timeout, "/")
+        queue = self.shared / "q"
+        out = _read_and_remove(queue / f"{rid}.out")
+        _read_and_remove(queue / f"{rid}.err")
+        (queue / f"{rid}.req").unlink(missing_ok=True)
+        return out if status == 0 else None
 
     def sh(
         self, script: str, *args: str, timeout: float = 30.0, check: bool = True
@@ -1348,17 +1405,21 @@ class DrbdState:
 
 def drbd_state(node: UmlNode, minor: int = 0) -> DrbdState | None:
     """Parse the node's /proc/drbd for ``minor``; None if the module or minor is absent."""
-    result = node.run(["cat", "/proc/drbd"], check=False, timeout=10)
-    if result.returncode != 0:
+    return parse_proc_drbd(node.read_kernel_file("/proc/drbd"), minor)
+
+
+def parse_proc_drbd(text: str | None, minor: int = 0) -> DrbdState | None:
+    """``minor``'s state in a /proc/drbd text; None if the text is None or lacks the minor."""
+    if text is None:
         return None
-    for m in _PROC_DRBD_RE.finditer(result.stdout):
+    for m in _PROC_DRBD_RE.finditer(text):
         if int(m["minor"]) == minor:
-            rest = result.stdout[m.end() :]
+            rest = text[m.end() :]
             nxt = re.search(r"^\s*\d+: cs:", rest, re.M)
             block = rest[: nxt.start()] if nxt else rest
             synced = _SYNCED_RE.search(block)
             return DrbdState(m["cs"], m["role"], m["peer_role"], m["disk"], m["peer_disk"],
-                             float(synced[1]) if synced else None, result.stdout)  # fmt: skip
+                             float(synced[1]) if synced else None, text)  # fmt: skip
     return None
 
 

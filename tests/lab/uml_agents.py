@@ -25,12 +25,15 @@ Used by tests/test_uml_storage.py and ``python -m tests.lab.demo --uml``.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +53,7 @@ from tests.lab.uml import (
     drbd_bootstrap,
     drbd_up,
     nfs_mount,
+    parse_proc_drbd,
     wait_drbd,
 )
 
@@ -64,6 +68,9 @@ GUEST_LOG = f"{GUEST_RUN}/agent.log"
 NFSLOAD = f"{GUEST_SRC}/tests/lab/uml_nfsload.py"
 PRIORITIES = {"a": 150, "b": 100}
 WITNESS = "192.0.2.10"  # the client node
+PEER_SECRET = "/etc/failover-agent/peer.key"
+FENCE_PEER_HANDLER = "/usr/local/sbin/failover-fence-peer"
+FENCE_PEER_LOG = "/run/lab/fence-peer.log"
 SERVING_LOG = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)")
 
 # VRRPv2 with 1 s adverts: Master_Down_Interval 3.41 s (a) / 3.61 s (b).  preempt off: a node
@@ -85,13 +92,20 @@ def storage_conf(
     resource: DrbdResource | None = None,
     vrrp: dict[str, Any] | None = None,
     monitor: dict[str, Any] | None = None,
+    drbd: dict[str, Any] | None = None,
+    track: dict[str, Any] | None = None,
+    peer: dict[str, Any] | None = None,
 ) -> str:
-    """The agent's whole config for a storage node (``nfs=False``: DRBD + mount + VIP only)."""
+    """The agent's whole config for a storage node (``nfs=False``: DRBD + mount + VIP only).
+
+    ``drbd``, ``track`` and ``monitor`` update the defaults of their sections; ``peer`` adds a
+    [peer] section (address, secret_file...).
+    """
     res = resource or DrbdResource()
     text = render_agent_conf({"control_socket": GUEST_SOCKET}, priority=priority, **{**VRRP, **(vrrp or {})})
-    # No fencing in the lab's DRBD: after a crash of the Primary, the survivor can only tell "dead"
+    # Without fencing in DRBD, after a crash of the Primary the survivor can only tell "dead"
     # from "cut off" by a witness beyond its peer (the client node; unknown_peer = witness).
-    text += _table("drbd", {"resource": res.name, "unknown_peer": "witness"})
+    text += _table("drbd", {"resource": res.name, "unknown_peer": "witness", **(drbd or {})})
     text += _table("filesystem", {"device": res.device, "mountpoint": EXPORT, "fstype": "ext4", "kill_grace": 1.0})
     if nfs:
         text += _table(
@@ -112,8 +126,42 @@ def storage_conf(
             'options = "rw,sync,no_subtree_check,no_root_squash,fsid=1" }]\n'
         )
     text += _table("monitor", {**MONITOR, **(monitor or {})})
-    text += _table("track", {"witnesses": [WITNESS]})
+    text += _table("track", {"witnesses": [WITNESS], **(track or {})})
+    if peer is not None:
+        text += _table("peer", peer)
     return text
+
+
+# DRBD's fence-peer handler in the guest: `failoverctl fence-peer` against the agent's control
+# socket, run from the project tree; each call is logged (guest uptime, exit code, what it said).
+_FENCE_PEER_SCRIPT = f"""#!/bin/sh
+# DRBD fence-peer handler (drbd.conf handlers section), written by tests/lab/uml_agents.py
+cd {GUEST_SRC} || exit 1
+out=$({GUEST_PYTHON} -m agent.cli fence-peer --socket {GUEST_SOCKET} 2>&1)
+rc=$?
+read -r up _ </proc/uptime
+printf '%s fence-peer %s exit %s: %s\\n' "$up" "${{DRBD_RESOURCE:-?}}" "$rc" "$(echo "$out" | tr '\\n' ' ')" \\
+    >>{FENCE_PEER_LOG}
+exit $rc
+"""
+
+
+def fencing_resource(**changes: Any) -> DrbdResource:
+    """r0 with DRBD's resource-level fencing through the agents, and automatic split-brain policies.
+
+    DRBD 8.4 syntax: ``fencing`` belongs to the disk section (9.x moved it to net), the
+    after-sb policies to net.  The handler is the agent's ``failoverctl fence-peer``
+    (FENCE_PEER_HANDLER, written into the nodes by StorageLab).
+    """
+    base = DrbdResource()
+    net = (
+        *((k, v) for k, v in base.net if not k.startswith("after-sb")),
+        ("after-sb-0pri", "discard-zero-changes"),
+        ("after-sb-1pri", "discard-secondary"),
+        ("after-sb-2pri", "disconnect"),
+    )
+    return DrbdResource(net=net, disk_options=(*base.disk_options, ("fencing", "resource-only")),
+                        handlers=(("fence-peer", FENCE_PEER_HANDLER),), **changes)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +432,11 @@ class UmlNfsWriter:
         if not wait_until(lambda: "END " in self.text(), timeout, 0.3):
             raise AssertionError(f"NFS writer did not stop within {timeout:g} s:\n{self.text()[-2000:]}")
 
+    def listing(self, timeout: float = 120.0) -> set[str]:
+        """The names in the writer's directory as the client sees them now (page cache dropped)."""
+        self.client.write_sysfs("/proc/sys/vm/drop_caches", "3")
+        return set(self.client.run(["ls", "-U1", self.directory], timeout=timeout).stdout.split())
+
     def verify(self, names: list[str] | None = None, timeout: float = 300.0) -> VerifyReport:
         """Read every acknowledged file back through the mount (page cache dropped first)."""
         wanted = names if names is not None else [a.name for a in self.acks()]
@@ -395,6 +448,179 @@ class UmlNfsWriter:
         if not end:
             raise AssertionError(f"verifier failed (exit {result.returncode}): {result.stderr[-2000:]}")
         return VerifyReport(int(end[-1][1]), int(end[-1][2]), bad)
+
+
+class UmlTcpProbe:
+    """tests/lab/uml_nfsload.py probe in the client: a new TCP connection to HOST:PORT every
+    ``interval`` s, logging only UP/DOWN changes (client's CLOCK_BOOTTIME, like the writer)."""
+
+    LOG = "/run/lab/tcpprobe.log"
+
+    def __init__(self, client: UmlNode, host: str = VIP, port: int = 2049, interval: float = 0.1,
+                 max_seconds: float = 3600.0) -> None:  # fmt: skip
+        self.client = client
+        self.argv = ["python3", NFSLOAD, "probe", host, str(port), "--interval", f"{interval:g}",
+                     "--max-seconds", f"{max_seconds:g}"]  # fmt: skip
+        self.proc: SpawnedProcess | None = None
+
+    def start(self, timeout: float = 30.0) -> UmlTcpProbe:
+        self.client.run(["rm", "-f", self.LOG])
+        self.proc = self.client.spawn(self.argv, log_path=self.LOG)
+        if not wait_until(lambda: "READY" in self.text() or not self.proc.alive(), timeout, 0.2):  # type: ignore[union-attr]
+            raise AssertionError(f"TCP probe did not start:\n{self.text()}")
+        return self
+
+    def text(self) -> str:
+        return self.client.run(["cat", self.LOG], check=False, timeout=20).stdout
+
+    def changes(self) -> list[tuple[str, float, str]]:
+        out = []
+        for line in self.text().splitlines():
+            parts = line.split(maxsplit=2)
+            if len(parts) >= 2 and parts[0] in ("UP", "DOWN"):
+                out.append((parts[0], float(parts[1]), parts[2] if len(parts) > 2 else ""))
+        return out
+
+    def restored_after(self, t: float) -> tuple[float, float] | None:
+        """(first DOWN, first UP after it) after ``t``; None if the service never went down."""
+        down = next(((kind, at) for kind, at, _ in self.changes() if kind == "DOWN" and at > t), None)
+        if down is None:
+            return None
+        up = next((at for kind, at, _ in self.changes() if kind == "UP" and at > down[1]), None)
+        return (down[1], up) if up is not None else (down[1], float("inf"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.client.running:
+            self.proc.signal(signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------------------------
+# Dual-Primary watcher
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleSample:
+    """One round of the watcher: each node's DRBD role, read in order (host monotonic times)."""
+
+    at: float
+    roles: tuple[tuple[str, str], ...]  # (node, role) in read order, the first node read again last
+    states: tuple[str, ...] = ()  # the /proc/drbd lines of a suspicious round, for the report
+
+
+@dataclass(frozen=True)
+class WatchCount:
+    rounds: int = 0  # rounds in which every running node answered
+    dual: int = 0  # rounds in which two nodes were Primary at once
+
+
+class RoleWatcher:
+    """Samples every storage node's DRBD role from /proc/drbd (through the UML command channel,
+    read by the guest's init without a fork) every ``interval`` s, in a thread.
+
+    A round reads the nodes in order and then the first one again.  Two Primaries count only
+    when the first node was Primary at both of its reads, with the other one Primary in
+    between: the two roles really overlapped, rather than a demotion on one side and the
+    promotion it allowed on the other falling between two reads a few ms apart (those rounds
+    are counted as ``handoffs``).  A crashed node reads as ``down``, one that does not answer
+    as ``?``.
+    """
+
+    def __init__(self, nodes: dict[str, UmlNode], interval: float = 0.1) -> None:
+        self.nodes = nodes
+        self.interval = interval
+        self.rounds = 0
+        self.incomplete = 0
+        self.dual: list[RoleSample] = []
+        self.handoffs: list[RoleSample] = []
+        self.max_round = 0.0  # longest round (s): how fine the sampling really was
+        self.max_gap = 0.0  # longest time between the starts of two rounds
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drbd-role-watcher", daemon=True)
+
+    def start(self) -> RoleWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def count(self) -> WatchCount:
+        with self._lock:
+            return WatchCount(self.rounds, len(self.dual))
+
+    def _read(self, node: UmlNode) -> tuple[str, str]:
+        """(role, /proc/drbd line) of one node."""
+        if not node.ready:  # crashed, or booting (its init holds the channel until ready)
+            return "down", ""
+        try:
+            text = node.read_kernel_file("/proc/drbd", timeout=5)
+        except (LabError, OSError, subprocess.SubprocessError) as e:
+            if len(self.errors) < 20:
+                self.errors.append(f"{node.name}: {e}"[:300])
+            return "?", ""
+        state = parse_proc_drbd(text)
+        if state is None:
+            return "unconfigured", ""
+        return state.role, _drbd_line(state.raw)
+
+    def _run(self) -> None:
+        names = list(self.nodes)
+        next_at = time.monotonic()
+        last_start = None
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            reads = [(name, *self._read(self.nodes[name])) for name in names]
+            first = names[0]
+            reads.append((first, *self._read(self.nodes[first])))
+            took = time.monotonic() - t0
+            roles = [role for _, role, _ in reads]
+            primaries = {name for name, role, _ in reads[:-1] if role == "Primary"}
+            sample = RoleSample(t0, tuple((n, r) for n, r, _ in reads), tuple(line for _, _, line in reads))
+            with self._lock:
+                if last_start is not None:
+                    self.max_gap = max(self.max_gap, t0 - last_start)
+                last_start = t0
+                self.max_round = max(self.max_round, took)
+                if "?" in roles:
+                    self.incomplete += 1
+                else:
+                    self.rounds += 1
+                if len(primaries) >= 2:
+                    # every node but the first is read once, between the first one's two reads
+                    if first not in primaries or reads[-1][1] == "Primary":
+                        self.dual.append(sample)
+                    else:
+                        self.handoffs.append(sample)
+            next_at += self.interval
+            now = time.monotonic()
+            if next_at < now:
+                next_at = now
+            self._stop.wait(next_at - now)
+
+    def describe(self) -> str:
+        with self._lock:
+            text = (
+                f"{self.rounds} complete rounds ({self.incomplete} with a node not answering), every "
+                f"{self.interval * 1000:.0f} ms (longest round {self.max_round * 1000:.0f} ms, longest gap "
+                f"{self.max_gap * 1000:.0f} ms); two Primaries in {len(self.dual)}"
+            )
+            if self.handoffs:
+                text += f"; {len(self.handoffs)} handoff(s) between two reads (not overlaps)"
+            for sample in self.dual[:5]:
+                text += f"\n  at {sample.at:.3f}: {sample.roles} {sample.states}"
+            return text
+
+
+def _drbd_line(raw: str) -> str:
+    """The ``0: cs:... ro:... ds:...`` line of a /proc/drbd text."""
+    for line in raw.splitlines():
+        if " cs:" in line:
+            return line.strip()
+    return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,15 +643,34 @@ class StorageLab:
         disk_mb: int = 128,
         vrrp: dict[str, Any] | None = None,
         monitor: dict[str, Any] | None = None,
+        resource: DrbdResource | None = None,
+        drbd: dict[str, Any] | None = None,
+        track: dict[str, Any] | None = None,
+        peer: bool = False,
     ) -> None:
-        self.resource = DrbdResource()
+        """``resource``: e.g. fencing_resource(); ``drbd``/``track``: extra keys of those agent
+        sections; ``peer``: a [peer] section on both agents, with a fresh shared secret."""
+        self.resource = resource or DrbdResource()
         self.nfs = nfs
         self.lab = UmlLab(prefix, nodes=tuple(PRIORITIES), client=True, disk_mb=disk_mb)
         self.nodes = {name: self.lab[name] for name in PRIORITIES}
         self.client = self.lab[CLIENT]
-        self.agents = {name: UmlAgent(self.lab[name], storage_conf(prio, nfs=nfs, resource=self.resource,
-                                                                    vrrp=vrrp, monitor=monitor))
-                       for name, prio in PRIORITIES.items()}  # fmt: skip
+        self.peer_secret = base64.b64encode(os.urandom(24)).decode() + "\n" if peer else None
+        self.agents: dict[str, UmlAgent] = {}
+        for name, prio in PRIORITIES.items():
+            other = next(n for n in PRIORITIES if n != name)
+            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET} if peer else None
+            conf = storage_conf(
+                prio,
+                nfs=nfs,
+                resource=self.resource,
+                vrrp=vrrp,
+                monitor=monitor,
+                drbd=drbd,
+                track=track,
+                peer=peer_section,
+            )
+            self.agents[name] = UmlAgent(self.lab[name], conf)
         self.drbd_timings: DrbdTimings | None = None
 
     def __enter__(self) -> StorageLab:
@@ -452,6 +697,11 @@ class StorageLab:
         """
         node.run(["mkdir", "-p", EXPORT])
         node.sh('grep -q " nfs-vip$" /etc/hosts || echo "$1 nfs-vip" >>/etc/hosts', VIP)
+        if self.peer_secret is not None:  # root-owned (install runs as root), 0600: as load_secret demands
+            node.write_file(PEER_SECRET, self.peer_secret, mode=0o600)
+        if any(value == FENCE_PEER_HANDLER for _, value in self.resource.handlers):
+            node.write_file(FENCE_PEER_HANDLER, _FENCE_PEER_SCRIPT, mode=0o755)
+        node.run(["sync"])  # a power cut must not take them
 
     def start_agents(self, first: str = "a", timeout: float = 90.0) -> None:
         self.agents[first].start()

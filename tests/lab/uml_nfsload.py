@@ -6,6 +6,7 @@ guest.  A single process with no forks: under UML every fork is expensive host w
 
     python3 uml_nfsload.py write DIR [--size N] [--interval S] [--max-seconds S]
     python3 uml_nfsload.py verify DIR        (file names on stdin)
+    python3 uml_nfsload.py probe HOST PORT [--interval S] [--timeout S] [--max-seconds S]
 
 Writer output, one line each; times are CLOCK_BOOTTIME seconds of the guest, the clock of
 its /proc/uptime, so the host can place its own events on the same axis by reading that:
@@ -16,6 +17,10 @@ its /proc/uptime, so the host can place its own events on the same axis by readi
 
 Each file is ``<DIR>/w<seq:08d>-<sha256 of the content>``: the verifier needs only the name.
 Verifier output: ``V <OK|MISSING|CORRUPT|ERROR> <name> <detail>`` per file, then ``END <ok> <checked>``.
+
+The prober opens a new TCP connection to HOST:PORT every interval (and closes it): what a client
+mounting now would get, free of the writer's connection and its TCP retransmission backoff.
+It prints ``READY <t>``, then only changes: ``UP <t>`` and ``DOWN <t> <reason>``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -114,6 +120,31 @@ def verify(directory: str) -> int:
     return 0 if ok == checked else 1
 
 
+def probe(host: str, port: int, interval: float, timeout: float, max_seconds: float) -> int:
+    stop = False
+
+    def on_term(_sig: int, _frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    deadline = now() + max_seconds
+    state = None
+    say(f"READY {now():.6f}")
+    while not stop and now() < deadline:
+        t0 = now()
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                up, why = True, ""
+        except OSError as e:
+            up, why = False, errno.errorcode.get(e.errno or 0, "timeout") if e.errno else "timeout"
+        if up != state:
+            say(f"UP {t0:.6f}" if up else f"DOWN {t0:.6f} {why}")
+            state = up
+        time.sleep(max(0.0, interval - (now() - t0)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -124,9 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--max-seconds", type=float, default=900.0)
     v = sub.add_parser("verify")
     v.add_argument("directory")
+    pr = sub.add_parser("probe")
+    pr.add_argument("host")
+    pr.add_argument("port", type=int)
+    pr.add_argument("--interval", type=float, default=0.1)
+    pr.add_argument("--timeout", type=float, default=0.2)
+    pr.add_argument("--max-seconds", type=float, default=900.0)
     args = parser.parse_args(argv)
     if args.mode == "write":
         return write(args.directory, args.size, args.interval, args.max_seconds)
+    if args.mode == "probe":
+        return probe(args.host, args.port, args.interval, args.timeout, args.max_seconds)
     return verify(args.directory)
 
 

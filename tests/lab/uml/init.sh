@@ -20,7 +20,8 @@
 #   host -> guest  "ID"                 run request /lab/q/ID.req
 #   guest -> host  "ready HOST UPTIME"  once, when the node is usable
 #   guest -> host  "done ID VALUE"      exit status (run) or guest PID (spawn)
-# ID.req holds NUL-terminated fields: mode, timeout, cwd, stdin path, log path, argv...
+# ID.req holds NUL-terminated fields: mode (run | spawn | read | poweroff), timeout, cwd, stdin
+# path, log path, argv... (read: argv is one file, read by the shell without a fork)
 # NUL-separated fields are exactly what execve() takes, and bash's `mapfile -d ''` reads
 # them without a parser process: no value is ever interpreted by a shell.
 
@@ -149,6 +150,17 @@ handle() {  # ID
             # timeout(1) kills the command's whole process group when it overruns.
             (cd "$cwd" && exec timeout -k 2 "$tmo" "${argv[@]}") <"$stdin" >"$base.out" 2>"$base.err" 3>&- 4>&-
             rc=$?
+            ;;
+        read)
+            # A (kernel) file read by this shell itself: no fork, no exec, so the host can poll
+            # /proc/drbd every 100 ms without loading the node.  rc 1: unreadable.
+            local -a lines=()
+            if mapfile -t lines 2>"$base.err" <"${argv[0]}"; then
+                ((${#lines[@]})) && printf '%s\n' "${lines[@]}" >"$base.out"
+                rc=0
+            else
+                rc=1
+            fi
             ;;
         spawn)
             # A daemon of the test: own session, output to a guest-local log, channel closed.

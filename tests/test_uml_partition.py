@@ -1,0 +1,690 @@
+"""Partitions, agent crashes and node crashes of the DRBD/NFS pair, agents inside UML nodes.
+
+One lab (prefix ``umlpart``, tests/lab/uml_agents.py): nodes a (priority 150) and b (100) run
+failover-agent with VRRPv2 adverts every 1 s, preempt off; ``[track]`` pings the client node
+192.0.2.10 (interval 1 s, timeout 0.5 s, fall 3, rise 2); ``[drbd] unknown_peer = "witness"``
+(witness_grace 5 s); a ``[peer]`` channel between the agents (shared secret, root-owned, 0600).
+DRBD r0 uses resource-level fencing through the agents (``fencing resource-only`` in the disk
+section, DRBD 8.4 syntax; ``fence-peer`` runs ``failoverctl fence-peer``) and the automatic
+split-brain policies discard-zero-changes / discard-secondary / disconnect.
+
+All along, the client writes numbered files through the VIP (NFSv4.2, hard mount, fsync; a
+write counts once acknowledged), and a watcher thread reads both nodes' /proc/drbd every
+100 ms through the UML command channel and records every moment both are Primary.
+
+Scenarios, RUNS times each (5; UML_PARTITION_RUNS overrides), each from a steady state (both
+UpToDate and connected, one node serving, the other idle) back to one:
+
+1. the master's replication link is cut: it keeps serving; DRBD calls the fence-peer handler,
+   the agents outdate the peer over the peer channel; after the heal the peer resyncs, no
+   failover (the master alternates through ``failoverctl handover`` between runs);
+2. the master's service link is cut: it is isolated (track), releases in order (VIP, NFS, state
+   folder, unmount, DRBD Secondary) and stays FAULT; the peer promotes (DRBD still connected)
+   and serves.  Outage target: Master_Down_Interval + fall x interval + 2 s, asserted for every
+   run on the time until new TCP connections to the VIP's NFS port work again (a prober in the
+   client).  The writer's own connection waits for its next TCP retransmission (exponential
+   backoff: at about +6.5 s, then +13.2 s), so its outage exceeds the target by ~6 s whenever
+   the takeover ends after +6.5 s; those runs are listed with the connection's TCP state, and
+   UML_PARTITION_STRICT_OUTAGE=1 fails on them.  After the heal, no second failover (preempt off);
+3. both links of the master are cut: the peer promotes only after Master_Down_Interval plus
+   the isolation time (witness rule), the old master has released by then; after the heal
+   DRBD reconnects (what it does about the diverged metadata is recorded and printed);
+4. only the master's agent is killed (SIGKILL; node, DRBD, mount, nfsd, VIP stay) and restarted
+   10 s later as systemd would: no dual Primary; the peer waits for the Primary to demote;
+5. the master node crashes (power cut), reboots, ``drbdadm up``, its agent restarts: it rejoins
+   as Secondary and backup.
+
+After every run each acknowledged file must be there with its content (new files read back
+and checked; older ones by a listing; everything read back at the end).  The summary prints
+per scenario: runs, watcher samples, dual-Primary samples (must be 0), acknowledged writes,
+lost writes (must be 0), the writer's outage (longest time without an acknowledged write) and
+how long new connections failed, median/max.  Run with -s to see it.  Like the other lab tests
+this needs root and never skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.lab.agent import TRANSITION
+from tests.lab.netns import LabError, wait_until
+from tests.lab.uml import REPLICATION, SERVICE, DrbdState, UmlNode, connected_uptodate, drbd_state, wait_drbd
+from tests.lab.uml_agents import (
+    FENCE_PEER_LOG,
+    PRIORITIES,
+    VIP,
+    VRRP,
+    RoleWatcher,
+    StorageLab,
+    UmlAgent,
+    UmlNfsWriter,
+    UmlTcpProbe,
+    fencing_resource,
+    guest_clock,
+)
+
+pytestmark = pytest.mark.lab
+
+PREFIX = "umlpart"
+RUNS = int(os.environ.get("UML_PARTITION_RUNS", "5"))
+# Scenario 2's target is asserted on the time until new connections work (every run); =1 asserts
+# it on the writer's outage too, which its TCP backoff can push ~6 s further (see test_2).
+STRICT_OUTAGE = os.environ.get("UML_PARTITION_STRICT_OUTAGE", "") == "1"
+TRACK = {"interval": 1.0, "timeout": 0.5, "fall": 3, "rise": 2}
+WITNESS_GRACE = 5.0  # the agent's default
+AGENT_RESTART_AFTER = 10.0
+RELEASE = ["vip", "nfs", "nfs_state", "mount", "drbd"]
+STEP = re.compile(r" INFO (\w+) (acquire|release) done in ")
+SCENARIOS = {
+    1: "replication link cut",
+    2: "service link cut",
+    3: "both links cut",
+    4: "agent SIGKILL + restart",
+    5: "node crash + reboot",
+}
+
+
+def mdi(name: str) -> float:
+    """Master_Down_Interval of a node (VRRPv2: 3 adverts + skew)."""
+    advert = float(VRRP["advert_interval"])
+    return 3 * advert + (256 - PRIORITIES[name]) / 256 * advert
+
+
+def isolation_time() -> float:
+    """How long an isolated master needs to notice (track) and release (witness_grace)."""
+    return TRACK["fall"] * TRACK["interval"] + TRACK["timeout"] + WITNESS_GRACE
+
+
+def outage_target(taker: str) -> float:
+    """Scenario 2: Master_Down_Interval (of the node taking over) + fall x interval + 2 s."""
+    return mdi(taker) + TRACK["fall"] * TRACK["interval"] + 2.0
+
+
+@dataclass
+class Run:
+    scenario: int
+    index: int
+    master: str
+    serving_after: str = ""
+    outage: float | None = None  # longest time without an acknowledged write (the writer's view)
+    fresh: float | None = None  # how long new TCP connections to the VIP failed (the prober's view)
+    acked: int = 0
+    lost: int = 0
+    rounds: int = 0
+    dual: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    # checked after the verification, not before `not_before` (time.monotonic()): "nothing else
+    # happens" checks that need a Master_Down_Interval to pass, overlapped with the read-back
+    final: Callable[[], None] | None = None
+    not_before: float = 0.0
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+@dataclass
+class Partition:
+    lab: StorageLab
+    watcher: RoleWatcher
+    writer: UmlNfsWriter | None = None
+    probe: UmlTcpProbe | None = None
+    runs: list[Run] = field(default_factory=list)
+    verified: int = 0  # acknowledged files read back so far (in ack order)
+    lost: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # targets missed: reported, fail the scenario at its end
+    notes: list[str] = field(default_factory=list)  # for the summary
+    timings: dict[str, float] = field(default_factory=dict)
+    final_check: str = ""
+
+    @property
+    def w(self) -> UmlNfsWriter:
+        assert self.writer is not None
+        return self.writer
+
+    def agent(self, name: str) -> UmlAgent:
+        return self.lab.agents[name]
+
+    def node(self, name: str) -> UmlNode:
+        return self.lab.nodes[name]
+
+
+def other(name: str) -> str:
+    return next(n for n in PRIORITIES if n != name)
+
+
+# --------------------------------------------------------------------------------------------
+# The lab
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def part() -> Iterator[Partition]:
+    t0 = time.monotonic()
+    with StorageLab(PREFIX, resource=fencing_resource(), track=TRACK, peer=True) as lab:
+        _ = lab.lab.image  # a first run builds the image here (minutes); not part of the timings
+        t1 = time.monotonic()
+        lab.setup()
+        p = Partition(lab, RoleWatcher(lab.nodes).start())
+        try:
+            lab.start_agents(first="a")
+            lab.mount_client()
+            # small files: ~15 minutes of writing must fit the 128 MB DRBD disk
+            p.writer = UmlNfsWriter(lab.client, size=4096, interval=0.1, max_seconds=3600).start()
+            assert p.w.wait_acked(20, 60), f"client cannot write through the VIP: {p.w.errors()[-3:]}"
+            p.probe = UmlTcpProbe(lab.client).start()
+            p.timings["lab_setup"] = round(time.monotonic() - t1, 1)
+            yield p
+        finally:
+            p.watcher.stop()
+            if p.probe is not None:
+                with contextlib.suppress(AssertionError, LabError):
+                    p.probe.stop()
+            if p.writer is not None and lab.master():
+                with contextlib.suppress(AssertionError, LabError):
+                    p.w.stop(timeout=20)
+            p.timings["module_total"] = round(time.monotonic() - t0, 1)
+            print("\n" + summary(p), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def marks(p: Partition) -> dict[str, int]:
+    return {name: len(agent.log()) if agent.node.running else 0 for name, agent in p.lab.agents.items()}
+
+
+def transitions(agent: UmlAgent, since: int) -> list[str]:
+    return [f"{m[2]} -> {m[3]}" for m in TRANSITION.finditer(agent.log()[since:])]
+
+
+def step_line(agent: UmlAgent, step: str, op: str, since: int) -> str:
+    found = re.findall(rf"^.* {step} {op} (?:done|FAILED) in .*$", agent.log()[since:], re.M)
+    return found[-1] if found else ""
+
+
+def log_seconds(line: str) -> float | None:
+    """Seconds of the day of an agent log line (its HH:MM:SS.mmm prefix: the guest's wall clock)."""
+    m = re.match(r"(\d\d):(\d\d):(\d\d\.\d{3}) ", line)
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+
+
+def released_in_order(agent: UmlAgent, since: int) -> list[str]:
+    return [step for step, op in STEP.findall(agent.log()[since:]) if op == "release"]
+
+
+def fence_log(node: UmlNode) -> list[str]:
+    """The fence-peer handler's calls on a node (tests/lab/uml_agents.py writes them)."""
+    text = node.run(["cat", FENCE_PEER_LOG], check=False).stdout
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def kmsg_mark(p: Partition, text: str) -> None:
+    for node in p.lab.nodes.values():
+        if node.ready:
+            node.write_sysfs("/dev/kmsg", f"lab-marker: {text}")
+
+
+def drbd_kernel_log(node: UmlNode, marker: str, pattern: str) -> list[str]:
+    """DRBD kernel messages since ``marker`` that match ``pattern``."""
+    script = 'dmesg | sed -n "/lab-marker: $1\\$/,\\$p" | grep -E -e "$2" || true'
+    out = node.sh(script, marker, pattern).stdout
+    return [line.split("] ", 1)[-1].strip() for line in out.splitlines() if line.strip()]
+
+
+def describe(p: Partition) -> str:
+    states = {name: agent.vrrp_state() for name, agent in p.lab.agents.items() if agent.node.running}
+    return f"{p.lab.describe()}; VRRP {states}"
+
+
+def steady(p: Partition, timeout: float = 90.0) -> str:
+    """Until both nodes are connected and UpToDate, one serves (MASTER) and the other holds
+    nothing (BACKUP); returns the serving node."""
+    found: list[str] = []
+
+    def check() -> bool:
+        found.clear()
+        facts = p.lab.facts()
+        serving = [n for n, f in facts.items() if f.serving]
+        if len(facts) != 2 or len(serving) != 1:
+            return False
+        master = serving[0]
+        backup = other(master)
+        if not facts[backup].idle or not all(f.cs == "Connected" and f.disk == "UpToDate" for f in facts.values()):
+            return False
+        if p.agent(master).vrrp_state() != "MASTER" or p.agent(backup).vrrp_state() != "BACKUP":
+            return False
+        found.append(master)
+        return True
+
+    if not wait_until(check, timeout, 0.5):
+        pytest.fail(f"no steady state within {timeout:g} s: {describe(p)}")
+    return found[0]
+
+
+def resumed(p: Partition, since: float, what: str, timeout: float = 90.0) -> float:
+    """Writes are acknowledged again; the longest gap since ``since`` (client clock) is the outage.
+
+    Acks are awaited after *now*: a write blocked across the switch completes only then, so the
+    gap since ``since`` covers the whole outage.
+    """
+    served = guest_clock(p.lab.client)
+    if not p.w.wait_acked(10, timeout, after=served):
+        pytest.fail(f"client writes did not resume within {timeout:g} s after {what}; {describe(p)}; "
+                    f"writer errors {p.w.errors()[-3:]}")  # fmt: skip
+    return p.w.max_gap(since - 0.5)
+
+
+def client_tcp(p: Partition) -> str:
+    """The client's TCP connection(s) to the VIP's NFS port: state, retransmission timer, backoff."""
+    out = p.lab.client.run(["ss", "-tnoi", "dst", f"{VIP}:2049"], check=False).stdout.split()
+    keep = ("ESTAB", "SYN-SENT", "timer:", "backoff:", "rto:", "retrans:", "lastsnd:", "unacked:")
+    return " ".join(w for w in out if w.startswith(keep)) or "none"
+
+
+def acks_after(p: Partition, since: float, count: int = 4) -> str:
+    """When the first writes after an event were acknowledged (seconds after it, client clock)."""
+    acks = [a for a in p.w.acks() if a.ack > since][:count]
+    times = ", ".join(f"+{a.ack - since:.2f} (started +{a.start - since:.2f})" for a in acks)
+    return f"first acks after the event: {times}; writer errors {p.w.errors()[-2:]}"
+
+
+def check_writes(p: Partition) -> tuple[int, list[str]]:
+    """Read back what was acknowledged since the last check, and list the directory for the rest."""
+    acks = p.w.acks()
+    new = acks[p.verified :]
+    report = p.w.verify([a.name for a in new]) if new else None
+    present = p.w.listing()
+    missing = [f"V MISSING {a.name} (read back before)" for a in acks[: p.verified] if a.name not in present]
+    p.verified = len(acks)
+    bad = (report.bad if report else []) + missing
+    lost = (report.checked - report.ok if report else 0) + len(missing)
+    return lost, bad
+
+
+@contextlib.contextmanager
+def measured(p: Partition, scenario: int, index: int) -> Iterator[Run]:
+    """One run: from a steady state, the body, then the writes checked and the watcher's count."""
+    master = steady(p)
+    run = Run(scenario, index, master)
+    kmsg_mark(p, f"scenario {scenario} run {index}")
+    count0 = p.watcher.count()
+    acked0 = len(p.w.acks())
+    since = guest_clock(p.lab.client)
+    t0 = time.monotonic()
+    try:
+        yield run
+        assert p.probe is not None
+        gap = p.probe.restored_after(since)
+        run.fresh = gap[1] - gap[0] if gap is not None else 0.0
+        lost, bad = check_writes(p)
+        run.lost = lost
+        p.lost += bad
+        if run.final is not None:
+            time.sleep(max(0.0, run.not_before - time.monotonic()))
+            run.final()
+    finally:
+        run.seconds = time.monotonic() - t0
+        count1 = p.watcher.count()
+        run.rounds, run.dual = count1.rounds - count0.rounds, count1.dual - count0.dual
+        with contextlib.suppress(AssertionError, LabError):
+            run.acked = len(p.w.acks()) - acked0
+        p.runs.append(run)
+        outage = f"{run.outage:.2f} s" if run.outage is not None else "-"
+        fresh = f"{run.fresh:.2f} s" if run.fresh is not None else "-"
+        print(f"[{scenario}.{index + 1}] {SCENARIOS[scenario]}: master {run.master} -> {run.serving_after or '?'}; "
+              f"outage {outage} (new connections {fresh}); acked {run.acked}, lost {run.lost}; watcher "
+              f"{run.rounds} samples, {run.dual} dual Primary; {run.seconds:.1f} s", flush=True)  # fmt: skip
+        for n in run.notes:
+            print(f"      {n}", flush=True)
+    assert run.dual == 0, f"two Primaries seen: {p.watcher.describe()}"
+    assert run.lost == 0, f"acknowledged writes lost or damaged: {bad[:5]}"
+
+
+def no_second_failover(p: Partition, master: str, m: dict[str, int], backup_events: list[str]) -> Callable[[], None]:
+    """After a heal: ``master`` (the new one) kept serving, the old one stayed backup (preempt off)."""
+    old = other(master)
+
+    def check() -> None:
+        assert transitions(p.agent(master), m[master]) == ["BACKUP -> MASTER"], (
+            f"{master} changed state again after the heal:\n{p.agent(master).log()[m[master] :]}"
+        )
+        seen = transitions(p.agent(old), m[old])
+        assert seen == backup_events, f"{old}: expected {backup_events}, saw {seen}:\n{p.agent(old).log()[m[old] :]}"
+        assert "became MASTER" not in p.agent(old).log()[m[old] :]
+        facts = p.lab.facts()
+        assert facts[master].serving and facts[old].idle, describe(p)
+
+    return check
+
+
+def await_drbd_after_heal(p: Partition, run: Run, timeout: float = 60.0) -> dict[str, DrbdState]:
+    """Both sides back to Connected UpToDate, or StandAlone (split brain DRBD did not resolve)."""
+    states: dict[str, DrbdState] = {}
+
+    def settled() -> bool:
+        for name, node in p.lab.nodes.items():
+            st = drbd_state(node)
+            if st is None:
+                return False
+            states[name] = st
+        return all(connected_uptodate(s) for s in states.values()) or any(s.cs == "StandAlone" for s in states.values())
+
+    if not wait_until(settled, timeout, 0.2):
+        pytest.fail(f"DRBD neither resynced nor went StandAlone {timeout:g} s after the heal: "
+                    f"{ {n: s.summary for n, s in states.items()} }")  # fmt: skip
+    return states
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+
+
+def test_1_replication_link_cut_outdates_the_peer_and_resyncs(part: Partition) -> None:
+    p = part
+    for i in range(RUNS):
+        if i:  # alternate the master: a planned handover (not part of the run's numbers)
+            master = steady(p)
+            m = marks(p)
+            answer = p.agent(master).ctl("handover", timeout=120).stdout
+            assert "released" in answer, answer
+            p.lab.wait_serving(other(master), 60, since=m[other(master)])
+        with measured(p, 1, i) as run:
+            mst, peer = run.master, other(run.master)
+            M, P = p.node(mst), p.node(peer)
+            m = marks(p)
+            fences = len(fence_log(M))
+            since = guest_clock(p.lab.client)
+            t0 = time.monotonic()
+            M.cut(REPLICATION)
+            try:
+                wait_drbd(P, lambda s: s.disk == "Outdated", 30, "the peer's disk Outdated")
+                st = wait_drbd(M, lambda s: s.peer_disk == "Outdated", 10, "the master sees its peer Outdated")
+                run.note(f"peer Outdated {time.monotonic() - t0:.2f} s after the cut; master {st.summary}")
+                calls = fence_log(M)[fences:]
+                run.note(f"fence-peer on {mst}: {calls}")
+                assert any(" exit 4: " in c for c in calls), f"fence-peer handler on {mst}: {calls}"
+                assert p.agent(peer).wait_log("outdated our DRBD disk at the request of the peer", 5, m[peer])
+                # service continues on the master, through the cut
+                t_cut = guest_clock(p.lab.client)
+                assert p.w.wait_acked(20, 30, after=t_cut), f"writes stopped after the replication cut: {describe(p)}"
+                facts = p.lab.facts()
+                assert facts[mst].serving and facts[peer].idle, describe(p)
+            finally:
+                M.restore(REPLICATION)
+            t1 = time.monotonic()
+            heal = guest_clock(p.lab.client)
+            for node in (M, P):
+                wait_drbd(node, connected_uptodate, 60, "UpToDate after the heal")
+            resync = time.monotonic() - t1
+            run.note(f"resync after the heal: {resync:.2f} s; writes during it: longest gap {p.w.max_gap(heal):.2f} s")
+            if resync > 5:
+                for name, node in ((mst, M), (peer, P)):
+                    run.note(f"{name} DRBD: {drbd_kernel_log(node, f'scenario 1 run {i}', 'drbd')}")
+            for name in (mst, peer):
+                assert transitions(p.agent(name), m[name]) == [], (
+                    f"{name} changed VRRP state:\n{p.agent(name).log()[m[name] :]}"
+                )
+            facts = p.lab.facts()
+            assert facts[mst].serving and facts[peer].idle, describe(p)
+            run.serving_after = mst
+            run.outage = resumed(p, since, "replication cut")
+
+
+def test_2_service_link_cut_isolates_the_master_and_the_peer_takes_over(part: Partition) -> None:
+    p = part
+    start = len(p.problems)
+    misses: list[str] = []
+    for i in range(RUNS):
+        with measured(p, 2, i) as run:
+            mst, peer = run.master, other(run.master)
+            M = p.node(mst)
+            m = marks(p)
+            since = guest_clock(p.lab.client)
+            t0 = time.monotonic()
+            M.cut(SERVICE)
+            try:
+                p.lab.wait_serving(peer, 45, since=m[peer])
+                run.note(f"{peer} serves {time.monotonic() - t0:.2f} s after the cut")
+                p.lab.wait_idle(mst, 15)
+                assert p.agent(mst).vrrp_state() == "FAULT", p.agent(mst).log()[m[mst] :]
+                assert "isolated" in p.agent(mst).log()[m[mst] :]
+                assert released_in_order(p.agent(mst), m[mst]) == RELEASE, p.agent(mst).log()[m[mst] :]
+                acquire = step_line(p.agent(peer), "drbd", "acquire", m[peer])
+                assert "connected" in acquire, acquire
+                run.note(f"{peer}: {acquire.split(' INFO ', 1)[-1]}")
+                tcp = client_tcp(p)  # the writer's connection when the peer serves: in TCP backoff?
+                run.outage = resumed(p, since, "service cut")
+                gap = p.probe.restored_after(since) if p.probe else None
+                assert gap is not None and gap[1] < float("inf"), "new connections to the VIP never worked again"
+                back = gap[1] - since
+                target = outage_target(peer)
+                run.note(
+                    f"new TCP connections to the VIP work again +{back:.2f} s after the cut; {acks_after(p, since)}"
+                )
+                if back > target:
+                    p.problems.append(f"scenario 2 run {i + 1}: the service is back for new connections "
+                                      f"{back:.2f} s after the cut > target {target:.2f} s")  # fmt: skip
+                if run.outage > target:
+                    misses.append(f"run {i + 1}: writer's outage {run.outage:.2f} s > target {target:.2f} s, while "
+                                  f"new connections worked again after {back:.2f} s; the writer's NFS connection "
+                                  f"when {peer} began serving: {tcp}")  # fmt: skip
+            finally:
+                M.restore(SERVICE)
+            run.serving_after = peer
+            assert p.agent(mst).wait_log("FAULT -> BACKUP", 20, m[mst]), p.agent(mst).log()[m[mst] :]
+            run.not_before = time.monotonic() + mdi(mst) + 0.5
+            run.final = no_second_failover(p, peer, m, ["MASTER -> FAULT", "FAULT -> BACKUP"])
+    # The writer's own outage also depends on its TCP connection: the client retransmits to the
+    # VIP with exponential backoff (RTO 0.21 s doubling: at about +0.2, 0.6, 1.5, 3.1, 6.5, 13.2 s)
+    # and reconnects only when a retransmission reaches the new master (which answers with a
+    # reset).  A takeover that completes after the +6.5 s one costs the writer until +13.2 s,
+    # although the service is back (measured: b, Master_Down_Interval 3.61 s, serves at 7.2-7.4 s
+    # and the writer resumes at ~14.4 s; a, 3.41 s, serves at 6.2-6.5 s and the writer at ~7.3 s).
+    for miss in misses:
+        print(f"  scenario 2 target missed by the writer: {miss}")
+    p.notes += [f"scenario 2, {m}" for m in misses]
+    if STRICT_OUTAGE:
+        p.problems += [f"scenario 2 {m}" for m in misses]
+    assert len(p.problems) == start, "\n".join(p.problems[start:])
+
+
+def test_3_both_links_cut_the_peer_waits_then_promotes(part: Partition) -> None:
+    p = part
+    for i in range(RUNS):
+        with measured(p, 3, i) as run:
+            mst, peer = run.master, other(run.master)
+            M, P = p.node(mst), p.node(peer)
+            m = marks(p)
+            fences, fences_m = len(fence_log(P)), len(fence_log(M))
+            since = guest_clock(p.lab.client)
+            t0 = time.monotonic()
+            M.cut(REPLICATION)
+            M.cut(SERVICE)
+            try:
+                p.lab.wait_serving(peer, 60, since=m[peer])
+                took = time.monotonic() - t0
+                run.note(f"{peer} serves {took:.2f} s after the cut (Master_Down_Interval {mdi(peer):.2f} s + "
+                         f"isolation time {isolation_time():.1f} s)")  # fmt: skip
+                p.lab.wait_idle(mst, 15)
+                assert p.agent(mst).vrrp_state() == "FAULT", p.agent(mst).log()[m[mst] :]
+                assert released_in_order(p.agent(mst), m[mst]) == RELEASE, p.agent(mst).log()[m[mst] :]
+                acquire = step_line(p.agent(peer), "drbd", "acquire", m[peer])
+                assert "taken as dead (unknown_peer = witness)" in acquire, acquire
+                run.note(f"{peer}: {acquire.split(' INFO ', 1)[-1]}")
+                demoted, promoted = (
+                    log_seconds(step_line(p.agent(mst), "drbd", "release", m[mst])),
+                    log_seconds(acquire),
+                )
+                if demoted is not None and promoted is not None:
+                    run.note(f"{mst} was Secondary {promoted - demoted:.2f} s before {peer}'s promotion completed "
+                             "(the agents' log clocks)")  # fmt: skip
+                run.note(f"fence-peer on {peer}: {fence_log(P)[fences:]}; on {mst}: {fence_log(M)[fences_m:]}")
+                run.outage = resumed(p, since, "both links cut")
+            finally:
+                M.restore(REPLICATION)
+                M.restore(SERVICE)
+            run.serving_after = peer
+            states = await_drbd_after_heal(p, run)
+            marker = f"scenario 3 run {i}"
+            for name, node in p.lab.nodes.items():
+                run.note(f"DRBD on {name} after the heal: {drbd_kernel_log(node, marker, 'Split-Brain|StandAlone')}")
+            if any(s.cs == "StandAlone" for s in states.values()):
+                run.note(f"DRBD StandAlone: { {n: s.summary for n, s in states.items()} }")
+                split_brain_recovery(p, run, victim=mst, survivor=peer)
+            assert p.agent(mst).wait_log("FAULT -> BACKUP", 20, m[mst]), p.agent(mst).log()[m[mst] :]
+            run.not_before = time.monotonic() + mdi(mst) + 0.5
+            run.final = no_second_failover(p, peer, m, ["MASTER -> FAULT", "FAULT -> BACKUP"])
+
+
+def split_brain_recovery(p: Partition, run: Run, victim: str, survivor: str) -> None:
+    """DRBD left a split brain unresolved: the victim's agent must not serve; README's manual recovery."""
+    facts = p.lab.facts()
+    assert facts[survivor].serving and facts[victim].idle, describe(p)
+    v = p.agent(victim)
+    run.note(f"{victim} agent: {v.log()[-600:]}")
+    v.ctl("maintenance", "on")
+    node = p.node(victim)
+    node.run(["drbdadm", "secondary", "r0"], check=False)
+    node.run(["drbdadm", "connect", "--discard-my-data", "r0"], check=False)
+    p.node(survivor).run(["drbdadm", "connect", "r0"], check=False)
+    for n in p.lab.nodes.values():
+        wait_drbd(n, connected_uptodate, 60, "UpToDate after the manual split-brain recovery")
+    v.ctl("maintenance", "off")
+
+
+def test_4_agent_killed_on_the_master_then_restarted(part: Partition) -> None:
+    p = part
+    for i in range(RUNS):
+        with measured(p, 4, i) as run:
+            mst, peer = run.master, other(run.master)
+            A = p.agent(mst)
+            assert A.proc is not None
+            m = marks(p)
+            since = guest_clock(p.lab.client)
+            t0 = time.monotonic()
+            proc = A.proc
+            proc.signal(signal.SIGKILL)
+            assert wait_until(lambda: not proc.alive(), 10, 0.1), "the agent survived SIGKILL"  # noqa: B023
+            facts = p.lab.facts()
+            assert facts[mst].serving, f"the node should still hold everything with its agent dead: {describe(p)}"
+            # meanwhile: the peer's VRRP takes over, its DRBD step waits for the (connected) Primary to demote
+            while time.monotonic() - t0 < AGENT_RESTART_AFTER:
+                time.sleep(0.5)
+            facts = p.lab.facts()
+            peer_log = p.agent(peer).log()[m[peer] :]
+            run.note(f"{peer} during the {AGENT_RESTART_AFTER:g} s: transitions {transitions(p.agent(peer), m[peer])}; "
+                     f"{mst} still serving: {facts[mst].serving}; {peer} holds nothing: {facts[peer].idle}; "
+                     f"writes acknowledged meanwhile {p.w.acked_after(since)}")  # fmt: skip
+            assert facts[peer].role != "Primary" and not facts[peer].vip, f"{peer} took over from {mst}: {describe(p)}"
+            failed = [line for line in peer_log.splitlines() if "FAILED" in line]
+            if failed:
+                run.note(f"{peer} failed steps meanwhile: {failed[:2]}")
+            t_restart = time.monotonic()
+            A.start()
+            m[mst] = 0
+            p.lab.wait_serving(peer, 60, since=m[peer])
+            run.note(f"{peer} serves {time.monotonic() - t_restart:.2f} s after {mst}'s agent restarted")
+            p.lab.wait_idle(mst, 15)
+            cleanup = [line.split(" ", 2)[-1] for line in A.log().splitlines() if "earlier run" in line]
+            run.note(f"{mst} restarted: {cleanup[:2]}")
+            acquire = step_line(p.agent(peer), "drbd", "acquire", m[peer])
+            run.note(f"{peer}: {acquire.split(' INFO ', 1)[-1]}")
+            run.outage = resumed(p, since, "agent restart")
+            run.serving_after = peer
+            assert A.wait_log("-> BACKUP", 20), A.log()
+            run.not_before = time.monotonic() + mdi(mst) + 0.5
+            run.final = no_second_failover(p, peer, m, ["INITIALIZE -> FAULT", "FAULT -> BACKUP"])
+
+
+def test_5_master_node_crash_then_it_rejoins_as_secondary(part: Partition) -> None:
+    p = part
+    for i in range(RUNS):
+        with measured(p, 5, i) as run:
+            mst, peer = run.master, other(run.master)
+            P = p.node(peer)
+            m = marks(p)
+            fences = len(fence_log(P))
+            since = guest_clock(p.lab.client)
+            t0 = time.monotonic()
+            p.lab.crash(mst)
+            p.lab.wait_serving(peer, 60, since=m[peer])
+            run.note(f"{peer} serves {time.monotonic() - t0:.2f} s after the crash")
+            acquire = step_line(p.agent(peer), "drbd", "acquire", m[peer])
+            run.note(f"{peer}: {acquire.split(' INFO ', 1)[-1]}")
+            run.note(f"fence-peer on {peer}: {fence_log(P)[fences:]}")
+            run.outage = resumed(p, since, "crash")
+            run.serving_after = peer
+            t1 = time.monotonic()
+            steps = p.lab.reboot(mst)
+            m[mst] = 0
+            run.note(f"{mst} back: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
+            st = drbd_state(p.node(mst))
+            assert st is not None and (st.role, st.peer_role) == ("Secondary", "Primary"), st
+            assert p.agent(mst).wait_log("-> BACKUP", 20), p.agent(mst).log()
+            run.note(f"rejoined as Secondary and BACKUP {time.monotonic() - t1:.1f} s after the reboot began")
+            run.not_before = time.monotonic() + mdi(mst) + 0.5
+            run.final = no_second_failover(p, peer, m, ["INITIALIZE -> FAULT", "FAULT -> BACKUP"])
+
+
+def test_6_no_dual_primary_and_every_acknowledged_write_survived(part: Partition) -> None:
+    p = part
+    steady(p)
+    p.w.stop()
+    t0 = time.monotonic()
+    report = p.w.verify()
+    p.final_check = f"final read-back of every acknowledged file ({time.monotonic() - t0:.1f} s): {report.describe()}"
+    print(p.final_check)
+    p.watcher.stop()
+    print(p.watcher.describe())
+    assert not p.watcher.dual, p.watcher.describe()
+    assert report.passed, report.describe()
+    assert not p.lost, p.lost[:10]
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def summary(p: Partition) -> str:
+    head = (f"{'scenario':<28} {'runs':>4} {'samples':>8} {'dual-Primary':>12} {'acked writes':>12} "
+            f"{'lost':>5} {'outage median / max (s)':>24} {'new conn. median / max':>23} {'time (s)':>9}")  # fmt: skip
+    lines = ["UML partition scenarios (watcher: both nodes' /proc/drbd every 100 ms)", head, "-" * len(head)]
+    for number, name in SCENARIOS.items():
+        runs = [r for r in p.runs if r.scenario == number]
+        if not runs:
+            continue
+        outages = [r.outage for r in runs if r.outage is not None]
+        outage = f"{statistics.median(outages):.2f} / {max(outages):.2f}" if outages else "-"
+        fresh_all = [r.fresh for r in runs if r.fresh is not None]
+        fresh = f"{statistics.median(fresh_all):.2f} / {max(fresh_all):.2f}" if fresh_all else "-"
+        lines.append(f"{f'{number}. {name}':<28} {len(runs):>4} {sum(r.rounds for r in runs):>8} "
+                     f"{sum(r.dual for r in runs):>12} {sum(r.acked for r in runs):>12} "
+                     f"{sum(r.lost for r in runs):>5} {outage:>24} {fresh:>23} "
+                     f"{sum(r.seconds for r in runs):>9.1f}")  # fmt: skip
+    lines.append(f"watcher: {p.watcher.describe()}")
+    for name, node in p.lab.lab.nodes.items():
+        stalls = [n for n in node.nudges if n[1] == ["/proc/drbd"]]
+        if node.nudges:
+            lines.append(f"command channel of {name}: {len(node.nudges)} request(s) unanswered after 2 s "
+                         f"({len(stalls)} of them /proc/drbd reads, which take ms): {node.nudges[:4]}")  # fmt: skip
+    if p.final_check:
+        lines.append(p.final_check)
+    lines += p.notes
+    if p.problems:
+        lines += ["targets missed:", *p.problems]
+    lines.append("timings (s): " + ", ".join(f"{k} {v:g}" for k, v in p.timings.items()))
+    return "\n".join(lines)
