@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -30,6 +31,7 @@ from agent.machine import Machine, Phase, PhaseChange, RunStep, Settings, VrrpFa
 from agent.peer import PeerChannel
 from agent.peerwire import Message, load_secret
 from agent.probes import Pinger, run_check
+from agent.tickle import Connection, Tickler, established, parse_connections
 from agent.track import Tracker
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
@@ -39,6 +41,10 @@ from vrrp.socket import WAKE_NEVER, VrrpSocket
 from vrrp.vip import Garp, LinkInfo, VipHolder
 
 log = logging.getLogger("failover-agent")
+#: seconds after we cycled our connection to outdate during which a new request does not cycle it again
+OUTDATE_CYCLE_HOLD = 30.0
+PEER_POLL_INTERVAL = 2.0  # how often a backup learns the master's client connections
+TICKLE_ROUNDS = (0.0, 0.3, 1.0)  # a client answers out-of-window segments at most every 0.5 s
 
 def router_params(cfg: Config, address: IPv4Address) -> Params:
     v = cfg.vrrp
@@ -131,6 +137,10 @@ class Instance:
         self._faults: dict[str, str] = {}
         self.tracker = Tracker(cfg.track) if cfg.track else None
         self.pinger: Pinger | None = None
+        self._outdate_lock = asyncio.Lock()
+        self._tickler: Tickler | None = None
+        self._peer_connections: list[Connection] = []
+        self._outdate_cycled_at: float | None = None
         self._track_tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -144,6 +154,8 @@ class Instance:
         self.sock.open(first_byte=(v.version << 4) | 1, vrid=v.vrid)
         self.garp.open()
         self._tasks = [asyncio.create_task(self.link.run(), name="link-monitor")]
+        if self.peer_channel is not None:
+            self._tasks.append(asyncio.create_task(self._learn_peer_connections(), name="peer-connections"))
         await self._reconcile()
         now = self.loop.time()
         if not self.info.up:
@@ -184,6 +196,8 @@ class Instance:
         self._stop_tracking()
         if self.peer_channel is not None:
             self.peer_channel.close()
+        if self._tickler is not None:
+            self._tickler.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -347,6 +361,34 @@ class Instance:
                                  f"{e.strerror or e}") from None
         self.peer_channel = channel
         self.chain.fence_peer = self.fence_peer
+        try:
+            self._tickler = Tickler(self.info.name)
+        except OSError as e:
+            log.warning("no tickle ACKs after a takeover (clients wait for their TCP retransmission): %s", e)
+
+    async def _learn_peer_connections(self) -> None:
+        """While backup, keep the master's client connections, to tickle them after a takeover."""
+        while self.peer_channel is not None and self.cfg.peer is not None:
+            if self.router.state == State.BACKUP and self._tickler is not None:
+                reply = await self.peer_channel.ask("state", self.cfg.peer.timeout)
+                if reply is not None and reply.body.get("phase") == str(Phase.SERVING):
+                    self._peer_connections = parse_connections(reply.body.get("connections"))
+            await asyncio.sleep(PEER_POLL_INTERVAL)
+
+    def _tickle(self) -> None:
+        """Just took over: reset the old master's client connections now (agent.tickle)."""
+        own = {str(v.ip) for v in self.cfg.vrrp.vips}
+        conns = [c for c in self._peer_connections if c[0] in own]
+        self._peer_connections = []
+        tickler = self._tickler
+        if not conns or tickler is None:
+            return
+        for delay in TICKLE_ROUNDS:
+            self.loop.call_later(delay, tickler.send, conns)
+        clients = sorted({c[2] for c in conns})
+        emit(Event.SERVING, f"tickled {len(conns)} TCP connection(s) of the old master's clients "
+             f"({', '.join(clients[:8])}{' ...' if len(clients) > 8 else ''}) so they reconnect now",
+             CONNECTIONS=len(conns))
 
     async def fence_peer(self) -> str:
         """Ask the peer to outdate its disk: outdated | primary | unreachable | failed: ..."""
@@ -375,20 +417,42 @@ class Instance:
             return False, f"the tracker counts us isolated ({detail})"
         return ok >= track.min_reachable, f"{ok} of {len(results)} witnesses answer now ({detail})"
 
+    def _client_connections(self) -> list[list[str | int]]:
+        if "vip" not in self.machine.held:
+            return []
+        try:
+            text = Path("/proc/net/tcp").read_text()
+        except OSError:
+            return []
+        return [list(c) for c in established(text, (v.ip for v in self.cfg.vrrp.vips))]
+
     async def _peer_request(self, msg: Message) -> dict[str, Any]:
         """Answer the peer. Only ever gives data up (outdate), and never while we hold or take it."""
         status = await self.chain.drbd_status() if self.chain.drbd else None
         if msg.kind == "state":
             return {"vrrp": str(self.router.state), "phase": str(self.machine.phase), "held": self.machine.held,
-                    "drbd": status.summary() if status else None}
+                    "drbd": status.summary() if status else None, "connections": self._client_connections()}
         busy = self.machine.phase not in (Phase.IDLE, Phase.FAULT) or bool(self.machine.held)
         if busy or (status is not None and status.primary):
             return {"result": "primary", "detail": f"phase {self.machine.phase}, holding {self.machine.held}"}
         if self.chain.drbd is None:
             return {"result": "failed", "detail": "no [drbd] section on the peer"}
+        if status is not None and status.peer_disk == "Outdated" and not status.connected:
+            # our fence-peer handler outdated the peer (or found it dead) and we went on writing: we
+            # hold the newer data, and outdating it would leave the stale copy as the only UpToDate one
+            return {"result": "failed", "detail": f"this node's DRBD records the peer as Outdated ({status.summary()}):"
+                                                  " it holds newer data than the peer; not outdating it"}
         notes: list[str] = []
         try:
-            await self.chain.drbd.outdate(notes)
+            async with self._outdate_lock:
+                # a disk we disconnected to outdate has reconnected and resynced: the link works, and
+                # the peer's DRBD asking again (its handler runs on every lost connection) must not
+                # make us cycle the connection forever
+                again = self._outdate_cycled_at is not None \
+                    and self.loop.time() - self._outdate_cycled_at < OUTDATE_CYCLE_HOLD
+                await self.chain.drbd.outdate(notes, disconnect=not again)
+                if notes:
+                    self._outdate_cycled_at = self.loop.time()
         except DrbdError as e:
             emit(Event.FENCE, f"the peer {msg.sender} asked us to outdate our DRBD disk and it failed: {e}",
                  logging.ERROR, ANSWER="failed", PEER=msg.sender)
@@ -491,6 +555,9 @@ class Instance:
              INTERFACE=self.info.name, VRRP_PRIORITY=self.router.priority)
         self.on_state(self)
         now = self.loop.time()
+        if t.old in (State.INITIALIZE, State.FAULT):
+            # the router forgets the peer when it (re)starts; the guard's silence counts from when we listen
+            self._vrrp_started = now
         if t.new == State.MASTER:
             self.counters.became_master += 1
             self._master_since = time.monotonic()
@@ -544,6 +611,7 @@ class Instance:
             emit(Event.SERVING, f"became MASTER: {self._master_reason}; {done}; VIP {addrs(self.cfg.vrrp.vips)} up "
                  f"({total:.1f} ms after the transition)", VRRP_STATE="MASTER", REASON=self._master_reason,
                  DURATION_MS=f"{total:.1f}", VIPS=addrs(self.cfg.vrrp.vips))
+            self._tickle()
         elif change.old == Phase.RELEASING and change.new == Phase.IDLE:
             emit(Event.RELEASED, f"released: {', '.join(reversed(self.cfg.steps))} ({change.reason})",
                  VRRP_STATE=self.router.state)

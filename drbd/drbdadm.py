@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str, str]]]
 FENCE_ACTIONS = ("none", "reboot", "poweroff")
+#: disk states that can never be promoted over the peer: what a fenced peer must be in
+GAVE_UP = ("Outdated", "Inconsistent", "Diskless")
 
 
 class DrbdError(Exception):
@@ -145,7 +147,7 @@ class Drbdadm:
         words = (await self._checked("cstate")).split()
         return words[0] if words else "Unknown"
 
-    async def outdate(self, notes: list[str] | None = None) -> None:
+    async def outdate(self, notes: list[str] | None = None, disconnect: bool = True) -> None:
         """Mark our own disk Outdated (asked by a peer that wants to promote without us).
 
         DRBD 8.4 exits 0 and changes nothing when the disk is still Connected, which is the usual
@@ -153,14 +155,18 @@ class Drbdadm:
         does. A peer told "outdated" then records us as Outdated while we stay UpToDate and fall
         behind, so the disk state is read back, and a connected disk is disconnected for the
         outdate and reconnected at once (it resyncs as SyncTarget when the link works again).
+        An Inconsistent or Diskless disk is worse than Outdated already and is left alone.
         """
         log = notes if notes is not None else []
+        if await self.disk_state() in GAVE_UP:
+            return
         await self._checked("outdate")
-        if await self.disk_state() == "Outdated":
+        if await self.disk_state() in GAVE_UP:
             return
         cstate = await self.connection_state()
-        if cstate == "StandAlone":
-            raise DrbdError(f"drbdadm outdate {self.resource} returned 0 but the disk is not Outdated (StandAlone)")
+        if cstate == "StandAlone" or not disconnect:
+            raise DrbdError(f"drbdadm outdate {self.resource} returned 0 but the disk is not Outdated ({cstate}"
+                            f"{'' if disconnect else '; not disconnecting it again so soon'})")
         await self._checked("disconnect")
         try:
             await self._checked("outdate")

@@ -112,19 +112,26 @@ OK = (0, "", "")
 
 
 def test_outdate_on_a_disconnected_disk_is_read_back_and_done() -> None:
-    d, replay = adm({"outdate": [OK], "dstate": [OUTDATED]})
+    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE, OUTDATED]})
     asyncio.run(d.outdate())
-    assert [c[1] for c in replay.calls] == ["outdate", "dstate"]
+    assert [c[1] for c in replay.calls] == ["dstate", "outdate", "dstate"]
+
+
+@pytest.mark.parametrize("state", ["Outdated/DUnknown", "Inconsistent/UpToDate", "Diskless/UpToDate"])
+def test_outdate_leaves_a_disk_that_is_already_unpromotable_alone(state: str) -> None:
+    d, replay = adm({"dstate": [(0, state + "\n", "")]})
+    asyncio.run(d.outdate())
+    assert [c[1] for c in replay.calls] == ["dstate"]
 
 
 def test_outdate_while_still_connected_disconnects_outdates_and_reconnects() -> None:
     """8.4 ignores `outdate` (exit 0) on a Connected disk: a peer told "outdated" would be wrong."""
-    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE, OUTDATED], "cstate": [(0, "Connected\n", "")],
+    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE, UPTODATE, OUTDATED], "cstate": [(0, "Connected\n", "")],
                      "disconnect": [OK], "connect": [OK]})
     notes: list[str] = []
     asyncio.run(d.outdate(notes))
-    assert [c[1] for c in replay.calls] == ["outdate", "dstate", "cstate", "disconnect", "outdate", "dstate",
-                                            "connect"]
+    assert [c[1] for c in replay.calls] == ["dstate", "outdate", "dstate", "cstate", "disconnect", "outdate",
+                                            "dstate", "connect"]
     assert "was Connected: disconnected, outdated (Outdated), reconnected" in notes[0]
 
 
@@ -141,3 +148,10 @@ def test_outdate_standalone_that_does_not_take_is_an_error_without_reconnecting(
     with pytest.raises(drbdadm.DrbdError, match="StandAlone"):
         asyncio.run(d.outdate())
     assert "connect" not in [c[1] for c in replay.calls]
+
+
+def test_outdate_without_disconnecting_refuses_a_connected_disk() -> None:
+    d, replay = adm({"outdate": [OK], "dstate": [UPTODATE], "cstate": [(0, "Connected\n", "")]})
+    with pytest.raises(drbdadm.DrbdError, match="not disconnecting it again so soon"):
+        asyncio.run(d.outdate(disconnect=False))
+    assert "disconnect" not in [c[1] for c in replay.calls]

@@ -102,13 +102,14 @@ print(json.dumps(answers))
 """
 
 
-def peer_agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, peer: str, extra: str = "") -> AgentProc:
+def peer_agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, peer: str, extra: str = "",
+               advert_interval: float = 0.1) -> AgentProc:
     key = tmp_path / f"peer-{node}.key"
     key.write_bytes(KEY)
     key.chmod(0o600)
     agent = AgentProc(lab, node, tmp_path, priority=priority)
     text = render_agent_conf({"control_socket": str(agent.control_socket)}, priority=priority, version=3,
-                             advert_interval=0.1)
+                             advert_interval=advert_interval)
     text += f'[peer]\naddress = "{peer}"\nsecret_file = "{key}"\ntimeout = 0.5\n' + extra
     agent.write_config(text)
     lab.add_cleanup(agent.close)
