@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Sequence
 
+from drbd.drbdadm import run
 from vrrp.packet import checksum
 from vrrp.socket import _JEQ, _LD_B_IND, _LDX_MSH, _RET, attach_filter
 
@@ -118,19 +119,11 @@ async def run_check(argv: Sequence[str], timeout: float) -> tuple[bool, str]:
     """Exit status 0 within `timeout` is a pass; anything else a failure, with what it said."""
     t0 = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        code, out, err = await run(argv, timeout)
     except OSError as e:
         return False, f"cannot run {argv[0]}: {e.strerror or e}"
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return False, f"did not finish within {timeout:g} s (killed)"
-    text = " ".join(out.decode(errors="replace").split())[:200]
     took = (time.monotonic() - t0) * 1000
-    if proc.returncode == 0:
+    if code == 0:
         return True, f"exit 0 in {took:.0f} ms"
-    return False, f"exit {proc.returncode} in {took:.0f} ms" + (f": {text}" if text else "")
+    text = " ".join(f"{out} {err}".split())[:200]
+    return False, f"exit {code} in {took:.0f} ms" + (f": {text}" if text else "")
