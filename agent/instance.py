@@ -43,6 +43,7 @@ from vrrp.vip import Garp, LinkInfo, VipHolder
 log = logging.getLogger("failover-agent")
 #: seconds after we cycled our connection to outdate during which a new request does not cycle it again
 OUTDATE_CYCLE_HOLD = 30.0
+OUTDATE_ANSWER_TIMEOUT = 20.0  # how long a peer that answered "state" gets to outdate its disk
 PEER_POLL_INTERVAL = 2.0  # how often a backup learns the master's client connections
 TICKLE_ROUNDS = (0.0, 0.3, 1.0)  # a client answers out-of-window segments at most every 0.5 s
 
@@ -394,7 +395,11 @@ class Instance:
         """Ask the peer to outdate its disk: outdated | primary | unreachable | failed: ..."""
         if self.peer_channel is None or self.cfg.peer is None:
             return "unreachable"
-        reply = await self.peer_channel.ask("outdate", self.cfg.peer.timeout)
+        # alive? within the configured timeout; then the outdate itself may take several drbdadm
+        # calls (disconnect, outdate, read back, connect): a slow answer is not a dead peer
+        alive = await self.peer_channel.ask("state", self.cfg.peer.timeout)
+        reply = None if alive is None else \
+            await self.peer_channel.ask("outdate", max(self.cfg.peer.timeout, OUTDATE_ANSWER_TIMEOUT))
         answer = "unreachable" if reply is None else str(reply.body.get("result", "failed"))
         detail = "" if reply is None else str(reply.body.get("detail", ""))
         if answer not in ("outdated", "primary", "unreachable"):
