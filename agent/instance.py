@@ -473,12 +473,12 @@ class Instance:
         heard = self.router.last_heard_at
         silent = now - (heard if heard is not None else self._vrrp_started)
         drbd, track = self.cfg.drbd, self.cfg.track
-        witnesses = self.tracker is not None and track is not None and bool(track.witnesses)
         # the peer runs the same [track]: this long after its last advert it has noticed and released
         isolation = (track.fall * track.interval + track.timeout if track is not None else 0.0) \
             + (drbd.witness_grace if drbd is not None else 0.0)
         return PeerView(unknown_peer=drbd.unknown_peer if drbd else "refuse",
-                        witness_reachable=(not self.tracker.isolated) if witnesses and self.tracker else None,
+                        witness_reachable=None if self.tracker is None or track is None or not track.witnesses
+                        else not self.tracker.isolated,
                         peer_silent_for=silent, master_down_interval=self.router.master_down_interval,
                         isolation_time=isolation)
 

@@ -22,9 +22,9 @@ import struct
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
 
+from agent.probes import SO_BINDTODEVICE
 from vrrp.packet import checksum
 
-SO_BINDTODEVICE = 25
 TCP_ESTABLISHED = "01"
 MAX_CONNECTIONS = 400  # what one peer-channel datagram carries comfortably
 Connection = tuple[str, int, str, int]  # local address, local port, remote address, remote port

@@ -116,27 +116,22 @@ class Drbdadm:
                                   "(/proc/drbd is missing)")
         return await self.runner(["drbdadm", *args, self.resource], self.timeout)
 
-    async def role(self) -> str:
-        """Our role: 'Primary', 'Secondary' or 'Unknown' (8.4 prints 'Primary/Secondary')."""
-        code, out, err = await self._drbdadm("role")
-        if code != 0:
-            raise classify("role", self.resource, code, err)
-        word = out.strip().split("/")[0]
-        return word if word in ("Primary", "Secondary") else "Unknown"
-
-    async def promote(self) -> None:
-        code, _, err = await self._drbdadm("primary")
-        if code != 0:
-            raise classify("primary", self.resource, code, err)
-        role = await self.role()
-        if role != "Primary":
-            raise DrbdError(f"drbdadm primary {self.resource} returned 0 but the role is {role}")
-
     async def _checked(self, action: str) -> str:
         code, out, err = await self._drbdadm(action)
         if code != 0:
             raise classify(action, self.resource, code, err)
         return out
+
+    async def role(self) -> str:
+        """Our role: 'Primary', 'Secondary' or 'Unknown' (8.4 prints 'Primary/Secondary')."""
+        word = (await self._checked("role")).strip().split("/")[0]
+        return word if word in ("Primary", "Secondary") else "Unknown"
+
+    async def promote(self) -> None:
+        await self._checked("primary")
+        role = await self.role()
+        if role != "Primary":
+            raise DrbdError(f"drbdadm primary {self.resource} returned 0 but the role is {role}")
 
     async def disk_state(self) -> str:
         """Our disk state ('UpToDate', 'Outdated', ...); 8.4 prints 'local/peer'."""

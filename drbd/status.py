@@ -13,8 +13,10 @@ on, because this text comes from outside.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 UPTODATE = "UpToDate"
@@ -117,6 +119,12 @@ def _worse(a: str, b: str) -> str:
     return a if rank.get(a, -1) <= rank.get(b, -1) else b
 
 
+def _worst(states: Iterable[object], default: str) -> str:
+    """The worst of several volumes' disk states (`default` when there are none)."""
+    words = [s for s in states if isinstance(s, str)]
+    return functools.reduce(_worse, words) if words else default
+
+
 @dataclass
 class Events2:
     """Follows `drbdsetup events2` lines (`exists`/`change`/`create`/`destroy`), per resource.
@@ -166,9 +174,7 @@ class Events2:
                 vols.pop(f.get("volume", "0"), None)
             elif "disk" in f:
                 vols[f.get("volume", "0")] = f["disk"]
-            worst = "Diskless"
-            for i, d in enumerate(vols.values()):
-                worst = d if i == 0 else _worse(worst, d)
+            worst = _worst(vols.values(), "Diskless")
             minor = int(f["minor"]) if f.get("minor", "").isdigit() else st.minor
             st = replace(st, disk=worst, minor=minor)
         elif obj == "peer-device":
@@ -177,9 +183,7 @@ class Events2:
                 vols.pop(f.get("volume", "0"), None)
             elif "peer-disk" in f:
                 vols[f.get("volume", "0")] = f["peer-disk"]
-            worst = DUNKNOWN
-            for i, d in enumerate(vols.values()):
-                worst = d if i == 0 else _worse(worst, d)
+            worst = _worst(vols.values(), DUNKNOWN)
             done = f.get("done")
             st = replace(st, peer_disk=worst, replication=f.get("replication", st.replication),
                          sync_percent=float(done) if done and _is_float(done) else st.sync_percent)
@@ -219,10 +223,7 @@ def parse_status_json(text: str) -> dict[str, Status]:
         if not isinstance(res, dict) or not isinstance(res.get("name"), str):
             continue
         devices = _dicts(res.get("devices"))
-        disks = [d.get("disk-state") for d in devices]
-        disk = "Diskless"
-        for i, d in enumerate(x for x in disks if isinstance(x, str)):
-            disk = d if i == 0 else _worse(disk, d)
+        disk = _worst((d.get("disk-state") for d in devices), "Diskless")
         minors = [d.get("minor") for d in devices]
         st = Status(res["name"], role=str(res.get("role", UNKNOWN)), disk=disk,
                     suspended=bool(res.get("suspended", False)),
@@ -231,9 +232,7 @@ def parse_status_json(text: str) -> dict[str, Status]:
         if conns:  # single-peer view: the first connection is "the peer"
             c = conns[0]
             peers = _dicts(c.get("peer_devices"))
-            peer_disk = DUNKNOWN
-            for i, p in enumerate(x for x in (q.get("peer-disk-state") for q in peers) if isinstance(x, str)):
-                peer_disk = p if i == 0 else _worse(peer_disk, p)
+            peer_disk = _worst((q.get("peer-disk-state") for q in peers), DUNKNOWN)
             repl = peers[0].get("replication-state") if peers else None
             sync = peers[0].get("percent-in-sync") if peers else None
             st = replace(st, connection=str(c.get("connection-state", "StandAlone")),

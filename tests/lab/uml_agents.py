@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from tests.lab.agent import TRANSITION, Logged, render_agent_conf
 from tests.lab.netns import LabError, wait_until
@@ -365,10 +365,37 @@ def guest_clock(node: UmlNode) -> float:
     return float(node.read_file("/proc/uptime").split()[0])
 
 
-class UmlNfsWriter:
+class _ClientTool:
+    """A mode of tests/lab/uml_nfsload.py running in the client in the background, logging to LOG."""
+
+    LOG = ""
+    WHAT = ""
+
+    def __init__(self, client: UmlNode, argv: list[str]) -> None:
+        self.client = client
+        self.argv = argv
+        self.proc: SpawnedProcess | None = None
+        self._text = ""
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self.client.run(["rm", "-f", self.LOG])
+        self.proc = self.client.spawn(self.argv, log_path=self.LOG)
+        if not wait_until(lambda: "READY" in self.text() or not self.proc.alive(), timeout, 0.2):  # type: ignore[union-attr]
+            raise AssertionError(f"{self.WHAT} did not start:\n{self.text()}")
+        return self
+
+    def text(self) -> str:
+        result = self.client.run(["cat", self.LOG], check=False, timeout=20)
+        if result.returncode == 0:
+            self._text = result.stdout
+        return self._text
+
+
+class UmlNfsWriter(_ClientTool):
     """tests/lab/uml_nfsload.py writing through the client's NFS mount, in the background."""
 
     LOG = "/run/lab/nfsload.log"
+    WHAT = "NFS writer"
 
     def __init__(
         self,
@@ -378,25 +405,9 @@ class UmlNfsWriter:
         interval: float = 0.05,
         max_seconds: float = 900.0,
     ) -> None:
-        self.client = client
+        super().__init__(client, ["python3", NFSLOAD, "write", directory, "--size", str(size), "--interval",
+                                  f"{interval:g}", "--max-seconds", f"{max_seconds:g}"])  # fmt: skip
         self.directory = directory
-        self.argv = ["python3", NFSLOAD, "write", directory, "--size", str(size), "--interval", f"{interval:g}",
-                     "--max-seconds", f"{max_seconds:g}"]  # fmt: skip
-        self.proc: SpawnedProcess | None = None
-        self._text = ""
-
-    def start(self, timeout: float = 30.0) -> UmlNfsWriter:
-        self.client.run(["rm", "-f", self.LOG])
-        self.proc = self.client.spawn(self.argv, log_path=self.LOG)
-        if not wait_until(lambda: "READY" in self.text() or not self.proc.alive(), timeout, 0.2):  # type: ignore[union-attr]
-            raise AssertionError(f"NFS writer did not start:\n{self.text()}")
-        return self
-
-    def text(self) -> str:
-        result = self.client.run(["cat", self.LOG], check=False, timeout=20)
-        if result.returncode == 0:
-            self._text = result.stdout
-        return self._text
 
     def acks(self) -> list[Ack]:
         out = []
@@ -450,28 +461,17 @@ class UmlNfsWriter:
         return VerifyReport(int(end[-1][1]), int(end[-1][2]), bad)
 
 
-class UmlTcpProbe:
+class UmlTcpProbe(_ClientTool):
     """tests/lab/uml_nfsload.py probe in the client: a new TCP connection to HOST:PORT every
     ``interval`` s, logging only UP/DOWN changes (client's CLOCK_BOOTTIME, like the writer)."""
 
     LOG = "/run/lab/tcpprobe.log"
+    WHAT = "TCP probe"
 
     def __init__(self, client: UmlNode, host: str = VIP, port: int = 2049, interval: float = 0.1,
                  max_seconds: float = 3600.0) -> None:  # fmt: skip
-        self.client = client
-        self.argv = ["python3", NFSLOAD, "probe", host, str(port), "--interval", f"{interval:g}",
-                     "--max-seconds", f"{max_seconds:g}"]  # fmt: skip
-        self.proc: SpawnedProcess | None = None
-
-    def start(self, timeout: float = 30.0) -> UmlTcpProbe:
-        self.client.run(["rm", "-f", self.LOG])
-        self.proc = self.client.spawn(self.argv, log_path=self.LOG)
-        if not wait_until(lambda: "READY" in self.text() or not self.proc.alive(), timeout, 0.2):  # type: ignore[union-attr]
-            raise AssertionError(f"TCP probe did not start:\n{self.text()}")
-        return self
-
-    def text(self) -> str:
-        return self.client.run(["cat", self.LOG], check=False, timeout=20).stdout
+        super().__init__(client, ["python3", NFSLOAD, "probe", host, str(port), "--interval", f"{interval:g}",
+                                  "--max-seconds", f"{max_seconds:g}"])  # fmt: skip
 
     def changes(self) -> list[tuple[str, float, str]]:
         out = []
