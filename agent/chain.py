@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
 from agent import fs
 from agent.config import Config
-from agent.guard import PeerView, may_promote, witness_wait
 from agent.journal import Event, emit
-from agent.machine import Op, RunStep
+from agent.machine import Op, RunStep, Step
 from drbd import drbdadm
 from drbd.status import Status, auto_promote_on, parse_events2
 from nfs.backend import Backend, NfsError
@@ -48,14 +45,11 @@ class Chain:
         self.vips = vips
         self.garp = garp
         self.runner = runner
-        self.durations: dict[str, float] = {}
         self.drbd = drbdadm.Drbdadm(cfg.drbd.resource, runner=runner) if cfg.drbd else None
         self.nfs: Backend | None = None
         self.state: StateDir | None = None
         self._build_nfs(cfg)
         self._garp_task: asyncio.Task[None] | None = None
-        self.peer_view: Callable[[], PeerView] = PeerView  # the instance supplies VRRP's and the witnesses' view
-        self.fence_peer: Callable[[], Awaitable[str]] | None = None  # asks the peer to outdate (peer channel)
 
     def _build_nfs(self, cfg: Config) -> None:
         if cfg.nfs is None or cfg.filesystem is None:
@@ -74,46 +68,35 @@ class Chain:
 
     async def run(self, step: RunStep) -> tuple[bool, str]:
         """Carry out one step; never raises (except cancellation)."""
-        t0 = time.monotonic()
         try:
-            detail = await asyncio.wait_for(self._dispatch(step), step.timeout)
-            ok = True
+            return True, await asyncio.wait_for(self._dispatch(step), step.timeout)
         except TimeoutError:
-            ok, detail = False, f"{step.step} {step.op} did not finish within {step.timeout:g} s"
+            return False, f"{step.step} {step.op} did not finish within {step.timeout:g} s"
         except (StepFailed, fs.FsError, drbdadm.DrbdError, NfsError) as e:
-            ok, detail = False, str(e)
+            return False, str(e)
         except OSError as e:
-            ok, detail = False, f"{step.step} {step.op}: {e}"
-        ms = (time.monotonic() - t0) * 1000
-        if step.op != Op.CHECK or not ok:
-            self.durations[f"{step.step}_{step.op}"] = round(ms, 3)
-            emit(Event.STEP, f"{step.step} {step.op} {'done' if ok else 'FAILED'} in {ms:.1f} ms: {detail}",
-                 logging.INFO if ok else logging.ERROR, STEP=f"{step.step}_{step.op}",
-                 RESULT="ok" if ok else "failed", DURATION_MS=f"{ms:.1f}")
-        return ok, detail
+            return False, f"{step.step} {step.op}: {e}"
 
     async def _dispatch(self, step: RunStep) -> str:
-        handler: dict[tuple[str, Op], Callable[[], object]] = {
-            ("drbd", Op.ACQUIRE): self._drbd_acquire, ("drbd", Op.RELEASE): self._drbd_release,
-            ("drbd", Op.CHECK): self._drbd_check,
-            ("mount", Op.ACQUIRE): self._mount_acquire, ("mount", Op.RELEASE): self._mount_release,
-            ("mount", Op.CHECK): self._mount_check,
-            ("vip", Op.ACQUIRE): self._vip_acquire, ("vip", Op.RELEASE): self._vip_release,
-            ("vip", Op.CHECK): self._vip_check,
+        handler: dict[tuple[Step, Op], Callable[[], Awaitable[str]]] = {
+            (Step.DRBD, Op.RELEASE): self._drbd_release, (Step.DRBD, Op.CHECK): self._drbd_check,
+            (Step.MOUNT, Op.ACQUIRE): self._mount_acquire, (Step.MOUNT, Op.RELEASE): self._mount_release,
+            (Step.MOUNT, Op.CHECK): self._mount_check,
+            (Step.VIP, Op.ACQUIRE): self._vip_acquire, (Step.VIP, Op.RELEASE): self._vip_release,
+            (Step.VIP, Op.CHECK): self._vip_check,
             **self._nfs_handlers(),
         }
         fn = handler.get((step.step, step.op))
         if fn is None:
             raise StepFailed(f"no handler for {step.step} {step.op}")
-        result = await fn()  # type: ignore[misc]
-        return str(result)
+        return await fn()
 
     # -- probing (startup reconciliation) ------------------------------------------------
-    async def probe(self) -> list[str]:
+    async def probe(self) -> list[Step]:
         """Steps a crashed agent left held (the VIP is handled separately, before this)."""
         held = []
         if self.drbd and (st := await self.drbd_status()) is not None and st.primary:
-            held.append("drbd")
+            held.append(Step.DRBD)
         if self.drbd and self.cfg.drbd is not None:
             res = self.cfg.drbd.resource
             code, out, _ = await self.runner(["drbdsetup", "show", "--show-defaults", res], 10.0)
@@ -123,11 +106,11 @@ class Chain:
                             res)
         spec = self.mount_spec
         if spec is not None and fs.mounted(spec):
-            held.append("mount")
+            held.append(Step.MOUNT)
         if self.state is not None and self.state.bound():
-            held.append("nfs_state")
+            held.append(Step.NFS_STATE)
         if self.nfs is not None and self.nfs.running():
-            held.append("nfs")
+            held.append(Step.NFS)
         return held
 
     # -- DRBD ----------------------------------------------------------------------------
@@ -141,34 +124,9 @@ class Chain:
             raise StepFailed(f"drbdsetup events2 --now {res} failed (exit {code}): {err.strip() or out.strip()}")
         return parse_events2(out).get(res)
 
-    async def _drbd_acquire(self) -> str:
-        assert self.drbd is not None and self.cfg.drbd is not None
-        status = await self.drbd_status()
-        waited, t0 = "", time.monotonic()
-        while status is not None and status.peer_primary and status.connected and \
-                time.monotonic() - t0 < self._inner_timeout():
-            # we preempted, or the partition healed: the peer is releasing; wait for its demotion
-            await asyncio.sleep(0.1)
-            status = await self.drbd_status()
-            waited = f"; waited {time.monotonic() - t0:.2f} s for the peer to demote"
-        view = self.peer_view()
-        if (status is not None and not status.connected and not status.primary and not status.standalone
-                and status.peer_disk != "Outdated" and self.fence_peer is not None):
-            view = replace(view, peer_answer=await self.fence_peer())
-        pause = witness_wait(status, view)
-        if 0 < pause < self._inner_timeout() - (time.monotonic() - t0):
-            # unknown_peer = witness: give an isolated peer the time to notice and release first
-            await asyncio.sleep(pause)
-            status = await self.drbd_status()
-            view = replace(self.peer_view(), peer_answer=view.peer_answer)
-            waited += f"; waited {pause:.2f} s so an isolated peer could release first"
-        decision = may_promote(status, self.cfg.drbd.resource, view)
-        if not decision.allow:
-            raise StepFailed(f"not promoting: {decision.reason}")
-        if status is not None and status.primary:
-            return decision.reason + waited
+    async def promote(self) -> None:
+        assert self.drbd is not None
         await self.drbd.promote()
-        return f"{self.cfg.drbd.resource} Primary ({decision.reason}{waited})"
 
     async def _drbd_release(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None
@@ -221,7 +179,7 @@ class Chain:
         """Inside the step's own timeout, so a backend cleans up after itself before it is cancelled."""
         return max(1.0, self.cfg.monitor.step_timeout - 2.0)
 
-    def _nfs_handlers(self) -> dict[tuple[str, Op], Callable[[], Awaitable[str]]]:
+    def _nfs_handlers(self) -> dict[tuple[Step, Op], Callable[[], Awaitable[str]]]:
         state, nfs, timeout = self.state, self.nfs, self._inner_timeout()
         if state is None or nfs is None:
             return {}
@@ -230,12 +188,12 @@ class Chain:
             return state.check()
 
         return {
-            ("nfs_state", Op.ACQUIRE): lambda: state.acquire(timeout),
-            ("nfs_state", Op.RELEASE): lambda: state.release(timeout),
-            ("nfs_state", Op.CHECK): state_check,
-            ("nfs", Op.ACQUIRE): lambda: nfs.start(timeout),
-            ("nfs", Op.RELEASE): lambda: nfs.stop(timeout),
-            ("nfs", Op.CHECK): nfs.check,
+            (Step.NFS_STATE, Op.ACQUIRE): lambda: state.acquire(timeout),
+            (Step.NFS_STATE, Op.RELEASE): lambda: state.release(timeout),
+            (Step.NFS_STATE, Op.CHECK): state_check,
+            (Step.NFS, Op.ACQUIRE): lambda: nfs.start(timeout),
+            (Step.NFS, Op.RELEASE): lambda: nfs.stop(timeout),
+            (Step.NFS, Op.CHECK): nfs.check,
         }
 
     # -- VIPs ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from agent import config as configmod
 from agent import control
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
+from agent.node import fence_exit_code
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -80,10 +81,6 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
-#: DRBD's fence-peer handler contract (drbd.conf(5), handlers): what the exit code tells DRBD
-FENCE_EXIT = {"outdated": 4, "unreachable-dead": 5, "primary": 6}
-
-
 def cmd_fence_peer(args: argparse.Namespace) -> int:
     """DRBD's fence-peer handler: outdate the peer through the agents' peer channel."""
     resource = os.environ.get("DRBD_RESOURCE", "?")
@@ -92,20 +89,17 @@ def cmd_fence_peer(args: argparse.Namespace) -> int:
     except (control.ControlError, OSError) as e:
         print(f"fence-peer {resource}: the local agent does not answer ({e}); not fencing", file=sys.stderr)
         return 1
-    result = str(answer.get("answer"))
-    if result == "unreachable":
-        if answer.get("witness_reachable"):
-            print(f"fence-peer {resource}: the peer does not answer and a witness answers us: peer taken as dead")
-            return FENCE_EXIT["unreachable-dead"]
+    result, code = str(answer.get("answer")), fence_exit_code(answer)
+    if code != 1:
+        said = "the peer does not answer and a witness answers us: peer taken as dead" \
+            if result == "unreachable" else f"peer {result}"
+        print(f"fence-peer {resource}: {said}")
+    elif result == "unreachable":
         print(f"fence-peer {resource}: the peer does not answer and the witnesses do not vouch for us "
               f"({answer.get('witness_detail') or 'no detail'}): we may be the isolated node; not fencing",
               file=sys.stderr)
-        return 1
-    code = FENCE_EXIT.get(result)
-    if code is None:
+    else:
         print(f"fence-peer {resource}: the peer could not outdate its disk: {result}", file=sys.stderr)
-        return 1
-    print(f"fence-peer {resource}: peer {result}")
     return code
 
 

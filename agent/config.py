@@ -16,6 +16,7 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Interface, NetmaskValu
 from pathlib import Path
 from typing import Any
 
+from agent.machine import ORDER, Step
 from nfs.exports import Export, ExportError, parse_export
 
 DEFAULT_PATH = Path("/etc/failover-agent/agent.toml")
@@ -485,11 +486,11 @@ class Config:
     peer: PeerConfig | None = None
 
     @property
-    def steps(self) -> tuple[str, ...]:
+    def steps(self) -> tuple[Step, ...]:
         """The acquire chain this config asks for, in order (VIP-only without storage sections)."""
-        chain = (("drbd", self.drbd), ("mount", self.filesystem), ("nfs_state", self.nfs), ("nfs", self.nfs),
-                 ("vip", True))
-        return tuple(s for s, on in chain if on)
+        wanted = {Step.DRBD: self.drbd, Step.MOUNT: self.filesystem, Step.NFS_STATE: self.nfs, Step.NFS: self.nfs,
+                  Step.VIP: True}
+        return tuple(s for s in ORDER if wanted[s])
 
     @property
     def state_path(self) -> str:

@@ -26,6 +26,7 @@ from pyroute2 import AsyncIPRoute
 from agent import config as configmod
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
+from agent.events import Admin
 from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging
 from agent.metrics import MetricsServer
@@ -204,15 +205,15 @@ class Agent:
     # -- control requests ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         assert self.instance is not None
+        inst = self.instance.status()
         return {
             "agent": {"version": VERSION, "pid": os.getpid(), "config": self.cfg.file,
                       "started": self.started, "uptime": round(time.time() - self.started, 1),
                       "reloads": self.reloads, "reload_failures": self.reload_failures},
-            "instance": self.instance.status(),
-            "steps": dict(self.instance.chain.durations),
-            "storage": None if self.cfg.steps == ("vip",) else {
-                "chain": list(self.cfg.steps), "phase": str(self.instance.machine.phase),
-                "held": list(self.instance.machine.held)},
+            "instance": inst,
+            "steps": inst["steps"],
+            "storage": None if inst["chain"] == ["vip"] else {
+                "chain": inst["chain"], "phase": inst["phase"], "held": inst["held"]},
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +221,7 @@ class Agent:
         if self.instance is None:
             raise ControlError("the agent is still starting")
         if command == "status":
+            self.instance.refresh()
             return self.status()
         async with self._lock:
             if command == "handover":
@@ -230,13 +232,7 @@ class Agent:
                     raise ControlError("maintenance needs on: true or false")
                 return {"message": await self.instance.maintenance(on)}
         if command == "fence-peer":
-            inst = self.instance
-            answer = await inst.fence_peer()
-            witness, detail = await inst.witnesses_answer_now() if answer == "unreachable" else (False, "")
-            if answer == "unreachable":
-                emit(Event.FENCE, f"fence-peer: the peer does not answer; witnesses: {detail}", logging.WARNING,
-                     ANSWER=answer, WITNESS=str(witness).lower())
-            return {"answer": answer, "witness_reachable": witness, "witness_detail": detail}
+            return await self.instance.admin(Admin.FENCE_PEER)
         raise ControlError(f"unknown command {command!r} (status, handover, maintenance, fence-peer)")
 
     # -- reload -------------------------------------------------------------------------

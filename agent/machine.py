@@ -18,7 +18,21 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-ORDER = ("drbd", "mount", "nfs_state", "nfs", "vip")
+__all__ = ["ORDER", "Action", "Machine", "Op", "Phase", "PhaseChange", "RunStep", "Settings", "Step", "VrrpFault",
+           "VrrpRecover"]
+
+
+class Step(enum.StrEnum):
+    """The steps of the chain, in acquire order; the one name used by config, chain, status and journal."""
+
+    DRBD = "drbd"
+    MOUNT = "mount"
+    NFS_STATE = "nfs_state"
+    NFS = "nfs"
+    VIP = "vip"
+
+
+ORDER = tuple(Step)
 
 
 class Phase(enum.StrEnum):
@@ -37,7 +51,7 @@ class Op(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RunStep:
-    step: str
+    step: Step
     op: Op
     timeout: float
 
@@ -66,8 +80,8 @@ Action = RunStep | VrrpFault | VrrpRecover | PhaseChange
 
 @dataclass(frozen=True)
 class Settings:
-    steps: tuple[str, ...] = ("vip",)
-    timeouts: Mapping[str, float] = field(default_factory=dict)
+    steps: tuple[Step, ...] = (Step.VIP,)
+    timeouts: Mapping[Step, float] = field(default_factory=dict)
     monitor_interval: float = 2.0
     max_restarts: int = 2
     hold_down: float = 5.0
@@ -75,9 +89,9 @@ class Settings:
     release_retry: float = 1.0
     # steps whose loss the kernel reports as an event (VIPs: RTM_DELADDR), so polling them
     # would only cost wakeups; they are checked through `lost`
-    event_watched: frozenset[str] = frozenset()
+    event_watched: frozenset[Step] = frozenset()
 
-    def timeout(self, step: str) -> float:
+    def timeout(self, step: Step) -> float:
         return self.timeouts.get(step, 30.0)
 
 
@@ -88,18 +102,18 @@ class Machine:
             raise ValueError(f"steps must be a subsequence of {ORDER}, got {settings.steps}")
         self.s = settings
         self.phase = Phase.IDLE
-        self.held: list[str] = []  # acquired steps, in acquire order
+        self.held: list[Step] = []  # acquired steps, in acquire order
         self.running: RunStep | None = None
         self.want = False  # VRRP says MASTER
         self.failures = 0  # consecutive failed takeovers, for the hold-down backoff
-        self.restarts: dict[str, int] = {}
+        self.restarts: dict[Step, int] = {}
         self.fault_reason = ""
         self.hold_until: float | None = None
         self.check_at: float | None = None
         self.retry_at: float | None = None
         self._after_release: str | None = None  # fault reason once the rollback is done
-        self._checking: list[str] = []
-        self._restart_from: str | None = None
+        self._checking: list[Step] = []
+        self._restart_from: Step | None = None
 
     # -- inputs --------------------------------------------------------------------------
     def vrrp_master(self, now: float, reason: str) -> list[Action]:
@@ -110,7 +124,7 @@ class Machine:
         self.want = False
         return self._advance(now, f"VRRP no longer MASTER: {reason}")
 
-    def step_done(self, step: str, op: Op, ok: bool, detail: str, now: float) -> list[Action]:
+    def step_done(self, step: Step, op: Op, ok: bool, detail: str, now: float) -> list[Action]:
         run = self.running
         if run is None or run.step != step or run.op != op:
             return []  # a late answer for something we no longer wait for
@@ -148,16 +162,16 @@ class Machine:
             actions += self._advance(now, "monitor")
         return actions
 
-    def lost(self, step: str, detail: str, now: float) -> list[Action]:
+    def lost(self, step: Step, detail: str, now: float) -> list[Action]:
         """An event says a held step is gone (e.g. a VIP deleted by hand): like a failed check."""
         if self.phase != Phase.SERVING or step not in self.held or self.running is not None:
             return []
         return self._monitor_failed(step, detail, now)
 
-    def _polled(self) -> list[str]:
+    def _polled(self) -> list[Step]:
         return [s for s in self.held if s not in self.s.event_watched]
 
-    def reconcile(self, found: Sequence[str], now: float) -> list[Action]:
+    def reconcile(self, found: Sequence[Step], now: float) -> list[Action]:
         """At startup: whatever a crashed agent left held is released before we take part."""
         self.held = [s for s in self.s.steps if s in found]
         if not self.held:
@@ -212,7 +226,7 @@ class Machine:
             self.check_at = now + self.s.monitor_interval
         return actions
 
-    def _monitor_failed(self, step: str, detail: str, now: float) -> list[Action]:
+    def _monitor_failed(self, step: Step, detail: str, now: float) -> list[Action]:
         self._checking = []
         count = self.restarts.get(step, 0) + 1
         self.restarts[step] = count
@@ -235,7 +249,7 @@ class Machine:
         self.restarts.clear()
         return [self._go(Phase.FAULT, f"{reason}; rolled back, silent for {hold:g} s"), VrrpFault(reason)]
 
-    def _run(self, step: str, op: Op) -> RunStep:
+    def _run(self, step: Step, op: Op) -> RunStep:
         self.running = RunStep(step, op, self.s.timeout(step))
         return self.running
 

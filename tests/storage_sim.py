@@ -1,12 +1,15 @@
-"""Two simulated storage nodes on a virtual clock: VRRP, the failover machine, tracking, the guard,
-the peer channel and a model of DRBD 8.4, under partitions, crashes and heals.
+"""Two simulated storage nodes on a virtual clock, each running the agent's own decision core
+(`agent.node.Node`: VRRP, the failover machine, tracking, the guard, the peer policy), with a
+model of DRBD 8.4 under partitions, crashes and heals.
 
-The decision code is the real one (`vrrp.router.Router`, `agent.machine.Machine`,
-`agent.track.Tracker`, `agent.guard`); what the daemon's adapters do around it is mirrored
-here step for step, with `agent.instance` and `agent.chain` named where each rule comes from:
-the fault sources, priority 0 only once released, releasing what an earlier run left before
-joining VRRP, the DRBD acquire (wait for a releasing peer, ask the peer to outdate, the witness
-wait, `may_promote`), the peer's answer to "outdate", and the fence-peer handler.
+This module owns only the world: the clock, the links, the DRBD model, the steps' run times,
+processes that crash and restart, and message delay and loss. Each node's `Node` gets the
+same `agent.events` the daemon's adapters would give it and its `agent.actions` are carried out
+here in virtual time: adverts are encoded with `vrrp.packet` and queued at the peer (the
+doorbell rings for what the node asked it to), peer-channel requests reach the other `Node`
+and come back as its answers (or as silence after the asker's timeout), DRBD reads, promotions
+and outdates go to the model, pings reach the witness when the service link is up. Nothing of
+the agent's wiring is copied here; the config is an ordinary `agent.config` text.
 
 The network is a star: each node has a service link to the switch, where the witness and the
 clients are, and the two nodes share one replication cable. `split_switch` separates the nodes
@@ -20,37 +23,76 @@ the shorter history the sync target, two diverged histories are split brain (Sta
 client writes every 0.1 s through the node that serves with its service link up; a write is
 acknowledged once on the Primary (and on the peer too while connected). `violations` records
 every promotion while the other node is Primary and every promotion of data that lacks an
-acknowledged write.
+acknowledged write. DRBD's fence-peer handler runs `failoverctl fence-peer`, whose exit code
+(`agent.node.fence_exit_code`) 4 or 5 makes DRBD record the peer as Outdated.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from agent.config import TrackConfig
-from agent.guard import PeerView, may_promote, witness_wait
-from agent.machine import Action as MachineAction
-from agent.machine import Machine, Op, Phase, RunStep, Settings, VrrpFault, VrrpRecover
-from agent.track import Tracker
+from agent import actions as act
+from agent import events as ev
+from agent.config import Config, parse
+from agent.journal import Event as Kind
+from agent.machine import Op, Step
+from agent.node import Node, fence_exit_code
 from drbd.drbdadm import GAVE_UP
 from drbd.status import Status
-from vrrp.router import Action, Heard, OtherMaster, Params, Router, SendAdvert, State, Transition
+from vrrp.packet import GROUP, Advertisement, encode
 
-STEPS = ("drbd", "mount", "vip")
 WITNESS = IPv4Address("192.0.2.254")
-TRACK = TrackConfig(witnesses=(WITNESS,), interval=1.0, timeout=0.5, fall=3, rise=2)
-WITNESS_GRACE = 5.0
-STEP_TIMEOUT = 30.0
-INNER_TIMEOUT = STEP_TIMEOUT - 2.0  # agent.chain.Chain._inner_timeout
-PEER_TIMEOUT = 0.5  # [peer] timeout
+VIP = IPv4Address("192.0.2.100")
 HANDLER_DELAY = 0.3  # DRBD runs the fence-peer handler this long after it lost the peer
 SYNC_TIME = 1.0
-OUTDATE_CYCLE_HOLD = 30.0  # agent.instance
+LATENCY = 0.001  # one way, on any link
+DRBD_CALL = 0.002  # a drbdsetup / drbdadm call
+OUTDATE_CALL = 0.05  # drbdadm outdate, read back, maybe disconnect and connect
 Task = Generator[float, None, tuple[bool, str]]  # yields seconds to sleep, returns a step's result
+LOGGED = {Kind.TRANSITION, Kind.FENCE, Kind.FAULT, Kind.SERVING, Kind.RELEASED, Kind.CLEANUP}
+
+
+def node_config(i: int, policy: str, preempt: bool) -> Config:
+    """What an admin writes for node i of the pair (the witness policy's documented timings)."""
+    return parse(f"""
+[vrrp]
+interface = "eth0"
+vrid = 51
+priority = {(150, 100)[i]}
+version = 2
+advert_interval = 1.0
+preempt = {str(preempt).lower()}
+vips = ["{VIP}/24"]
+
+[drbd]
+resource = "r0"
+unknown_peer = "{policy}"
+
+[filesystem]
+device = "/dev/drbd0"
+mountpoint = "/srv/nfs"
+
+[monitor]
+interval = 2.0
+hold_down = 5.0
+step_timeout = 30.0
+
+[track]
+witnesses = ["{WITNESS}"]
+interval = 1.0
+timeout = 0.5
+fall = 3
+rise = 2
+
+[peer]
+address = "{Sim.address(1 - i)}"
+timeout = 0.5
+""", f"node{i}.toml")
 
 
 @dataclass
@@ -62,7 +104,7 @@ class Side:
     disk: str = "UpToDate"
     peer_outdated: bool = False  # metadata: the fence-peer handler outdated the peer (exit 4) or found it dead (5)
     standalone: bool = False
-    cycling: bool = False  # disconnected by the agent to outdate itself (agent.instance._peer_request)
+    cycling: bool = False  # disconnected by the agent to outdate itself (RunOutdate with disconnect)
     data: list[int] = field(default_factory=list)
 
 
@@ -182,206 +224,134 @@ class Drbd:
 
 
 class Agent:
-    """One failover-agent process: what agent.instance and agent.chain do around the decisions."""
+    """One failover-agent process: the real `Node`, its actions carried out in the simulated world."""
 
     def __init__(self, sim: Sim, i: int, policy: str, preempt: bool) -> None:
-        self.sim, self.i, self.policy = sim, i, policy
-        self.router = Router(Params(vrid=51, priority=(150, 100)[i], address=sim.address(i), version=2,
-                                    advert_interval=1.0, preempt=preempt))
-        self.machine = Machine(Settings(steps=STEPS, timeouts=dict.fromkeys(STEPS, STEP_TIMEOUT),
-                                        monitor_interval=2.0, hold_down=5.0))
-        self.tracker = Tracker(TRACK)
-        self.faults: dict[str, str] = {}
-        self.farewell = False
-        self.joined = False
-        self.started = sim.now
-        self.task: Task | None = None
-        self.task_step: RunStep | None = None
-        self.outdate_cycled_at: float | None = None
+        self.sim, self.i = sim, i
+        self.node = Node(node_config(i, policy, preempt), sim.address(i))
         self.alive = True
+        self.queue: list[tuple[bytes, float]] = []  # the VRRP socket's receive queue
+        self.threshold = 256  # the doorbell's: adverts of this priority or above ring it
+        self.timer_at: float | None = None
+        self.asks: dict[int, bool] = {}  # our AskPeer ids still waiting
+        self.replies: dict[int, Callable[[act.AnswerPeer], None]] = {}
+        self._pending: deque[ev.Event] = deque()
+        self._busy = False
+        self._ip_id = 0
 
-    # -- lifecycle (agent.instance.Instance.start) ---------------------------------------------
     def start(self) -> None:
-        self.sim.held[self.i].discard("vip")  # stale VIPs go first, then the probe (agent.chain.Chain.probe)
-        found = [s for s in STEPS if s in self.sim.held[self.i]]
-        if "drbd" not in found and self.sim.drbd.sides[self.i].role == "Primary":
-            found.insert(0, "drbd")
-        self.feed(self.machine.reconcile(found, self.sim.now))
-        self.sim.at(self.sim.now, self._probe)
-        self._join_when_quiet()
+        held = self.sim.held[self.i]
+        held.discard(Step.VIP)  # stale VIPs go first (agent.instance), then the probe (agent.chain)
+        found = [s for s in (Step.DRBD, Step.MOUNT) if s in held]
+        if Step.DRBD not in found and self.sim.drbd.sides[self.i].role == "Primary":
+            found.insert(0, Step.DRBD)
+        self.feed(ev.Start(tuple(found), True))
 
-    def _join_when_quiet(self) -> None:
-        if self.joined or self.machine.running is not None or self.machine.held:
-            return
-        self.joined = True
-        self.started = self.sim.now
-        if self.tracker.fault_reason:
-            self.faults["track"] = self.tracker.fault_reason
-            self.apply(self.router.fault(self.faults["track"], self.sim.now))
-        else:
-            self.apply(self.router.start(self.sim.now))
-
-    # -- VRRP (agent.instance.Instance.apply) ---------------------------------------------------
-    def apply(self, actions: list[Action]) -> None:
-        for a in actions:
-            if isinstance(a, SendAdvert):
-                if a.priority == 0 and (self.machine.running is not None or self.machine.held):
-                    self.farewell = True  # priority 0 only once everything is released
-                else:
-                    self.sim.advert(self.i, a.priority, a.interval)
-            elif isinstance(a, Transition):
-                self.sim.log(f"node {self.i}: VRRP {a.old} -> {a.new}: {a.reason}")
-                if a.old in (State.INITIALIZE, State.FAULT):
-                    self.started = self.sim.now  # listening again: silence counts from here
-                if a.new == State.MASTER:
-                    self.feed(self.machine.vrrp_master(self.sim.now, a.reason))
-                elif a.old == State.MASTER:
-                    self.feed(self.machine.vrrp_lost(self.sim.now, a.reason))
-            elif isinstance(a, OtherMaster) and "vip" in self.machine.held:
-                self.sim.advert(self.i, self.router.priority, None)
-        self.sim.wake(self)
-
-    def heard(self, heard: Heard) -> None:
-        if self.joined:
-            self.apply(self.router.receive(heard, self.sim.now))
-
-    def set_fault(self, source: str, reason: str | None, farewell: bool = False) -> None:
-        had = bool(self.faults)
-        if reason:
-            self.faults[source] = reason
-        elif self.faults.pop(source, None) is None:
-            return
-        if not self.joined:
-            return
-        if self.faults and not had:
-            self.apply(self.router.fault(reason or source, self.sim.now, farewell=farewell))
-        elif had and not self.faults:
-            self.apply(self.router.recover(self.sim.now, f"{source} fault cleared"))
-
-    def _probe(self) -> None:
+    # -- the adapter: one event at a time, then one timer ----------------------------------------
+    def feed(self, event: ev.Event) -> None:
         if not self.alive:
             return
-        ok = self.sim.reaches_witness(self.i)
-        self.sim.at(self.sim.now + (0.001 if ok else TRACK.timeout), lambda: self._probed(ok))
-        self.sim.at(self.sim.now + TRACK.interval, self._probe)
+        self._pending.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        while self._pending and self.alive:
+            for action in self.node.handle(self._pending.popleft(), self.sim.now):
+                self.do(action)
+        self._busy = False
+        deadline = self.node.deadline()
+        if deadline is not None and deadline != self.timer_at:
+            self.timer_at = deadline
+            self.sim.at(deadline, lambda: self._timer(deadline))
 
-    def _probed(self, ok: bool) -> None:
-        if self.alive:
-            self.tracker.result(str(WITNESS), ok, "echo reply" if ok else "no echo reply")
-            self.set_fault("track", self.tracker.fault_reason or None, farewell=True)
+    def _timer(self, at: float) -> None:
+        if self.timer_at == at:
+            self.timer_at = None
+            self.feed(ev.Timer())
 
-    # -- the machine (agent.instance.Instance._feed) -------------------------------------------
-    def feed(self, actions: list[MachineAction]) -> None:
-        for a in actions:
-            if isinstance(a, RunStep):
-                self.task_step, self.task = a, self.run(a)
-                self._resume()
-            elif isinstance(a, VrrpFault):
-                self.set_fault("hold", a.reason, farewell=True)
-            elif isinstance(a, VrrpRecover):
-                self.set_fault("hold", None)
-        if self.machine.running is None and not self.machine.held:
-            if self.farewell:
-                self.farewell = False
-                self.sim.advert(self.i, 0, None)
-            self._join_when_quiet()
-        self.sim.wake(self)
+    def later(self, dt: float, event: ev.Event) -> None:
+        self.sim.at(self.sim.now + dt, lambda: self.feed(event))
 
-    def _resume(self) -> None:
-        task, step = self.task, self.task_step
-        if not self.alive or task is None or step is None:
+    def do(self, a: act.Action) -> None:
+        sim, i = self.sim, self.i
+        if isinstance(a, act.SendAdvert):
+            sim.advert(i, self._datagram(a), a.priority)
+        elif isinstance(a, act.DrainAdverts):
+            self._pending.append(ev.AdvertsHeard(tuple(self.queue)))
+            self.queue = []
+        elif isinstance(a, act.SetWakeThreshold):
+            self.threshold = a.threshold
+        elif isinstance(a, act.RunStep):
+            self._resume(a, self.run(a))
+        elif isinstance(a, act.ReadDrbd):
+            self.later(DRBD_CALL, ev.DrbdRead(sim.drbd.status(i)))
+        elif isinstance(a, act.Promote):
+            sim.at(sim.now + DRBD_CALL, self._promote)
+        elif isinstance(a, act.SendProbe):
+            ok = sim.reaches_witness(i)
+            self.later(LATENCY if ok else a.timeout,
+                       ev.ProbeResult(a.target, ok, "echo reply" if ok else "no echo reply", a.fresh))
+        elif isinstance(a, act.AskPeer):
+            sim.ask_peer(self, a)
+        elif isinstance(a, act.AnswerPeer):
+            reply = self.replies.pop(a.id, None)
+            if reply is not None:
+                reply(a)
+        elif isinstance(a, act.RunOutdate):
+            sim.at(sim.now + OUTDATE_CALL, lambda: self._outdate(a))
+        elif isinstance(a, act.AdminAnswer):
+            sim.fence_peer_answered(i, fence_exit_code(a.body), str(a.body.get("answer")))
+        elif isinstance(a, act.Emit) and a.kind in LOGGED:
+            sim.log(f"node {i}: {a.message}")
+
+    def _datagram(self, a: act.SendAdvert) -> bytes:
+        v = self.node.cfg.vrrp
+        self._ip_id += 1
+        adv = Advertisement(version=v.version, vrid=v.vrid, priority=a.priority,
+                            interval=v.advert_interval if a.interval is None else a.interval, addresses=(VIP,))
+        return encode(adv, self.sim.address(self.i), GROUP, self._ip_id)
+
+    def heard(self, datagram: bytes, priority: int) -> None:
+        self.queue.append((datagram, self.sim.now))
+        if priority == 0 or priority >= self.threshold:
+            self.feed(ev.Doorbell())
+
+    def _promote(self) -> None:
+        refused = self.sim.drbd.promote(self.i) if self.alive else "agent gone"
+        self.feed(ev.Promoted(not refused, refused))
+
+    def _outdate(self, a: act.RunOutdate) -> None:
+        why = self.sim.drbd.outdate(self.i, may_disconnect=a.disconnect)
+        done = why in ("", "cycled")
+        self.feed(ev.OutdateDone(a.id, done, ("cycled",) if why == "cycled" else (), "" if done else why))
+
+    # -- the steps (what agent.chain runs), in virtual time ------------------------------------------
+    def run(self, step: act.RunStep) -> Task:
+        # up to 1.5 s a step: a whole release fits in witness_grace, which the witness policy relies on
+        yield self.sim.rng.uniform(0.005, 1.5)
+        drbd = self.sim.drbd
+        if step.step != Step.DRBD:
+            return True, f"{step.step} {step.op}"
+        if step.op == Op.RELEASE:
+            drbd.demote(self.i)
+            return True, "Secondary"
+        st = drbd.status(self.i)
+        return (st is not None and st.primary), "check"
+
+    def _resume(self, step: act.RunStep, task: Task) -> None:
+        if not self.alive:
             return
         try:
             delay = next(task)
         except StopIteration as done:
             ok, detail = done.value
-            self.task = self.task_step = None
             if ok and step.op == Op.ACQUIRE:
                 self.sim.held[self.i].add(step.step)
             elif ok and step.op == Op.RELEASE:
                 self.sim.held[self.i].discard(step.step)
-            self.feed(self.machine.step_done(step.step, step.op, ok, detail, self.sim.now))
+            self.feed(ev.StepDone(step.step, step.op, ok, detail))
             return
-        self.sim.at(self.sim.now + delay, self._resume)
-
-    def timer(self) -> None:
-        if not self.alive:
-            return
-        now = self.sim.now
-        if self.joined and self.router.deadline is not None and self.router.deadline <= now:
-            self.apply(self.router.tick(now))
-        if self.machine.deadline is not None and self.machine.deadline <= now:
-            self.feed(self.machine.tick(now))
-        self.sim.wake(self)
-
-    @property
-    def deadline(self) -> float | None:
-        times = [t for t in (self.router.deadline if self.joined else None, self.machine.deadline) if t is not None]
-        return min(times) if times else None
-
-    # -- the steps (agent.chain.Chain) -----------------------------------------------------------
-    def run(self, step: RunStep) -> Task:
-        # up to 1.5 s a step: a whole release fits in witness_grace, which the witness policy relies on
-        yield self.sim.rng.uniform(0.005, 1.5)
-        drbd = self.sim.drbd
-        if step.step != "drbd":
-            return True, f"{step.step} {step.op}"
-        if step.op == Op.RELEASE:
-            drbd.demote(self.i)
-            return True, "Secondary"
-        if step.op == Op.CHECK:
-            st = drbd.status(self.i)
-            return (st is not None and st.primary), "check"
-        return (yield from self._drbd_acquire())
-
-    def _drbd_acquire(self) -> Task:
-        drbd, t0 = self.sim.drbd, self.sim.now
-        status = drbd.status(self.i)
-        while status is not None and status.peer_primary and status.connected and self.sim.now - t0 < INNER_TIMEOUT:
-            yield 0.1
-            status = drbd.status(self.i)
-        view = self.peer_view()
-        if (status is not None and not status.connected and not status.primary and not status.standalone
-                and status.peer_disk != "Outdated"):
-            answer = self.sim.ask_peer(self.i)
-            yield 0.002 if answer != "unreachable" else PEER_TIMEOUT
-            view = PeerView(**{**view.__dict__, "peer_answer": answer})
-        pause = witness_wait(status, view)
-        if 0 < pause < INNER_TIMEOUT - (self.sim.now - t0):
-            yield pause
-            status = drbd.status(self.i)
-            view = PeerView(**{**self.peer_view().__dict__, "peer_answer": view.peer_answer})
-        decision = may_promote(status, "r0", view)
-        if not decision.allow:
-            return False, decision.reason
-        if status is not None and status.primary:
-            return True, decision.reason
-        refused = drbd.promote(self.i)
-        return (not refused), refused or decision.reason
-
-    def peer_view(self) -> PeerView:
-        """agent.instance.Instance._peer_view."""
-        heard = self.router.last_heard_at
-        silent = self.sim.now - (heard if heard is not None else self.started)
-        return PeerView(unknown_peer=self.policy, witness_reachable=not self.tracker.isolated,
-                        peer_silent_for=silent, master_down_interval=self.router.master_down_interval,
-                        isolation_time=TRACK.fall * TRACK.interval + TRACK.timeout + WITNESS_GRACE)
-
-    def peer_request(self) -> str:
-        """agent.instance.Instance._peer_request for "outdate"."""
-        status = self.sim.drbd.status(self.i)
-        busy = self.machine.phase not in (Phase.IDLE, Phase.FAULT) or bool(self.machine.held)
-        if busy or (status is not None and status.primary):
-            return "primary"
-        if status is None:
-            return "failed"
-        if status.peer_disk == "Outdated" and not status.connected:
-            return "failed"  # we hold newer data than the peer
-        again = self.outdate_cycled_at is not None and self.sim.now - self.outdate_cycled_at < OUTDATE_CYCLE_HOLD
-        why = self.sim.drbd.outdate(self.i, may_disconnect=not again)
-        if why == "cycled":
-            self.outdate_cycled_at = self.sim.now
-        return "outdated" if why in ("", "cycled") else "failed"
+        self.sim.at(self.sim.now + delay, lambda: self._resume(step, task))
 
 
 class Sim:
@@ -396,12 +366,12 @@ class Sim:
         self.service = [True, True]
         self.switch_split = False
         self.node_up = [True, True]
-        self.held: list[set[str]] = [set(), set()]
+        self.held: list[set[Step]] = [set(), set()]
         self.drbd = Drbd(self)
         self.agents: list[Agent | None] = [None, None]
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
-        self._woken: dict[int, float] = {}
+        self._rid = 0
         for i in (0, 1):
             self.start_agent(i)
         self.at(0.1, self._client)
@@ -410,12 +380,6 @@ class Sim:
     def at(self, t: float, fn: Callable[[], None]) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, fn))
-
-    def wake(self, agent: Agent) -> None:
-        d = agent.deadline
-        if d is not None and self._woken.get(id(agent)) != d:
-            self._woken[id(agent)] = d
-            self.at(d, agent.timer)
 
     def run_for(self, dt: float) -> None:
         end = self.now + dt
@@ -439,40 +403,58 @@ class Sim:
     def peers_talk(self) -> bool:
         return all(self.service) and all(self.node_up) and not self.switch_split
 
-    def advert(self, i: int, priority: int, interval: float | None) -> None:
-        heard = Heard(self.address(i), priority, 1.0 if interval is None else interval)
+    def advert(self, i: int, datagram: bytes, priority: int) -> None:
         if self.peers_talk():
-            self.at(self.now + 0.001, lambda: self._deliver(1 - i, heard))
+            self.at(self.now + LATENCY, lambda: self._deliver(1 - i, datagram, priority))
 
-    def _deliver(self, j: int, heard: Heard) -> None:
+    def _deliver(self, j: int, datagram: bytes, priority: int) -> None:
         agent = self.agents[j]
         if agent is not None and agent.alive and self.peers_talk():
-            agent.heard(heard)
+            agent.heard(datagram, priority)
 
-    def ask_peer(self, i: int) -> str:
-        """Over the peer channel (agent.peer): the peer's answer, or unreachable."""
-        peer = self.agents[1 - i]
-        if not self.peers_talk() or peer is None or not peer.alive:
-            return "unreachable"
-        answer = peer.peer_request()
-        self.log(f"node {i} asked node {1 - i} to outdate: {answer}")
-        return answer
+    def ask_peer(self, asker: Agent, a: act.AskPeer) -> None:
+        """Over the peer channel (agent.peer): the peer's `Node` answers, or the asker times out."""
+        i = asker.i
+        asker.asks[a.id] = True
+
+        def answered(body: dict[str, object] | None) -> None:
+            if asker.asks.pop(a.id, None) and asker.alive:
+                if a.kind == "outdate" and body is not None:
+                    self.log(f"node {i} asked node {1 - i} to outdate: {body.get('result')}")
+                asker.feed(ev.PeerAnswer(a.id, body))
+
+        def arrive() -> None:
+            peer = self.agents[1 - i]
+            if not self.peers_talk() or peer is None or not peer.alive:
+                return
+            self._rid += 1
+            peer.replies[self._rid] = lambda reply: self.at(self.now + LATENCY, lambda: self._back(reply, answered))
+            peer.feed(ev.PeerRequest(self._rid, a.kind, str(self.address(i)), self.drbd.status(1 - i)))
+
+        self.at(self.now + LATENCY, arrive)
+        self.at(self.now + a.timeout, lambda: answered(None))
+
+    def _back(self, reply: act.AnswerPeer, answered: Callable[[dict[str, object] | None], None]) -> None:
+        if self.peers_talk():
+            answered(dict(reply.body))
 
     def fence_peer_handler(self, i: int) -> None:
-        """DRBD on node i lost the peer while Primary: `failoverctl fence-peer` (agent.cli)."""
-        me = self.drbd.sides[i]
+        """DRBD on node i lost the peer while Primary: it runs `failoverctl fence-peer` (agent.cli)."""
         agent = self.agents[i]
-        if not me.up or self.drbd.connected() or agent is None or not agent.alive:
+        if not self.drbd.sides[i].up or self.drbd.connected() or agent is None or not agent.alive:
             return
-        answer = self.ask_peer(i)
-        if answer == "outdated" or (answer == "unreachable" and self.reaches_witness(i) and not agent.tracker.isolated):
-            me.peer_outdated = True  # exit 4 or 5: DRBD records the peer as Outdated
-        self.log(f"node {i} fence-peer: {answer}")
+        self._rid += 1
+        agent.feed(ev.AdminRequest(self._rid, ev.Admin.FENCE_PEER))
+
+    def fence_peer_answered(self, i: int, code: int, answer: str) -> None:
+        if code in (4, 5) and self.drbd.sides[i].up:
+            self.drbd.sides[i].peer_outdated = True  # DRBD records the peer as Outdated
+        self.log(f"node {i} fence-peer: {answer} (exit {code})")
 
     def _client(self) -> None:
         for i, agent in enumerate(self.agents):
             side = self.drbd.sides[i]
-            if (agent is not None and agent.alive and agent.machine.serving and self.service[i]
+            if (agent is not None and agent.alive and agent.node.machine.serving and self.service[i]
                     and side.up and side.role == "Primary"):
                 self.writes += 1
                 side.data.append(self.writes)

@@ -138,8 +138,7 @@ def test_an_advert_queued_at_the_moment_of_a_transition_is_handled_after_it() ->
 
         def on_state(inst: Instance) -> None:
             # what the daemon does on every change: render the STATUS= line from the status
-            inst.status()
-            if inst.router.state == "MASTER" and not pushed:
+            if inst.status()["state"] == "MASTER" and not pushed:
                 pushed.append(True)
                 sock = FakeSocket.instances[-1]
                 sock.queue.append(rival_advert())
@@ -151,7 +150,7 @@ def test_an_advert_queued_at_the_moment_of_a_transition_is_handled_after_it() ->
                 if pushed:
                     FakeSocket.instances[-1].queue.append(rival_advert())
 
-        inst = Instance(cfg, None, info, Counters(), on_state=on_state)  # type: ignore[arg-type]
+        inst = Instance(cfg, None, info, Counters(), on_state=on_state)
         await inst.start()
         task = asyncio.create_task(rival())
         await asyncio.sleep(1.5)  # Master_Down (0.36 s), the takeover, the rival's advert, the release

@@ -17,6 +17,7 @@ from agent.machine import (
     PhaseChange,
     RunStep,
     Settings,
+    Step,
     VrrpFault,
     VrrpRecover,
 )
@@ -101,7 +102,7 @@ def test_vrrp_flap_during_acquire_finishes_the_step_then_releases() -> None:
     d = Driver(Machine(STORAGE))
     d.feed(d.m.vrrp_master(0, "x"))
     d.answer()  # drbd promoted
-    assert d.m.running == RunStep("mount", Op.ACQUIRE, 30.0)
+    assert d.m.running == RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)
     d.feed(d.m.vrrp_lost(0.1, "preempted"))
     assert d.m.running is not None and d.m.running.step == "mount", "a running step is never abandoned"
     assert runs(d.settle()) == ["acquire:mount", "release:mount", "release:drbd"]
@@ -159,20 +160,20 @@ def test_failed_release_is_retried_never_left_half_done() -> None:
 
 def test_startup_reconciliation_releases_leftovers_first() -> None:
     d = Driver(Machine(STORAGE))
-    d.feed(d.m.reconcile(["drbd", "mount", "nfs"], 0))
+    d.feed(d.m.reconcile([Step.DRBD, Step.MOUNT, Step.NFS], 0))
     assert runs(d.settle()) == ["release:nfs", "release:mount", "release:drbd"]
     assert d.m.phase == Phase.IDLE
 
 
 def test_vip_only_mode() -> None:
-    d = Driver(Machine(Settings(steps=("vip",))))
+    d = Driver(Machine(Settings(steps=(Step.VIP,))))
     d.feed(d.m.vrrp_master(0, "x"))
     assert runs(d.settle()) == ["acquire:vip"] and d.m.serving
 
 
 def test_steps_must_keep_the_chain_order() -> None:
     with pytest.raises(ValueError):
-        Machine(Settings(steps=("vip", "drbd")))
+        Machine(Settings(steps=(Step.VIP, Step.DRBD)))
 
 
 # -- properties ------------------------------------------------------------------------------
@@ -184,9 +185,9 @@ EVENT = st.one_of(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(EVENT, max_size=80), st.sampled_from([ORDER, ("mount", "nfs", "vip"), ("vip",)]))
+@given(st.lists(EVENT, max_size=80), st.sampled_from([ORDER, (Step.MOUNT, Step.NFS, Step.VIP), (Step.VIP,)]))
 def test_chain_invariants_under_random_flaps_and_outcomes(events: list[tuple[object, ...]],
-                                                          steps: tuple[str, ...]) -> None:
+                                                          steps: tuple[Step, ...]) -> None:
     m = Machine(Settings(steps=steps, monitor_interval=2.0, max_restarts=1, hold_down=1.0))
     now = 0.0
     mirror: list[str] = []  # what we believe is held, rebuilt only from the answers we give
@@ -259,15 +260,15 @@ def test_chain_invariants_under_random_flaps_and_outcomes(events: list[tuple[obj
 
 
 def test_event_watched_steps_are_not_polled_and_their_loss_restarts_them() -> None:
-    d = Driver(Machine(Settings(steps=("mount", "vip"), event_watched=frozenset({"vip"}))))
+    d = Driver(Machine(Settings(steps=(Step.MOUNT, Step.VIP), event_watched=frozenset({Step.VIP}))))
     d.feed(d.m.vrrp_master(0, "x"))
     d.settle()
     d.advance(2.0)
     assert runs([a for a in d.log if isinstance(a, RunStep)])[2:] == ["check:mount"]
-    only_vip = Driver(Machine(Settings(steps=("vip",), event_watched=frozenset({"vip"}))))
+    only_vip = Driver(Machine(Settings(steps=(Step.VIP,), event_watched=frozenset({Step.VIP}))))
     only_vip.feed(only_vip.m.vrrp_master(0, "x"))
     only_vip.settle()
     assert only_vip.m.deadline is None, "nothing to poll: no periodic wakeups"
-    only_vip.feed(only_vip.m.lost("vip", "deleted by hand", 1.0))
+    only_vip.feed(only_vip.m.lost(Step.VIP, "deleted by hand", 1.0))
     assert runs(only_vip.settle()) == ["release:vip", "acquire:vip"]
     assert only_vip.m.serving and only_vip.m.restarts == {"vip": 1}

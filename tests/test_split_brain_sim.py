@@ -19,6 +19,8 @@ The deterministic cases first check that the simulation does what the real labs 
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -33,7 +35,7 @@ def settled(policy: str, seed: int = 1, preempt: bool = False) -> Sim:
     sim = Sim(policy, seed, preempt)
     sim.run_for(15)
     assert sim.primaries() == [0], sim.events
-    assert sim.agents[0] is not None and sim.agents[0].machine.serving
+    assert sim.agents[0] is not None and sim.agents[0].node.machine.serving
     return sim
 
 
@@ -113,7 +115,7 @@ def test_silence_counts_from_when_the_backup_listens_again() -> None:
         sim.set_service(1, True)
         b = sim.agents[1]
         assert b is not None
-        while b.router.state != State.BACKUP:
+        while b.node.router.state != State.BACKUP:
             sim.run_for(0.01)
         sim.set_service(0, False)
         sim.set_replication(False)
@@ -199,7 +201,9 @@ class WitnessPair(Pair):
         assert not dual, "\n".join([*dual, "--- events:", *self.sim.events[-60:]])
 
 
-SETTINGS = settings(max_examples=300, stateful_step_count=40, deadline=None,
+# CI: 300 examples x 40 steps per policy. HYPOTHESIS_PROFILE=long: 5,000 x 80, run before a release
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+SETTINGS = settings(max_examples=5000 if LONG else 300, stateful_step_count=80 if LONG else 40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestRefusePolicy = Pair.TestCase
 TestRefusePolicy.settings = SETTINGS

@@ -1,0 +1,931 @@
+"""One storage node's every decision, sans I/O: VRRP, the failover chain, tracking, the guard, the peer.
+
+`Node` composes `vrrp.router.Router`, `agent.machine.Machine`, `agent.track.Tracker` and
+`agent.guard` and owns the policy that joins them: how fault sources combine, the priority-0
+advert held back until everything is released, the release budgets, the rate limit on
+reclaiming clients from another master, the isolation arithmetic, the DRBD acquire plan
+(wait for a releasing peer, ask the peer to outdate, the witness wait, promote or refuse),
+answering the peer (never while we hold anything, never the newer data, one connection
+cycle per 30 s), when probes, checks and queued adverts are due, handover and maintenance.
+
+It reads no clock and runs nothing: `handle(event, now)` takes an `agent.events` value and
+returns `agent.actions` values; `deadline()` says when to call again with `Timer()`. It never
+calls back into its caller, and `snapshot()` is a read-only value, so an adapter cannot
+re-enter a decision half made. The daemon (`agent.instance`) and the two-node simulation
+(`tests/storage_sim.py`) run this same class.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from agent.actions import (
+    DEBUG,
+    ERROR,
+    INFO,
+    WARNING,
+    Action,
+    AdminAnswer,
+    AnswerPeer,
+    AskPeer,
+    ChangeVips,
+    DrainAdverts,
+    Emit,
+    Garp,
+    Joined,
+    Promote,
+    ReadDrbd,
+    RunCheck,
+    RunOutdate,
+    SendAdvert,
+    SendProbe,
+    SetWakeThreshold,
+    StartFailed,
+    StatusChanged,
+    Stopped,
+    Tickle,
+)
+from agent.config import CheckConfig, Config
+from agent.events import (
+    Admin,
+    AdminRequest,
+    AdvertsHeard,
+    CheckResult,
+    Doorbell,
+    DrbdRead,
+    Event,
+    LinkChanged,
+    OutdateDone,
+    PeerAnswer,
+    PeerRequest,
+    ProbeResult,
+    Promoted,
+    Reconfigure,
+    Start,
+    StepDone,
+    Timer,
+    VipDeleted,
+)
+from agent.guard import PeerView, may_promote, witness_wait
+from agent.journal import Event as Kind
+from agent.machine import Action as MachineAction
+from agent.machine import Machine, Op, Phase, PhaseChange, RunStep, Settings, Step, VrrpFault, VrrpRecover
+from agent.track import Tracker
+from drbd.status import Status
+from vrrp.packet import Drop, Validator
+from vrrp.router import Heard, OtherMaster, Params, Router, State, Transition
+from vrrp.router import SendAdvert as RouterAdvert
+
+__all__ = ["FENCE_EXIT", "Counters", "LastTransition", "Node", "NodeStatus", "fence_exit_code", "machine_settings",
+           "router_params"]
+
+#: seconds after we cycled our connection to outdate during which a new request does not cycle it again
+OUTDATE_CYCLE_HOLD = 30.0
+OUTDATE_ANSWER_TIMEOUT = 20.0  # how long a peer that answered "state" gets to outdate its disk
+PEER_POLL_INTERVAL = 2.0  # how often a backup learns the master's client connections
+TICKLE_ROUNDS = (0.0, 0.3, 1.0)  # a client answers out-of-window segments at most every 0.5 s
+RECLAIM_INTERVAL = 1.0  # at most one advert + GARP round a second for another master's adverts
+DRAIN_INTERVAL = 1.0  # a master drains its queue of routine (lower-priority) adverts once a second
+PEER_DEMOTE_POLL = 0.1  # while the peer is still Primary and connected, read DRBD again this often
+WAKE_NEVER = 256  # a doorbell threshold no advert reaches (priority 0 always rings)
+
+#: DRBD's fence-peer handler contract (drbd.conf(5), handlers): what the exit code tells DRBD
+FENCE_EXIT = {"outdated": 4, "unreachable-dead": 5, "primary": 6}
+
+
+def fence_exit_code(answer: Mapping[str, Any]) -> int:
+    """The exit code `failoverctl fence-peer` gives DRBD for the node's answer (1: not fenced)."""
+    result = str(answer.get("answer"))
+    if result == "unreachable":
+        return FENCE_EXIT["unreachable-dead"] if answer.get("witness_reachable") else 1
+    return FENCE_EXIT.get(result, 1)
+
+
+def router_params(cfg: Config, address: IPv4Address) -> Params:
+    v = cfg.vrrp
+    return Params(vrid=v.vrid, priority=v.priority, address=address, version=v.version,
+                  advert_interval=v.advert_interval, preempt=v.preempt, preempt_delay=v.preempt_delay)
+
+
+def machine_settings(cfg: Config) -> Settings:
+    m = cfg.monitor
+    return Settings(steps=cfg.steps, timeouts=dict.fromkeys(cfg.steps, m.step_timeout), monitor_interval=m.interval,
+                    max_restarts=m.max_restarts, hold_down=m.hold_down, event_watched=frozenset({Step.VIP}))
+
+
+def addrs(items: Sequence[object]) -> str:
+    return ", ".join(str(x) for x in items)
+
+
+@dataclass
+class Counters:
+    """Survive node restarts (a reload of identity keys), so they count for the process."""
+
+    transitions: int = 0
+    became_master: int = 0
+    adverts_sent: int = 0  # counted by the adapter that sends them
+    adverts_received: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    faults: int = 0
+
+
+@dataclass(frozen=True)
+class LastTransition:
+    at: float  # the node's clock (monotonic); the adapter shows wall time
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the node knows, as plain values: the status command, metrics and systemd's STATUS= line."""
+
+    state: str
+    priority: int
+    master: str | None
+    master_down_interval: float
+    maintenance: bool
+    yielding: bool
+    link_up: bool
+    phase: str
+    held: tuple[str, ...]
+    chain: tuple[str, ...]
+    faults: Mapping[str, str]
+    track: Mapping[str, object] | None
+    durations: Mapping[str, float]
+    last_transition: LastTransition | None
+    transitions: int
+    became_master: int
+    faults_total: int
+    adverts_received: int
+    drops: Mapping[str, int]
+
+
+@dataclass
+class _Acquire:
+    """The DRBD acquire in progress: one action at a time, each answered by an event."""
+
+    t0: float
+    until: float  # the step's timeout
+    inner: float  # the part of it the waits may use
+    stage: str = "read"  # read | peer-wait | reread | fence | pause | read2 | promote
+    status: Status | None = None
+    answer: str = ""
+    waited: str = ""
+    reason: str = ""
+    wait_until: float | None = None
+
+
+@dataclass
+class _Fence:
+    """Asking the peer to outdate itself: for the DRBD acquire (admin None) or DRBD's fence-peer handler."""
+
+    admin: int | None
+    stage: str = "state"  # state | outdate | witnesses
+    answer: str = ""
+    pings: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Waiter:
+    """An admin request answered once the node is released, or when its budget runs out."""
+
+    id: int
+    command: Admin
+    until: float
+    budget: float = 0.0
+    was_master: bool = False
+
+
+class Node:
+    """One VRRP instance and the storage chain it guards; see the module docstring."""
+
+    def __init__(self, cfg: Config, address: IPv4Address, counters: Counters | None = None) -> None:
+        self.cfg = cfg
+        self.address = address
+        self.counters = counters if counters is not None else Counters()
+        v = cfg.vrrp
+        self.router = Router(router_params(cfg, address))
+        self.validator = Validator(version=v.version, vrid=v.vrid, interval=v.advert_interval,
+                                   auth_pass=v.auth_pass, own=frozenset({address}), peers=frozenset(v.unicast_peers))
+        self.validator.drops.update(self.counters.drops)
+        self.machine = Machine(machine_settings(cfg))
+        self.tracker = Tracker(cfg.track) if cfg.track else None
+        self.faults: dict[str, str] = {}  # why the router must stay in FAULT, by source; FAULT while any
+        self.link_up = True
+        self.joined = False
+        self.stopped = False
+        self.last: LastTransition | None = None
+        self.durations: dict[str, float] = {}
+        self._out: list[Action] = []
+        self._ids = itertools.count(1)
+        self._listening_since = 0.0  # the router forgets the peer when it (re)starts
+        self._farewell = False
+        self._draining = False
+        self._next_drain = 0.0
+        self._wake = WAKE_NEVER
+        self._last_reclaim = -1e9
+        self._master_since = 0.0
+        self._master_reason = ""
+        self._start_until: float | None = None
+        self._stop: _Waiter | None = None
+        self._waiters: list[_Waiter] = []
+        self._probe_at: dict[str, float] = {}
+        self._probe_sent: dict[str, float] = {}
+        self._check_at: dict[str, float] = {}
+        self._check_sent: dict[str, float] = {}
+        self._poll_at: float | None = None
+        self._peer_connections: tuple[tuple[str, int, str, int], ...] = ()
+        self._tickles: list[float] = []
+        self._tickle_conns: tuple[tuple[str, int, str, int], ...] = ()
+        self._acquire: _Acquire | None = None
+        self._fences: dict[int, _Fence] = {}
+        self._asks: dict[int, int | None] = {}  # AskPeer id -> fence id (None: the connections poll)
+        self._outdates: deque[PeerRequest] = deque()
+        self._outdating: PeerRequest | None = None
+        self._outdate_cycled_at: float | None = None
+
+    # -- the one entry point ------------------------------------------------------------
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out: list[Action] = []
+        self._out = out
+        if self.stopped:
+            return out
+        if isinstance(event, Timer):
+            self._timer(now)
+        elif isinstance(event, Doorbell):
+            self._drain()
+        elif isinstance(event, AdvertsHeard):
+            self._adverts(event, now)
+        elif isinstance(event, StepDone):
+            self._step_done(event.step, event.op, event.ok, event.detail, event.ms, now)
+        elif isinstance(event, DrbdRead):
+            self._drbd_read(event, now)
+        elif isinstance(event, Promoted):
+            self._promoted(event, now)
+        elif isinstance(event, ProbeResult):
+            self._probe_result(event, now)
+        elif isinstance(event, CheckResult):
+            self._track_result(event.name, event.ok, event.detail, now, self._check_sent, self._check_at,
+                               self._check_interval(event.name))
+        elif isinstance(event, PeerRequest):
+            self._peer_request(event, now)
+        elif isinstance(event, PeerAnswer):
+            self._peer_answer(event, now)
+        elif isinstance(event, OutdateDone):
+            self._outdate_done(event, now)
+        elif isinstance(event, LinkChanged):
+            self._link(event, now)
+        elif isinstance(event, VipDeleted):
+            self._vip_deleted(event, now)
+        elif isinstance(event, AdminRequest):
+            self._admin(event, now)
+        elif isinstance(event, Reconfigure):
+            self._reconfigure(event.cfg, now)
+        elif isinstance(event, Start):
+            self._start(event, now)
+        self._due(now)
+        self._settle(now)
+        return out
+
+    def deadline(self) -> float | None:
+        """When to call `handle(Timer(), now)` next; the adapter keeps exactly this one timer."""
+        if self.stopped:
+            return None
+        times = [self.machine.deadline, self._poll_at, self._start_until,
+                 self._stop.until if self._stop else None,
+                 self._acquire.wait_until if self._acquire else None,
+                 self._tickles[0] if self._tickles else None]
+        if self.joined and not self._draining:
+            times.append(self.router.deadline)
+        times += self._probe_at.values()
+        times += self._check_at.values()
+        times += [w.until for w in self._waiters]
+        if self._acquire is not None and self._acquire.stage in ("peer-wait", "pause"):
+            times.append(self._acquire.until)
+        valid = [t for t in times if t is not None]
+        return min(valid) if valid else None
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing held and no step running: a priority-0 advert may go, an admin's wait is over."""
+        return self.machine.running is None and not self.machine.held
+
+    # -- output helpers -----------------------------------------------------------------
+    def _emit(self, kind: Kind | None, message: str, level: int = INFO, **fields: object) -> None:
+        self._out.append(Emit(kind, message, level, {k: v for k, v in fields.items() if v is not None}))
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _start(self, event: Start, now: float) -> None:
+        self.link_up = event.link_up
+        self._schedule_tracking(now)
+        if self.cfg.peer is not None:
+            self._poll_at = now
+        if event.found:
+            found = [s for s in self.cfg.steps if s in event.found]
+            self._emit(Kind.CLEANUP, f"startup: {', '.join(found)} still held by an earlier run; releasing before "
+                       "taking part in VRRP", WARNING, HELD=",".join(found))
+            self._start_until = now + self._release_budget(found)
+            self._machine(self.machine.reconcile(found, now), now)
+        else:
+            self._start_until = now
+
+    def _join(self, now: float) -> None:
+        self._start_until = None
+        self.joined = True
+        if not self.link_up:
+            self.faults.setdefault("link", f"interface {self.cfg.vrrp.interface} is down at startup")
+        if self.tracker is not None and self.tracker.fault_reason:
+            self.faults.setdefault("track", f"{self.tracker.fault_reason} (no verdict yet at startup)")
+        self._listening_since = now
+        self._out.append(Joined())
+        if self.faults:
+            self._vrrp(self.router.fault("; ".join(self.faults.values()), now), now)
+        else:
+            self._vrrp(self.router.start(now), now)
+
+    def _release_budget(self, held: Sequence[Step]) -> float:
+        return 0.8 if list(held) in ([Step.VIP], []) else len(held) * self.cfg.monitor.step_timeout + 1
+
+    def _settle(self, now: float) -> None:
+        """After every event: what waited for the node to be released, and the doorbell."""
+        quiet = self.quiet
+        if quiet and self._farewell:
+            self._farewell = False
+            self._out.append(SendAdvert(0))
+        if self._start_until is not None and not self.joined and (quiet or now >= self._start_until):
+            if quiet:
+                self._join(now)
+            else:
+                self._start_until = None
+                self._out.append(StartFailed(f"startup reconciliation could not release "
+                                             f"{', '.join(self.machine.held)}"))
+        for w in [w for w in self._waiters if quiet or now >= w.until]:
+            self._waiters.remove(w)
+            self._answer_waiter(w, quiet)
+        if self._stop is not None and (quiet or now >= self._stop.until):
+            self._finish_stop(now)
+        if not self.stopped:
+            threshold = 1 if self.router.state == State.MASTER else WAKE_NEVER
+            if threshold != self._wake:
+                self._wake = threshold
+                self._out.append(SetWakeThreshold(threshold))
+
+    def _finish_stop(self, now: float) -> None:
+        stop, self._stop = self._stop, None
+        assert stop is not None
+        held = tuple(str(s) for s in self.machine.held)
+        if held:
+            self._emit(Kind.FAULT, f"stopping with {', '.join(held)} still held: release did not finish within "
+                       f"{stop.budget:g} s", ERROR, HELD=",".join(held))
+        if self._farewell:
+            self._farewell = False
+            self._out.append(SendAdvert(0))
+        self._out.append(Stopped(held))
+        self.stopped = True
+
+    # -- timers ---------------------------------------------------------------------------
+    def _timer(self, now: float) -> None:
+        deadline = self.router.deadline
+        if self.joined and not self._draining and deadline is not None and deadline <= now:
+            if self.router.state == State.MASTER and now < self._next_drain:
+                # a master's own advert timer: whatever could unseat it rings the doorbell, so the
+                # queue (lower-priority adverts, counted only) is drained once a second, not per advert
+                self._vrrp(self.router.tick(now), now)
+            else:
+                self._next_drain = now + DRAIN_INTERVAL
+                self._drain()
+
+    def _due(self, now: float) -> None:
+        if self.machine.deadline is not None and self.machine.deadline <= now:
+            self._machine(self.machine.tick(now), now)
+        for target, at in list(self._probe_at.items()):
+            if at <= now and self.cfg.track is not None:
+                del self._probe_at[target]
+                self._probe_sent[target] = now
+                self._out.append(SendProbe(target, self.cfg.track.timeout))
+        for name, at in list(self._check_at.items()):
+            check = self._check(name)
+            if at <= now and check is not None:
+                del self._check_at[name]
+                self._check_sent[name] = now
+                self._out.append(RunCheck(name, check.argv, check.timeout))
+        if self._poll_at is not None and self._poll_at <= now and self.cfg.peer is not None:
+            self._poll_at = now + PEER_POLL_INTERVAL
+            if self.router.state == State.BACKUP:
+                ask = self._next_id()
+                self._asks[ask] = None
+                self._out.append(AskPeer(ask, "state", self.cfg.peer.timeout))
+        while self._tickles and self._tickles[0] <= now:
+            self._tickles.pop(0)
+            self._out.append(Tickle(self._tickle_conns))
+        plan = self._acquire
+        if plan is not None and plan.wait_until is not None and plan.wait_until <= now:
+            plan.wait_until = None
+            plan.stage = "reread" if plan.stage == "peer-wait" else "read2"
+            self._out.append(ReadDrbd())
+        elif plan is not None and plan.stage in ("peer-wait", "pause") and now >= plan.until:
+            self._acquired(False, f"drbd acquire did not finish within {plan.until - plan.t0:g} s", now)
+
+    # -- VRRP -------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self._out.append(DrainAdverts())
+
+    def _adverts(self, event: AdvertsHeard, now: float) -> None:
+        """Feed the router everything queued, in arrival order, then let its timers run."""
+        self._draining = False
+        router = self.router
+        for data, at in event.datagrams:
+            deadline = router.deadline
+            if self.joined and deadline is not None and deadline <= at:
+                self._vrrp(router.tick(deadline), deadline)
+            result = self.validator.check(data)
+            if isinstance(result, Drop):
+                self._emit(None, f"dropped VRRP packet: {result.reason} ({result.detail})", DEBUG)
+                continue
+            self.counters.adverts_received += 1
+            self._vrrp(router.receive(Heard(result.src, result.priority, result.interval), at), at)
+        self.counters.drops = dict(self.validator.drops)
+        if self.joined:
+            self._vrrp(router.tick(now), now)
+
+    def _vrrp(self, actions: Sequence[object], now: float, why: str = "") -> None:
+        for action in actions:
+            if isinstance(action, RouterAdvert):
+                if action.priority == 0 and not self.quiet:
+                    self._farewell = True  # sent once everything is released
+                else:
+                    self._out.append(SendAdvert(action.priority, action.interval))
+            elif isinstance(action, Transition):
+                self._transition(action, why, now)
+            elif isinstance(action, OtherMaster):
+                self._other_master(action, now)
+
+    def _transition(self, t: Transition, why: str, now: float) -> None:
+        self.counters.transitions += 1
+        reason = f"{why}: {t.reason}" if why and why != t.reason else t.reason
+        self.last = LastTransition(now, t.old, t.new, reason)
+        peer = self.router.master if self.router.master != self.address else None
+        v = self.cfg.vrrp
+        self._emit(Kind.TRANSITION, f"VRRP {v.vrid} on {v.interface}: {t.old} -> {t.new}: {reason}",
+                   VRRP_STATE=t.new, PREV_STATE=t.old, REASON=reason, PEER=peer, VRID=v.vrid,
+                   INTERFACE=v.interface, VRRP_PRIORITY=self.router.priority)
+        self._out.append(StatusChanged())
+        if t.old in (State.INITIALIZE, State.FAULT):
+            self._listening_since = now  # the guard's silence counts from when we listen again
+        if t.new == State.MASTER:
+            self.counters.became_master += 1
+            self._master_since = now
+            self._master_reason = reason
+            self._machine(self.machine.vrrp_master(now, reason), now)
+        elif t.old == State.MASTER:
+            self._machine(self.machine.vrrp_lost(now, reason), now)
+
+    def _other_master(self, other: OtherMaster, now: float) -> None:
+        """Two masters (a healed partition) and we win: advert and gratuitous ARP now, so clients come back."""
+        if Step.VIP not in self.machine.held or now - self._last_reclaim < RECLAIM_INTERVAL:
+            return
+        self._last_reclaim = now
+        self._out += [SendAdvert(self.router.priority), Garp()]
+        what = ("left mastership (priority 0)" if other.priority == 0 else
+                f"also acts as master (priority {other.priority} < {self.router.priority})")
+        self._emit(Kind.TRANSITION, f"{other.src} {what} while we are master: advert and gratuitous ARP sent at "
+                   "once", WARNING, VRRP_STATE="MASTER", PEER=str(other.src), REASON="two masters")
+
+    def _set_fault(self, source: str, reason: str | None, now: float, farewell: bool = False) -> None:
+        """FAULT while any source has a reason; back to VRRP when the last one clears."""
+        had = bool(self.faults)
+        if reason:
+            self.faults[source] = reason
+        elif self.faults.pop(source, None) is None:
+            return
+        if not self.joined:
+            return
+        if self.faults and not had:
+            self._vrrp(self.router.fault(reason or source, now, farewell=farewell), now)
+        elif had and not self.faults:
+            self._vrrp(self.router.recover(now, f"{source} fault cleared"), now)
+
+    def _link(self, event: LinkChanged, now: float) -> None:
+        self.link_up = event.up
+        name = self.cfg.vrrp.interface
+        self._emit(Kind.LINK, f"interface {name} is {'up' if event.up else 'down'} ({event.detail})",
+                   INFO if event.up else WARNING, LINK="up" if event.up else "down", INTERFACE=name)
+        self._set_fault("link", None if event.up else f"interface {name} down ({event.detail})", now)
+        self._out.append(StatusChanged())
+
+    def _apply_priority(self, now: float) -> None:
+        base = self.cfg.vrrp.priority
+        prio = self.tracker.effective_priority(base) if self.tracker is not None else base
+        if prio != self.router.priority:
+            self._vrrp(self.router.with_priority(prio, now), now, why=f"tracked priority {prio} (configured {base})")
+
+    # -- the failover chain -----------------------------------------------------------------
+    def _machine(self, actions: list[MachineAction], now: float) -> None:
+        for action in actions:
+            if isinstance(action, RunStep):
+                if action.step == Step.DRBD and action.op == Op.ACQUIRE:
+                    self._begin_acquire(action, now)
+                else:
+                    self._out.append(action)
+            elif isinstance(action, VrrpFault):
+                self.counters.faults += 1
+                hold = (self.machine.hold_until or now) - now
+                self._emit(Kind.FAULT, f"fault: {action.reason}; rolled back, priority 0 and silence for {hold:g} s",
+                           ERROR, REASON=action.reason)
+                self._set_fault("hold", action.reason, now, farewell=True)
+            elif isinstance(action, VrrpRecover):
+                self._set_fault("hold", None, now)
+            elif isinstance(action, PhaseChange):
+                self._phase(action, now)
+
+    def _step_done(self, step: Step, op: Op, ok: bool, detail: str, ms: float, now: float) -> None:
+        if op != Op.CHECK or not ok:
+            self.durations[f"{step}_{op}"] = round(ms, 3)
+            self._emit(Kind.STEP, f"{step} {op} {'done' if ok else 'FAILED'} in {ms:.1f} ms: {detail}",
+                       INFO if ok else ERROR, STEP=f"{step}_{op}", RESULT="ok" if ok else "failed",
+                       DURATION_MS=f"{ms:.1f}")
+        self._machine(self.machine.step_done(step, op, ok, detail, now), now)
+
+    def _phase(self, change: PhaseChange, now: float) -> None:
+        if change.new == Phase.SERVING:
+            total = (now - self._master_since) * 1000
+            done = "; ".join(f"{k.rsplit('_', 1)[0]} {v:g} ms" for k, v in self.durations.items()
+                             if k.endswith("_acquire"))
+            vips = addrs(self.cfg.vrrp.vips)
+            self._emit(Kind.SERVING, f"became MASTER: {self._master_reason}; {done}; VIP {vips} up "
+                       f"({total:.1f} ms after the transition)", VRRP_STATE="MASTER", REASON=self._master_reason,
+                       DURATION_MS=f"{total:.1f}", VIPS=vips)
+            self._tickle(now)
+        elif change.old == Phase.RELEASING and change.new == Phase.IDLE:
+            self._emit(Kind.RELEASED, f"released: {', '.join(reversed(self.cfg.steps))} ({change.reason})",
+                       VRRP_STATE=self.router.state)
+        self._out.append(StatusChanged())
+
+    def _vip_deleted(self, event: VipDeleted, now: float) -> None:
+        if event.address not in self.cfg.vrrp.vips:
+            return
+        detail = f"VIP {event.address} was removed from {self.cfg.vrrp.interface} by someone else"
+        actions = self.machine.lost(Step.VIP, detail, now)
+        if actions:
+            self._emit(Kind.STEP, f"{detail}: restarting the vip step", WARNING, STEP="vip_check", RESULT="lost",
+                       VIPS=str(event.address))
+        self._machine(actions, now)
+
+    # -- the DRBD acquire plan (the split-brain guard's inputs gathered one at a time) ---------
+    def _begin_acquire(self, step: RunStep, now: float) -> None:
+        self._acquire = _Acquire(t0=now, until=now + step.timeout, inner=max(1.0, step.timeout - 2.0))
+        self._out.append(ReadDrbd())
+
+    def _drbd_read(self, event: DrbdRead, now: float) -> None:
+        plan = self._acquire
+        if plan is None or plan.stage not in ("read", "reread", "read2"):
+            return
+        if event.error:
+            self._acquired(False, event.error, now)
+            return
+        plan.status = status = event.status
+        if plan.stage == "reread":
+            plan.waited = f"; waited {now - plan.t0:.2f} s for the peer to demote"
+        if plan.stage == "read2":
+            self._decide(plan, now)
+            return
+        if status is not None and status.peer_primary and status.connected and now - plan.t0 < plan.inner:
+            # we preempted, or the partition healed: the peer is releasing; wait for its demotion
+            plan.stage, plan.wait_until = "peer-wait", now + PEER_DEMOTE_POLL
+            return
+        if (status is not None and not status.connected and not status.primary and not status.standalone
+                and status.peer_disk != "Outdated" and self.cfg.peer is not None):
+            plan.stage = "fence"
+            self._begin_fence(None)
+            return
+        self._after_fence(plan, now)
+
+    def _after_fence(self, plan: _Acquire, now: float) -> None:
+        pause = witness_wait(plan.status, self._peer_view(now, plan.answer))
+        if 0 < pause < plan.inner - (now - plan.t0):
+            # unknown_peer = witness: give an isolated peer the time to notice and release first
+            plan.stage, plan.wait_until = "pause", now + pause
+            plan.waited += f"; waited {pause:.2f} s so an isolated peer could release first"
+            return
+        self._decide(plan, now)
+
+    def _decide(self, plan: _Acquire, now: float) -> None:
+        assert self.cfg.drbd is not None
+        resource = self.cfg.drbd.resource
+        decision = may_promote(plan.status, resource, self._peer_view(now, plan.answer))
+        if not decision.allow:
+            self._acquired(False, f"not promoting: {decision.reason}", now)
+        elif plan.status is not None and plan.status.primary:
+            self._acquired(True, decision.reason + plan.waited, now)
+        else:
+            plan.stage, plan.reason = "promote", decision.reason
+            self._out.append(Promote())
+
+    def _promoted(self, event: Promoted, now: float) -> None:
+        plan = self._acquire
+        if plan is None or plan.stage != "promote":
+            return
+        assert self.cfg.drbd is not None
+        if event.ok:
+            self._acquired(True, f"{self.cfg.drbd.resource} Primary ({plan.reason}{plan.waited})", now)
+        else:
+            self._acquired(False, event.detail, now)
+
+    def _acquired(self, ok: bool, detail: str, now: float) -> None:
+        plan, self._acquire = self._acquire, None
+        assert plan is not None
+        self._step_done(Step.DRBD, Op.ACQUIRE, ok, detail, (now - plan.t0) * 1000, now)
+
+    def _peer_view(self, now: float, answer: str = "") -> PeerView:
+        """For the guard: the witnesses' verdict and how long the peer has been silent on VRRP."""
+        heard = self.router.last_heard_at
+        silent = now - (heard if heard is not None else self._listening_since)
+        drbd, track = self.cfg.drbd, self.cfg.track
+        # the peer runs the same [track]: this long after its last advert it has noticed and released
+        isolation = (track.fall * track.interval + track.timeout if track is not None else 0.0) \
+            + (drbd.witness_grace if drbd is not None else 0.0)
+        witness = None if self.tracker is None or track is None or not track.witnesses else not self.tracker.isolated
+        return PeerView(unknown_peer=drbd.unknown_peer if drbd else "refuse", witness_reachable=witness,
+                        peer_silent_for=silent, master_down_interval=self.router.master_down_interval,
+                        isolation_time=isolation, peer_answer=answer)
+
+    # -- asking the peer to outdate (for the acquire, or for DRBD's fence-peer handler) --------
+    def _begin_fence(self, admin: int | None) -> None:
+        fid = self._next_id()
+        self._fences[fid] = _Fence(admin)
+        if self.cfg.peer is None:
+            self._fenced(fid, "unreachable", 0.0)
+            return
+        self._ask(fid, "state", self.cfg.peer.timeout)
+
+    def _ask(self, fid: int, kind: str, timeout: float) -> None:
+        ask = self._next_id()
+        self._asks[ask] = fid
+        self._out.append(AskPeer(ask, kind, timeout))
+
+    def _peer_answer(self, event: PeerAnswer, now: float) -> None:
+        if event.id not in self._asks:
+            return
+        fid = self._asks.pop(event.id)
+        if fid is None:  # the connections poll
+            if event.body is not None and event.body.get("phase") == str(Phase.SERVING):
+                self._peer_connections = event.connections
+            return
+        fence = self._fences.get(fid)
+        if fence is None or self.cfg.peer is None:
+            return
+        if event.body is None:
+            self._fenced(fid, "unreachable", now)
+        elif fence.stage == "state":
+            # alive; the outdate itself may take several drbdadm calls (disconnect, outdate, read
+            # back, connect): a slow answer is not a dead peer
+            fence.stage = "outdate"
+            self._ask(fid, "outdate", max(self.cfg.peer.timeout, OUTDATE_ANSWER_TIMEOUT))
+        else:
+            answer = str(event.body.get("result", "failed"))
+            detail = str(event.body.get("detail", ""))
+            if answer not in ("outdated", "primary", "unreachable") and detail:
+                answer = f"{answer}: {detail}"
+            self._fenced(fid, answer, now)
+
+    def _fenced(self, fid: int, answer: str, now: float) -> None:
+        fence = self._fences[fid]
+        fence.answer = answer
+        if self.cfg.peer is not None:
+            self._emit(Kind.FENCE, f"asked the peer {self.cfg.peer.address} to outdate its disk: {answer}", WARNING,
+                       ANSWER=answer, PEER=str(self.cfg.peer.address))
+        if fence.admin is None:
+            del self._fences[fid]
+            plan = self._acquire
+            if plan is not None and plan.stage == "fence":
+                plan.answer = answer
+                self._after_fence(plan, now)
+            return
+        track = self.cfg.track
+        if answer != "unreachable" or track is None or not track.witnesses or self.tracker is None:
+            self._fence_answer(fid, False, "" if answer != "unreachable" else "no witnesses configured")
+            return
+        # the tracker's verdict lags by up to fall x interval, too late for DRBD's fence-peer
+        # handler, which declares the peer dead on our word: ping every witness afresh
+        fence.stage = "witnesses"
+        self._out += [SendProbe(str(w), track.timeout, fresh=fid) for w in track.witnesses]
+
+    def _fresh_ping(self, event: ProbeResult) -> None:
+        assert event.fresh is not None
+        fence, track = self._fences.get(event.fresh), self.cfg.track
+        if fence is None or fence.stage != "witnesses" or track is None:
+            return
+        fence.pings[event.target] = (event.ok, event.detail)
+        if len(fence.pings) < len(track.witnesses):
+            return
+        ok = sum(1 for answered, _ in fence.pings.values() if answered)
+        detail = "; ".join(f"{w}: {fence.pings.get(str(w), (False, 'no answer'))[1]}" for w in track.witnesses)
+        if self.tracker is not None and self.tracker.isolated:
+            self._fence_answer(event.fresh, False, f"the tracker counts us isolated ({detail})")
+        else:
+            self._fence_answer(event.fresh, ok >= track.min_reachable,
+                               f"{ok} of {len(track.witnesses)} witnesses answer now ({detail})")
+
+    def _fence_answer(self, fid: int, witness: bool, detail: str) -> None:
+        fence = self._fences.pop(fid)
+        assert fence.admin is not None
+        if fence.answer == "unreachable":
+            self._emit(Kind.FENCE, f"fence-peer: the peer does not answer; witnesses: {detail}", WARNING,
+                       ANSWER=fence.answer, WITNESS=str(witness).lower())
+        self._out.append(AdminAnswer(fence.admin, {"answer": fence.answer, "witness_reachable": witness,
+                                                   "witness_detail": detail}))
+
+    # -- answering the peer: only ever gives data up, never while we hold or take it ----------
+    def _peer_request(self, req: PeerRequest, now: float) -> None:
+        if req.kind == "state":
+            status = req.drbd
+            self._out.append(AnswerPeer(req.id, {
+                "vrrp": str(self.router.state), "phase": str(self.machine.phase),
+                "held": [str(s) for s in self.machine.held], "drbd": status.summary() if status else None},
+                connections=Step.VIP in self.machine.held))
+        elif req.kind == "outdate":
+            self._outdates.append(req)
+            self._next_outdate(now)
+        else:
+            self._out.append(AnswerPeer(req.id, {"result": "failed", "detail": f"unknown request {req.kind}"}))
+
+    def _next_outdate(self, now: float) -> None:
+        while self._outdating is None and self._outdates:
+            req = self._outdates.popleft()
+            status, m = req.drbd, self.machine
+            busy = m.phase not in (Phase.IDLE, Phase.FAULT) or bool(m.held) or self._acquire is not None
+            if busy or (status is not None and status.primary):
+                detail = f"phase {m.phase}, holding {', '.join(m.held) or 'nothing'}"
+                self._out.append(AnswerPeer(req.id, {"result": "primary", "detail": detail}))
+            elif self.cfg.drbd is None:
+                self._out.append(AnswerPeer(req.id, {"result": "failed", "detail": "no [drbd] section on the peer"}))
+            elif status is not None and status.peer_disk == "Outdated" and not status.connected:
+                # our fence-peer handler outdated the peer (or found it dead) and we went on writing: we
+                # hold the newer data, and outdating it would leave the stale copy as the only UpToDate one
+                self._out.append(AnswerPeer(req.id, {"result": "failed", "detail": (
+                    f"this node's DRBD records the peer as Outdated ({status.summary()}): it holds newer data "
+                    "than the peer; not outdating it")}))
+            else:
+                # a disk we disconnected to outdate has reconnected and resynced: the link works, and
+                # the peer's DRBD asking again (its handler runs on every lost connection) must not
+                # make us cycle the connection forever
+                again = self._outdate_cycled_at is not None and now - self._outdate_cycled_at < OUTDATE_CYCLE_HOLD
+                self._outdating = req
+                self._out.append(RunOutdate(req.id, disconnect=not again))
+
+    def _outdate_done(self, event: OutdateDone, now: float) -> None:
+        req = self._outdating
+        if req is None or req.id != event.id:
+            return
+        self._outdating = None
+        if event.ok:
+            if event.notes:
+                self._outdate_cycled_at = now
+            how = f" ({'; '.join(event.notes)})" if event.notes else ""
+            self._emit(Kind.FENCE, f"outdated our DRBD disk at the request of the peer {req.sender}{how}", WARNING,
+                       ANSWER="outdated", PEER=req.sender)
+            self._out.append(AnswerPeer(req.id, {"result": "outdated"}))
+        else:
+            self._emit(Kind.FENCE, f"the peer {req.sender} asked us to outdate our DRBD disk and it failed: "
+                       f"{event.error}", ERROR, ANSWER="failed", PEER=req.sender)
+            self._out.append(AnswerPeer(req.id, {"result": "failed", "detail": event.error}))
+        self._next_outdate(now)
+
+    def _tickle(self, now: float) -> None:
+        """Just took over: reset the old master's client connections now (agent.tickle)."""
+        own = {str(v.ip) for v in self.cfg.vrrp.vips}
+        conns = tuple(c for c in self._peer_connections if c[0] in own)
+        self._peer_connections = ()
+        if not conns:
+            return
+        self._tickle_conns = conns
+        self._tickles = [now + d for d in TICKLE_ROUNDS]
+        clients = sorted({c[2] for c in conns})
+        self._emit(Kind.SERVING, f"tickled {len(conns)} TCP connection(s) of the old master's clients "
+                   f"({', '.join(clients[:8])}{' ...' if len(clients) > 8 else ''}) so they reconnect now",
+                   CONNECTIONS=len(conns))
+
+    # -- reachability tracking ------------------------------------------------------------------
+    def _schedule_tracking(self, now: float) -> None:
+        track = self.cfg.track
+        self._probe_at = {str(w): now for w in track.witnesses} if track else {}
+        self._check_at = {c.name: now for c in track.checks} if track else {}
+
+    def _check(self, name: str) -> CheckConfig | None:
+        track = self.cfg.track
+        return next((c for c in track.checks if c.name == name), None) if track else None
+
+    def _check_interval(self, name: str) -> float:
+        check = self._check(name)
+        return check.interval if check is not None else 0.0
+
+    def _probe_result(self, event: ProbeResult, now: float) -> None:
+        if event.fresh is not None:
+            self._fresh_ping(event)
+            return
+        interval = self.cfg.track.interval if self.cfg.track else 0.0
+        self._track_result(event.target, event.ok, event.detail, now, self._probe_sent, self._probe_at, interval)
+
+    def _track_result(self, name: str, ok: bool, detail: str, now: float, sent: dict[str, float],
+                      due: dict[str, float], interval: float) -> None:
+        if name not in sent:
+            return  # a result for a target a reload removed
+        due[name] = max(now, sent.pop(name) + interval)
+        if self.tracker is None:
+            return
+        for change in self.tracker.result(name, ok, detail):
+            self._emit(Kind.TRACK, change.message, INFO if change.up else WARNING, TARGET=change.target,
+                       KIND=change.kind, UP=str(change.up).lower(), REACHABLE=self.tracker.reachable,
+                       PRIORITY_DELTA=self.tracker.priority_delta)
+            self._out.append(StatusChanged())
+        self._set_fault("track", self.tracker.fault_reason or None, now, farewell=True)
+        self._apply_priority(now)
+
+    # -- admin requests ---------------------------------------------------------------------------
+    def _admin(self, req: AdminRequest, now: float) -> None:
+        budget = self._release_budget(self.machine.held)
+        if req.command == Admin.HANDOVER:
+            if self.router.state != State.MASTER:
+                self._out.append(AdminAnswer(req.id, {"message": f"nothing to hand over: this node is "
+                                                                 f"{self.router.state}"}))
+                return
+            self._emit(Kind.HANDOVER, f"handover requested: releasing, then priority 0 to "
+                       f"{self.cfg.vrrp.interface}'s peers")
+            self._waiters.append(_Waiter(req.id, req.command, now + budget, budget))
+            self._vrrp(self.router.handover(now), now)
+        elif req.command in (Admin.MAINTENANCE_ON, Admin.MAINTENANCE_OFF):
+            self._waiters.append(_Waiter(req.id, req.command, now + budget, budget, self.router.state == State.MASTER))
+            self._vrrp(self.router.set_maintenance(req.command == Admin.MAINTENANCE_ON, now), now)
+        elif req.command == Admin.FENCE_PEER:
+            self._begin_fence(req.id)
+        elif req.command == Admin.STOP and self._stop is None:
+            self._stop = _Waiter(req.id, req.command, now + budget, budget)
+            self._vrrp(self.router.shutdown(now), now, why=req.reason)
+
+    def _answer_waiter(self, w: _Waiter, released: bool) -> None:
+        if w.command == Admin.HANDOVER:
+            message = "released; the peer takes over after its Skew_Time" if released else \
+                f"release still in progress: {', '.join(self.machine.held)} held"
+        else:
+            on = w.command == Admin.MAINTENANCE_ON
+            word = "on: this node stays BACKUP and never takes over" if on else "off: normal VRRP rules again"
+            self._emit(Kind.MAINTENANCE, f"maintenance {word}" + (" (released mastership first)" if w.was_master
+                                                                   else ""), MAINTENANCE="on" if on else "off")
+            self._out.append(StatusChanged())
+            message = f"maintenance {word}"
+        self._out.append(AdminAnswer(w.id, {"message": message}))
+
+    # -- reload -------------------------------------------------------------------------------------
+    def _reconfigure(self, new: Config, now: float) -> None:
+        """Live changes only; the daemon restarts the node for identity keys."""
+        old = self.cfg
+        self.cfg = new
+        v = new.vrrp
+        self.validator.configure(v.advert_interval, v.auth_pass)
+        self.machine.s = machine_settings(new)  # monitor interval, restarts, hold-down, timeouts
+        if Step.VIP in self.machine.held:
+            gone = tuple(x for x in old.vrrp.vips if x not in v.vips)
+            added = tuple(x for x in v.vips if x not in old.vrrp.vips)
+            if gone or added:
+                self._out.append(ChangeVips(gone, added))
+        self._vrrp(self.router.reconfigure(router_params(new, self.address), now), now)
+        if new.track != old.track:
+            if new.track is None:
+                self.tracker = None
+            elif self.tracker is None:
+                self.tracker = Tracker(new.track)
+            else:
+                self.tracker.configure(new.track)
+            self._probe_sent.clear()
+            self._check_sent.clear()
+            self._schedule_tracking(now)
+            self._set_fault("track", self.tracker.fault_reason or None if self.tracker else None, now, farewell=True)
+        self._apply_priority(now)
+        self._out.append(StatusChanged())
+
+    # -- status -------------------------------------------------------------------------------------
+    def snapshot(self) -> NodeStatus:
+        r = self.router
+        master = r.master if r.state == State.MASTER or r.last_heard_at is not None else None
+        return NodeStatus(
+            state=str(r.state), priority=r.priority, master=str(master) if master else None,
+            master_down_interval=round(r.master_down_interval, 4), maintenance=r.maintenance, yielding=r.yielding,
+            link_up=self.link_up, phase=str(self.machine.phase), held=tuple(str(s) for s in self.machine.held),
+            chain=tuple(str(s) for s in self.cfg.steps), faults=dict(self.faults),
+            track=self.tracker.summary() if self.tracker is not None else None, durations=dict(self.durations),
+            last_transition=self.last, transitions=self.counters.transitions,
+            became_master=self.counters.became_master, faults_total=self.counters.faults,
+            adverts_received=self.counters.adverts_received, drops=dict(self.validator.drops))
+
