@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from agent.config import FilesystemConfig
-from drbd.drbdadm import run
+from drbd.runner import run
 
 
 class FsError(Exception):

@@ -18,7 +18,7 @@ import struct
 import time
 from collections.abc import Sequence
 
-from drbd.drbdadm import run
+from drbd.runner import run
 from vrrp.packet import checksum
 from vrrp.socket import _JEQ, _LD_B_IND, _LDX_MSH, _RET, attach_filter
 

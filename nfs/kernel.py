@@ -31,7 +31,8 @@ from pathlib import Path
 import psutil
 
 from agent.config import NfsConfig
-from nfs.backend import NfsError, Runner, run_checked
+from drbd.runner import Runner
+from nfs.backend import NfsError, run_checked
 from nfs.exports import render_kernel
 from nfs.rpc import nfs_answers
 

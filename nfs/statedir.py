@@ -16,7 +16,8 @@ from pathlib import Path
 
 from agent.config import FilesystemConfig
 from agent.fs import FsError, unmount
-from nfs.backend import NfsError, Runner, run_checked
+from drbd.runner import Runner
+from nfs.backend import NfsError, run_checked
 
 
 class StateDir:
