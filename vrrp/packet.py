@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from vrrp.checksum import checksum
+
 PROTO_VRRP = 112
 GROUP = IPv4Address("224.0.0.18")
 TTL = 255
@@ -66,16 +68,6 @@ class Advertisement:
 class Drop:
     reason: DropReason
     detail: str
-
-
-def checksum(data: bytes) -> int:
-    """RFC 1071 internet checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def auth_bytes(password: str) -> bytes:
