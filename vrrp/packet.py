@@ -19,6 +19,24 @@ from ipaddress import IPv4Address
 
 from vrrp.checksum import checksum
 
+__all__ = [
+    "AUTH_NONE",
+    "AUTH_PASS",
+    "GROUP",
+    "PROTO_VRRP",
+    "TOS",
+    "TTL",
+    "UNSPECIFIED",
+    "Advertisement",
+    "Drop",
+    "DropReason",
+    "Validator",
+    "auth_bytes",
+    "decode",
+    "encode",
+    "encode_vrrp",
+]
+
 PROTO_VRRP = 112
 GROUP = IPv4Address("224.0.0.18")
 TTL = 255
