@@ -19,6 +19,7 @@ from agent.config import Config
 from agent.journal import Event, emit
 from agent.machine import Op, RunStep, Step
 from drbd import drbdadm
+from drbd.runner import Runner, run
 from drbd.status import Status, auto_promote_on, parse_events2
 from nfs.backend import Backend, NfsError
 from nfs.ganesha import GaneshaBackend
@@ -40,7 +41,7 @@ class StepFailed(Exception):
 
 
 class Chain:
-    def __init__(self, cfg: Config, vips: VipHolder, garp: Garp, runner: drbdadm.Runner = drbdadm.run) -> None:
+    def __init__(self, cfg: Config, vips: VipHolder, garp: Garp, runner: Runner = run) -> None:
         self.cfg = cfg
         self.vips = vips
         self.garp = garp

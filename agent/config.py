@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.machine import ORDER, Step
-from nfs.exports import Export, ExportError, parse_export
+from nfs.exports import ExportError, parse_export
+from nfs.settings import NfsConfig
 
 DEFAULT_PATH = Path("/etc/failover-agent/agent.toml")
 
@@ -289,26 +290,6 @@ def _export_tables(v: Any) -> tuple[dict[str, Any], ...]:
 
 def _scope(v: Any) -> str:
     return _word(v, "an NFSv4 server scope")
-
-
-@dataclass(frozen=True)
-class NfsConfig:
-    exports: tuple[Export, ...]
-    backend: str = "kernel"
-    state_dir: str = ".nfs-state"
-    grace_time: int = 10
-    lease_time: int = 10
-    versions: tuple[int, ...] = (3, 4)
-    server_scope: str = "failover-agent"
-    # kernel backend
-    service: str = "direct"
-    threads: int = 8
-    state_target: str = "/var/lib/nfs"
-    exports_file: str = "/etc/exports.d/failover-agent.exports"
-    # ganesha backend
-    graceless: bool = False
-    run_dir: str = "/run/failover-agent/ganesha"
-    ganesha_binary: str = "ganesha.nfsd"
 
 
 _NFS_KEYS: dict[str, Callable[[Any], Any]] = {

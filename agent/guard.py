@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from drbd.status import OUTDATED, Status
 
+__all__ = ["UNKNOWN_PEER_POLICIES", "Decision", "PeerView", "may_promote", "witness_wait"]
+
 UNKNOWN_PEER_POLICIES = ("refuse", "witness")
 
 

@@ -20,6 +20,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "KINDS",
+    "MAC_LEN",
+    "MAX_DATAGRAM",
+    "MIN_SECRET",
+    "Message",
+    "Rejected",
+    "ReplayGuard",
+    "decode",
+    "encode",
+    "load_secret",
+    "new_message",
+]
+
 KINDS = ("state", "state-reply", "outdate", "outdate-reply")
 MAX_DATAGRAM = 4096
 MAC_LEN = 32

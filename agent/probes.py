@@ -18,26 +18,25 @@ import struct
 import time
 from collections.abc import Sequence
 
-from drbd.drbdadm import run
-from vrrp.packet import checksum
-from vrrp.socket import _JEQ, _LD_B_IND, _LDX_MSH, _RET, attach_filter
+from drbd.runner import run
+from vrrp.checksum import checksum
+from vrrp.rawsock import JEQ, LD_B_IND, LDX_MSH, RET, BpfProgram, attach_filter, bind_to_device
 
-SO_BINDTODEVICE = 25
 ECHO_REQUEST, ECHO_REPLY = 8, 0
 
 
-def echo_reply_program(ident: int) -> list[tuple[int, int, int, int]]:
+def echo_reply_program(ident: int) -> BpfProgram:
     """BPF over the IP datagram: pass ICMP echo replies with our identifier only."""
     return [
-        (_LDX_MSH, 0, 0, 0),
-        (_LD_B_IND, 0, 0, 0),  # ICMP type
-        (_JEQ, 0, 5, ECHO_REPLY),
-        (_LD_B_IND, 0, 0, 4),  # identifier, high byte
-        (_JEQ, 0, 3, ident >> 8),
-        (_LD_B_IND, 0, 0, 5),  # identifier, low byte
-        (_JEQ, 0, 1, ident & 0xFF),
-        (_RET, 0, 0, 0xFFFF),
-        (_RET, 0, 0, 0),
+        (LDX_MSH, 0, 0, 0),
+        (LD_B_IND, 0, 0, 0),  # ICMP type
+        (JEQ, 0, 5, ECHO_REPLY),
+        (LD_B_IND, 0, 0, 4),  # identifier, high byte
+        (JEQ, 0, 3, ident >> 8),
+        (LD_B_IND, 0, 0, 5),  # identifier, low byte
+        (JEQ, 0, 1, ident & 0xFF),
+        (RET, 0, 0, 0xFFFF),
+        (RET, 0, 0, 0),
     ]
 
 
@@ -67,7 +66,7 @@ class Pinger:
         self.waiting: dict[tuple[str, int], asyncio.Future[float]] = {}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+            bind_to_device(self.sock, interface)
             attach_filter(self.sock, echo_reply_program(self.ident))
             self.sock.setblocking(False)
         except OSError:

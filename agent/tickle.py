@@ -22,8 +22,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
 
-from agent.probes import SO_BINDTODEVICE
-from vrrp.packet import checksum
+from vrrp.checksum import checksum
+from vrrp.rawsock import bind_to_device
 
 TCP_ESTABLISHED = "01"
 MAX_CONNECTIONS = 400  # what one peer-channel datagram carries comfortably
@@ -82,7 +82,7 @@ class Tickler:
     def __init__(self, interface: str) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+            bind_to_device(self.sock, interface)
             self.sock.setblocking(False)
         except OSError:
             self.sock.close()

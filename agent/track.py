@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from agent.config import TrackConfig
 
+__all__ = ["Target", "TrackChange", "Tracker"]
+
 
 @dataclass
 class Target:

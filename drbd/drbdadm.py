@@ -11,12 +11,12 @@ kernel supports it, and finally a self-fence request the caller carries out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str, str]]]
+from drbd.runner import Runner, run
+
 FENCE_ACTIONS = ("none", "reboot", "poweroff")
 #: disk states that can never be promoted over the peer: what a fenced peer must be in
 GAVE_UP = ("Outdated", "Inconsistent", "Diskless")
@@ -85,20 +85,6 @@ def classify(action: str, resource: str, code: int, stderr: str) -> DrbdError:
         if needle.lower() in text.lower():
             return cls(f"drbdadm {action} {resource}: {meaning} (exit {code}: {text})", code, stderr)
     return DrbdError(f"drbdadm {action} {resource} failed (exit {code}): {text or 'no message'}", code, stderr)
-
-
-async def run(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
-    """The real runner: argument list, no shell, killed on timeout."""
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return 124, "", f"{argv[0]} timed out after {timeout:g} s"
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 @dataclass

@@ -10,10 +10,10 @@ with a sentence naming the server and the command.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
-Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str, str]]]
+from drbd.runner import Runner
 
 
 class NfsError(Exception):

@@ -18,10 +18,10 @@ import signal
 import time
 from pathlib import Path
 
-from agent.config import NfsConfig
 from nfs.backend import NfsError
 from nfs.exports import render_ganesha
 from nfs.rpc import nfs_answers
+from nfs.settings import NfsConfig
 
 
 class GaneshaBackend:

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import psutil
 
-from agent.config import NfsConfig
-from nfs.backend import NfsError, Runner, run_checked
+from drbd.runner import Runner
+from nfs.backend import NfsError, run_checked
 from nfs.exports import render_kernel
 from nfs.rpc import nfs_answers
+from nfs.settings import NfsConfig
 
 NFSD = Path("/proc/fs/nfsd")
 UNIT = "nfs-server.service"

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.config import FilesystemConfig
-from agent.fs import FsError, unmount
-from nfs.backend import NfsError, Runner, run_checked
+from drbd.mounts import FsError, unmount_path
+from drbd.runner import Runner
+from nfs.backend import NfsError, run_checked
 
 
 class StateDir:
@@ -69,10 +69,9 @@ class StateDir:
         # Never a lazy unmount: it would keep the replicated filesystem busy, and DRBD could not
         # be demoted. A daemon still holding a state file (an rpc.statd left by a killed agent)
         # is stopped like any holder of the filesystem.
-        spec = FilesystemConfig(device=self.path, mountpoint=target, kill_holders=True, kill_grace=2.0)
         notes: list[str] = []
         try:
-            await unmount(spec, timeout, notes, present=self.bound)
+            await unmount_path(target, timeout, present=self.bound, kill_holders=True, kill_grace=2.0, report=notes)
         except FsError as e:
             raise NfsError(str(e)) from None
         return f"{target} unbound" + (f" ({'; '.join(notes)})" if notes else "")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import fs
+from drbd import mounts
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +50,7 @@ def test_busy_unmount_terminates_then_kills_holders(tmp_path: Path, loopdev: str
     stubborn = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert stubborn.stdout is not None and stubborn.stdout.readline().strip() == "ok"
-        holders = {h.pid: h.why for h in fs.find_holders(s.mountpoint)}
+        holders = {h.pid: h.why for h in mounts.find_holders(s.mountpoint)}
         assert holders.get(polite.pid) == "cwd" and holders.get(stubborn.pid) == "open file"
         notes: list[str] = []
         t0 = time.monotonic()

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP
 from scapy.layers.vrrp import VRRP, VRRPv3
 
+from vrrp.checksum import checksum
 from vrrp.packet import (
     AUTH_NONE,
     AUTH_PASS,
@@ -35,7 +36,6 @@ from vrrp.packet import (
     DropReason,
     Validator,
     auth_bytes,
-    checksum,
     decode,
     encode,
     encode_vrrp,

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from tests.lab.agent import REPO
 from tests.lab.netns import NetnsLab
 from vrrp.packet import GROUP, Advertisement, encode
-from vrrp.socket import WAKE_NEVER, doorbell_program, run_program
+from vrrp.rawsock import run_program
+from vrrp.socket import WAKE_NEVER, doorbell_program
 
 SRC = IPv4Address("192.0.2.1")
 

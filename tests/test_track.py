@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from agent.config import CheckConfig, ConfigError, TrackConfig, parse
 from agent.probes import echo_reply_program, echo_request, parse_echo_reply
 from agent.track import Target, Tracker
-from vrrp.socket import run_program
+from vrrp.rawsock import run_program
 
 W1, W2 = IPv4Address("192.0.2.254"), IPv4Address("198.51.100.254")
 BASE = '[vrrp]\ninterface = "eth0"\nvrid = 51\npriority = 100\nvips = ["192.0.2.100/24"]\n'

@@ -1,1 +1,6 @@
-"""VRRP (RFC 3768 / RFC 5798) for failover-agent: packets, router state machine, sockets, VIPs."""
+"""VRRP (RFC 3768 / RFC 5798) for IPv4, usable without the rest of the agent.
+
+packet (the codec) and router (the state machine) are sans-I/O; socket, rawsock, vip and
+link are the kernel side. vrrp imports nothing from agent, drbd or nfs: it knows nothing of
+storage, and it is the agent that holds mastership back until the data is served.
+"""

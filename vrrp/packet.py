@@ -17,6 +17,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from vrrp.checksum import checksum
+
+__all__ = [
+    "AUTH_NONE",
+    "AUTH_PASS",
+    "GROUP",
+    "PROTO_VRRP",
+    "TOS",
+    "TTL",
+    "UNSPECIFIED",
+    "Advertisement",
+    "Drop",
+    "DropReason",
+    "Validator",
+    "auth_bytes",
+    "decode",
+    "encode",
+    "encode_vrrp",
+]
+
 PROTO_VRRP = 112
 GROUP = IPv4Address("224.0.0.18")
 TTL = 255
@@ -66,16 +86,6 @@ class Advertisement:
 class Drop:
     reason: DropReason
     detail: str
-
-
-def checksum(data: bytes) -> int:
-    """RFC 1071 internet checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def auth_bytes(password: str) -> bytes:

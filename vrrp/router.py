@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
+__all__ = ["Action", "Heard", "OtherMaster", "Params", "Router", "SendAdvert", "State", "Transition"]
+
 
 class State(enum.StrEnum):
     INITIALIZE = "INITIALIZE"

@@ -24,7 +24,6 @@ times, which is exactly what the RFC timers need.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
 import socket
@@ -34,72 +33,35 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from vrrp.packet import GROUP, PROTO_VRRP
+from vrrp.rawsock import JEQ, JGE, LD_B_IND, LDX_MSH, RET, BpfProgram, attach_filter, bind_to_device
 
 log = logging.getLogger(__name__)
 
 IP_MULTICAST_ALL = 49
-SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 QUEUE_BUFFER = 1 << 20
 WAKE_NEVER = 256  # a priority threshold no advert reaches
-
-# classic BPF opcodes
-_LDX_MSH = 0xB1  # X = 4 * (pkt[k] & 0xf)
-_LD_B_IND = 0x50  # A = pkt[X + k]
-_JEQ = 0x15
-_JGE = 0x35
-_RET = 0x06
 
 
 def _mreqn(group: IPv4Address, ifindex: int) -> bytes:
     return struct.pack("=4s4si", group.packed, b"\0\0\0\0", ifindex)
 
 
-def doorbell_program(first_byte: int, vrid: int, threshold: int) -> list[tuple[int, int, int, int]]:
+def doorbell_program(first_byte: int, vrid: int, threshold: int) -> BpfProgram:
     """BPF over the IP datagram: pass unless it is a routine advert for `vrid` below `threshold`."""
     return [
-        (_LDX_MSH, 0, 0, 0),
-        (_LD_B_IND, 0, 0, 0),  # version/type
-        (_JEQ, 0, 6, first_byte),
-        (_LD_B_IND, 0, 0, 1),  # VRID
-        (_JEQ, 0, 4, vrid),
-        (_LD_B_IND, 0, 0, 2),  # priority
-        (_JEQ, 2, 0, 0),
-        (_JGE, 1, 0, threshold),
-        (_RET, 0, 0, 0),  # routine: stays in the queue socket only
-        (_RET, 0, 0, 0xFFFF),  # wake up
+        (LDX_MSH, 0, 0, 0),
+        (LD_B_IND, 0, 0, 0),  # version/type
+        (JEQ, 0, 6, first_byte),
+        (LD_B_IND, 0, 0, 1),  # VRID
+        (JEQ, 0, 4, vrid),
+        (LD_B_IND, 0, 0, 2),  # priority
+        (JEQ, 2, 0, 0),
+        (JGE, 1, 0, threshold),
+        (RET, 0, 0, 0),  # routine: stays in the queue socket only
+        (RET, 0, 0, 0xFFFF),  # wake up
     ]
-
-
-def run_program(prog: list[tuple[int, int, int, int]], pkt: bytes) -> bool:
-    """Interpret the doorbell program in Python (for tests; the kernel runs the real one)."""
-    a = x = pc = 0
-    while True:
-        code, jt, jf, k = prog[pc]
-        pc += 1
-        if code == _LDX_MSH:
-            if k >= len(pkt):
-                return False
-            x = 4 * (pkt[k] & 0xF)
-        elif code == _LD_B_IND:
-            if x + k >= len(pkt):
-                return False
-            a = pkt[x + k]
-        elif code in (_JEQ, _JGE):
-            hit = a == k if code == _JEQ else a >= k
-            pc += jt if hit else jf
-        elif code == _RET:
-            return k != 0
-        else:
-            raise ValueError(f"unknown BPF opcode {code:#x}")
-
-
-def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
-    raw = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
-    buf = ctypes.create_string_buffer(raw)
-    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class VrrpSocket:
@@ -125,7 +87,7 @@ class VrrpSocket:
     def _raw(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+            bind_to_device(s, self.ifname)
             s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
             if not self.peers:
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(GROUP, self.ifindex))
