@@ -326,6 +326,8 @@ class Node:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _start(self, event: Start, now: float) -> None:
+        if self.joined or self._start_until is not None:
+            return  # started already
         self.link_up = event.link_up
         self._schedule_tracking(now)
         if self.cfg.peer is not None:

@@ -1,0 +1,350 @@
+"""The storage node's decisions (`agent.node.Node`), event by event on a virtual clock.
+
+Each test feeds the events an adapter would and checks the actions: the policy that the
+daemon's glue used to decide (fault sources, the held-back priority 0, release budgets, the
+drain schedule, answering the peer, the fence-peer answer, the DRBD acquire plan) is all here.
+The two-node simulation (tests/test_split_brain_sim.py) runs the same class under partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TypeVar
+
+from agent import actions as act
+from agent import events as ev
+from agent.config import Config, parse
+from agent.machine import Op, Phase, RunStep, Step
+from agent.node import OUTDATE_CYCLE_HOLD, Node, fence_exit_code
+from drbd.status import Status
+from vrrp.packet import GROUP, Advertisement, encode
+from vrrp.router import State
+
+OWN, PEER = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")
+VIP_ONLY = """
+[vrrp]
+interface = "eth0"
+vrid = 51
+priority = 100
+advert_interval = 1.0
+vips = ["192.0.2.100/24"]
+"""
+STORAGE = VIP_ONLY + """
+[drbd]
+resource = "r0"
+unknown_peer = "{policy}"
+
+[filesystem]
+device = "/dev/drbd0"
+mountpoint = "/srv/nfs"
+
+[track]
+witnesses = ["192.0.2.254", "192.0.2.253"]
+interval = 1.0
+timeout = 0.5
+fall = 3
+rise = 2
+
+[peer]
+address = "192.0.2.2"
+timeout = 0.5
+"""
+A = TypeVar("A")
+CONNECTED = Status("r0", "Secondary", "UpToDate", "Connected", "Secondary", "UpToDate")
+PEER_PRIMARY = Status("r0", "Secondary", "UpToDate", "Connected", "Primary", "UpToDate")
+CUT = Status("r0", "Secondary", "UpToDate", "WFConnection", "Unknown", "DUnknown")
+
+
+class Drive:
+    """Feeds one node and keeps the clock and every action it returned."""
+
+    def __init__(self, text: str = VIP_ONLY) -> None:
+        self.cfg: Config = parse(text)
+        self.node = Node(self.cfg, OWN)
+        self.now = 0.0
+        self.log: list[act.Action] = []
+        self.witnesses_answer = True  # routine pings are answered at once; fresh ones by the test
+
+    def feed(self, event: ev.Event, at: float | None = None) -> list[act.Action]:
+        self.now = self.now if at is None else at
+        out = self.node.handle(event, self.now)
+        for probe in [a for a in out if isinstance(a, act.SendProbe) and a.fresh is None]:
+            ok = self.witnesses_answer
+            out += self.node.handle(ev.ProbeResult(probe.target, ok, "reply" if ok else "timeout"), self.now)
+        self.log += out
+        return out
+
+    def tick(self) -> list[act.Action]:
+        """The node's one timer fires (a drain it asks for is answered with an empty queue)."""
+        deadline = self.node.deadline()
+        assert deadline is not None
+        out = self.feed(ev.Timer(), max(self.now, deadline))
+        if any(isinstance(a, act.DrainAdverts) for a in out):
+            out += self.feed(ev.AdvertsHeard(()))
+        return out
+
+    def until(self, t: float) -> None:
+        while (d := self.node.deadline()) is not None and d <= t:
+            self.tick()
+        self.now = t
+
+    def answer_steps(self, ok: bool = True) -> None:
+        """Let every step the machine runs succeed (or fail), at once."""
+        while (run := self.node.machine.running) is not None and (run.step, run.op) != (Step.DRBD, Op.ACQUIRE):
+            self.feed(ev.StepDone(run.step, run.op, ok, "done"))
+
+    def master(self) -> None:
+        """Start (once the witnesses count as reachable, if any) and take over after Master_Down."""
+        self.feed(ev.Start())
+        self.until(self.now + 1.01 if self.cfg.track else self.now)
+        self.until(self.now + self.node.router.master_down_interval + 0.01)
+        assert self.node.router.state == State.MASTER, self.node.faults
+
+
+def of(kind: type[A], actions: Sequence[act.Action]) -> list[A]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def advert(priority: int, src: IPv4Address = PEER) -> bytes:
+    return encode(Advertisement(version=2, vrid=51, priority=priority, interval=1.0,
+                                addresses=(IPv4Address("192.0.2.100"),)), src, GROUP, 1)
+
+
+def test_startup_with_nothing_held_joins_vrrp_as_backup() -> None:
+    d = Drive()
+    out = d.feed(ev.Start())
+    assert of(act.Joined, out) and d.node.router.state == State.BACKUP
+    assert d.node.deadline() == d.node.router.master_down_interval
+
+
+def test_what_an_earlier_run_left_is_released_before_joining() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    out = d.feed(ev.Start(found=(Step.DRBD, Step.MOUNT)))
+    assert of(act.RunStep, out) == [RunStep(Step.MOUNT, Op.RELEASE, 30.0)] and not of(act.Joined, out)
+    assert d.node.router.state == State.INITIALIZE
+    d.feed(ev.StepDone(Step.MOUNT, Op.RELEASE, True, "unmounted"))
+    out = d.feed(ev.StepDone(Step.DRBD, Op.RELEASE, True, "Secondary"))
+    assert of(act.Joined, out)
+
+
+def test_a_release_that_never_finishes_fails_the_start_after_its_budget() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    d.feed(ev.Start(found=(Step.DRBD,)))
+    for _ in range(40):
+        run = d.node.machine.running
+        if run is not None:
+            d.feed(ev.StepDone(run.step, run.op, False, "device busy"))
+        d.tick()
+    failed = of(act.StartFailed, d.log)
+    assert failed and "drbd" in failed[0].reason and d.now >= 31.0  # 1 step x 30 s + 1
+    assert not of(act.Joined, d.log)
+
+
+def test_priority_zero_waits_until_everything_is_released() -> None:
+    d = Drive()
+    d.master()
+    d.answer_steps()
+    assert d.node.machine.phase == Phase.SERVING
+    out = d.feed(ev.AdminRequest(1, ev.Admin.STOP, "SIGTERM received"))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    assert not [a for a in out if isinstance(a, act.SendAdvert) and a.priority == 0]
+    out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
+    assert [a for a in out if isinstance(a, (act.SendAdvert, act.Stopped))] == [act.SendAdvert(0), act.Stopped(())]
+    assert d.node.deadline() is None and d.feed(ev.Timer()) == []
+
+
+def test_a_stop_that_cannot_release_in_time_says_so_and_still_stops() -> None:
+    d = Drive()
+    d.master()
+    d.answer_steps()
+    d.feed(ev.AdminRequest(1, ev.Admin.STOP, "SIGTERM"))
+    d.until(5.0)  # VIP only: 0.8 s budget
+    stopped = of(act.Stopped, d.log)
+    assert stopped == [act.Stopped(("vip",))]
+    assert any(isinstance(a, act.Emit) and "still held" in a.message for a in d.log)
+
+
+def test_the_doorbell_asks_for_one_drain_and_adverts_are_fed_in_arrival_order() -> None:
+    d = Drive()
+    d.feed(ev.Start())
+    assert of(act.DrainAdverts, d.feed(ev.Doorbell(), 0.5)) == [act.DrainAdverts()]
+    assert d.feed(ev.Doorbell()) == [], "one drain at a time"
+    d.feed(ev.AdvertsHeard(((advert(200), 0.4), (advert(200), 0.45))))
+    assert d.node.router.state == State.BACKUP and d.node.router.master == PEER
+    assert d.node.snapshot().adverts_received == 2
+
+
+def test_a_master_drains_routine_adverts_once_a_second_not_per_advert() -> None:
+    d = Drive(VIP_ONLY.replace("advert_interval = 1.0", "version = 3\nadvert_interval = 0.1"))
+    d.master()
+    t0, before = d.now, len(of(act.DrainAdverts, d.log))
+    d.until(t0 + 3.05)
+    drains = len(of(act.DrainAdverts, d.log)) - before
+    sends = [a for a in d.log if isinstance(a, act.SendAdvert)]
+    assert len(sends) >= 30 and drains <= 4
+
+
+def test_fault_sources_combine_and_only_the_last_clear_recovers() -> None:
+    d = Drive()
+    d.feed(ev.Start())
+    d.feed(ev.LinkChanged(False, "carrier lost"), 0.1)
+    assert d.node.router.state == State.FAULT
+    d.node.faults["track"] = "isolated"  # a second source, as a failed witness would add it
+    d.feed(ev.LinkChanged(True, "carrier back"), 0.2)
+    assert d.node.router.state == State.FAULT and list(d.node.faults) == ["track"]
+
+
+def test_a_second_master_is_reclaimed_with_gratuitous_arp_at_most_once_a_second() -> None:
+    d = Drive()
+    d.master()
+    d.answer_steps()
+    out = d.feed(ev.AdvertsHeard(((advert(50), d.now),)))
+    assert of(act.Garp, out) and act.SendAdvert(100) in out
+    out = d.feed(ev.AdvertsHeard(((advert(50), d.now + 0.2),)), d.now + 0.2)
+    assert not of(act.Garp, out)
+
+
+def test_the_peer_is_told_primary_while_we_hold_anything() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    d.master()
+    out = d.feed(ev.PeerRequest(7, "outdate", "192.0.2.2", CONNECTED))
+    assert of(act.AnswerPeer, out)[0].body["result"] == "primary"
+    assert not of(act.RunOutdate, out)
+
+
+def test_outdate_for_the_peer_refuses_the_newer_data_and_cycles_at_most_every_30_s() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    d.feed(ev.Start())
+    newer = Status("r0", "Secondary", "UpToDate", "WFConnection", "Unknown", "Outdated")
+    out = d.feed(ev.PeerRequest(1, "outdate", "192.0.2.2", newer))
+    assert "newer data" in of(act.AnswerPeer, out)[0].body["detail"]
+    assert of(act.RunOutdate, d.feed(ev.PeerRequest(2, "outdate", "p", CONNECTED))) == [act.RunOutdate(2, True)]
+    assert not of(act.RunOutdate, d.feed(ev.PeerRequest(3, "outdate", "p", CONNECTED))), "one at a time"
+    out = d.feed(ev.OutdateDone(2, True, ("disconnected", "connected")), 1.0)
+    assert [a.id for a in of(act.AnswerPeer, out)] == [2]
+    assert of(act.RunOutdate, out) == [act.RunOutdate(3, False)], "cycled 0 s ago: not again"
+    d.feed(ev.OutdateDone(3, True), 2.0)
+    later = d.feed(ev.PeerRequest(4, "outdate", "p", CONNECTED), 1.0 + OUTDATE_CYCLE_HOLD + 0.1)
+    assert of(act.RunOutdate, later) == [act.RunOutdate(4, True)]
+
+
+def fence(d: Drive, state_reply: dict[str, object] | None, pings: Sequence[bool]) -> act.AdminAnswer:
+    out = d.feed(ev.AdminRequest(9, ev.Admin.FENCE_PEER))
+    ask = of(act.AskPeer, out)[0]
+    assert isinstance(ask, act.AskPeer) and ask.kind == "state"
+    out = d.feed(ev.PeerAnswer(ask.id, state_reply))
+    probes = [a for a in out if isinstance(a, act.SendProbe) and a.fresh is not None]
+    for probe, ok in zip(probes, pings, strict=True):
+        out += d.feed(ev.ProbeResult(probe.target, ok, "reply" if ok else "timeout", probe.fresh))
+    answers = [a for a in d.log if isinstance(a, act.AdminAnswer)]
+    assert answers
+    return answers[-1]
+
+
+def test_fence_peer_declares_a_silent_peer_dead_only_on_a_fresh_witness_answer() -> None:
+    d = Drive(STORAGE.format(policy="witness"))
+    d.feed(ev.Start())
+    d.until(1.01)  # rise 2: the tracker says connected
+    assert not d.node.tracker.isolated  # type: ignore[union-attr]
+    assert fence_exit_code(fence(d, None, [True, False]).body) == 5
+    assert fence_exit_code(fence(d, None, [False, False]).body) == 1, "no witness answers now: we may be isolated"
+
+
+def test_fence_peer_asks_a_living_peer_to_outdate() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    d.feed(ev.Start())
+    out = d.feed(ev.AdminRequest(9, ev.Admin.FENCE_PEER))
+    ask = of(act.AskPeer, out)[0]
+    assert isinstance(ask, act.AskPeer)
+    out = d.feed(ev.PeerAnswer(ask.id, {"vrrp": "BACKUP"}))
+    outdate = of(act.AskPeer, out)[0]
+    assert isinstance(outdate, act.AskPeer) and outdate.kind == "outdate" and outdate.timeout >= 20
+    out = d.feed(ev.PeerAnswer(outdate.id, {"result": "outdated"}))
+    answer = of(act.AdminAnswer, out)[0]
+    assert isinstance(answer, act.AdminAnswer) and fence_exit_code(answer.body) == 4
+
+
+def acquire(d: Drive) -> None:
+    d.master()
+    assert of(act.ReadDrbd, d.log), "the DRBD acquire starts by reading DRBD's view"
+
+
+def test_acquire_waits_for_a_releasing_peer_then_promotes() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    acquire(d)
+    t0 = d.now
+    d.feed(ev.DrbdRead(PEER_PRIMARY))
+    assert d.node.deadline() == t0 + 0.1
+    assert of(act.ReadDrbd, d.tick())
+    out = d.feed(ev.DrbdRead(CONNECTED))
+    assert of(act.Promote, out)
+    d.feed(ev.Promoted(True, ""))
+    assert d.node.machine.held == [Step.DRBD]
+    assert "waited" in d.node.durations.__repr__() or d.node.machine.running == RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)
+
+
+def test_acquire_with_the_link_cut_asks_the_peer_and_refuses_when_it_is_silent() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    acquire(d)
+    out = d.feed(ev.DrbdRead(CUT))
+    ask = of(act.AskPeer, out)[0]
+    assert isinstance(ask, act.AskPeer) and ask.kind == "state"
+    out = d.feed(ev.PeerAnswer(ask.id, None))
+    assert not of(act.Promote, out)
+    assert d.node.machine.phase == Phase.FAULT and d.node.router.state == State.FAULT
+    assert any(isinstance(a, act.Emit) and "unknown_peer = refuse" in a.message for a in out)
+
+
+def test_acquire_with_the_link_cut_promotes_once_the_peer_outdated_itself() -> None:
+    d = Drive(STORAGE.format(policy="refuse"))
+    acquire(d)
+    ask = of(act.AskPeer, d.feed(ev.DrbdRead(CUT)))[0]
+    assert isinstance(ask, act.AskPeer)
+    outdate = of(act.AskPeer, d.feed(ev.PeerAnswer(ask.id, {"vrrp": "BACKUP"})))[0]
+    assert isinstance(outdate, act.AskPeer)
+    assert of(act.Promote, d.feed(ev.PeerAnswer(outdate.id, {"result": "outdated"})))
+
+
+def test_witness_policy_waits_master_down_plus_the_peer_s_isolation_time_from_its_last_advert() -> None:
+    d = Drive(STORAGE.format(policy="witness"))
+    d.feed(ev.Start())
+    d.until(1.01)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    heard = d.now
+    d.until(heard + d.node.router.master_down_interval + 0.01)
+    assert d.node.router.state == State.MASTER
+    ask = of(act.AskPeer, d.feed(ev.DrbdRead(CUT)))[-1]
+    assert isinstance(ask, act.AskPeer)
+    d.feed(ev.PeerAnswer(ask.id, None))
+    isolation = 3 * 1.0 + 0.5 + 5.0  # fall x interval + timeout + witness_grace
+    promote_at = heard + d.node.router.master_down_interval + isolation
+    reads = len(of(act.ReadDrbd, d.log))
+    d.until(promote_at - 0.01)
+    assert len(of(act.ReadDrbd, d.log)) == reads, "no second look before the peer had time to release"
+    d.until(promote_at)
+    assert len(of(act.ReadDrbd, d.log)) == reads + 1
+    assert of(act.Promote, d.feed(ev.DrbdRead(CUT)))
+
+
+def test_handover_answers_once_released() -> None:
+    d = Drive()
+    out = d.feed(ev.AdminRequest(1, ev.Admin.HANDOVER))
+    assert "nothing to hand over" in of(act.AdminAnswer, out)[0].body["message"]
+    d.master()
+    d.answer_steps()
+    out = d.feed(ev.AdminRequest(2, ev.Admin.HANDOVER))
+    assert not of(act.AdminAnswer, out) and d.node.router.state == State.BACKUP
+    out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
+    assert act.SendAdvert(0) in out
+    assert "released" in of(act.AdminAnswer, out)[0].body["message"]
+
+
+def test_a_reload_that_changes_the_vips_while_holding_them_changes_them_live() -> None:
+    d = Drive()
+    d.master()
+    d.answer_steps()
+    out = d.feed(ev.Reconfigure(parse(VIP_ONLY.replace('"192.0.2.100/24"', '"192.0.2.101/24"'))))
+    assert of(act.ChangeVips, out) == [act.ChangeVips((IPv4Interface("192.0.2.100/24"),),
+                                                      (IPv4Interface("192.0.2.101/24"),))]
+    assert d.node.machine.phase == Phase.SERVING
