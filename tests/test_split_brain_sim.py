@@ -80,6 +80,17 @@ def test_a_crashed_master_with_the_replication_link_gone_too() -> None:
         assert not sim.violations
 
 
+def test_both_links_of_the_master_cut_the_peer_waits_for_the_isolated_master_to_release() -> None:
+    """UML scenario 3: the survivor promotes only after Master_Down plus the isolation time."""
+    for seed in range(3):
+        sim = settled("witness", seed)
+        sim.set_service(0, False)
+        sim.set_replication(False)
+        sim.run_for(30)
+        assert not sim.violations, (seed, sim.violations, sim.events[-20:])
+        assert sim.primaries() == [1], (seed, sim.events[-20:])
+
+
 def test_a_killed_agent_restarted_by_systemd_releases_before_the_peer_promotes() -> None:
     sim = settled("witness")
     sim.kill_agent(0, restart_after=2.0)
