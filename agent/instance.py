@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from agent.probes import Pinger, run_check
 from agent.tickle import Tickler, established, parse_connections
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
-from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, auth_bytes, encode
+from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Templates, auth_bytes
 from vrrp.socket import VrrpSocket
 from vrrp.vip import Garp, LinkInfo, VipHolder
 
@@ -79,8 +77,7 @@ class Instance:
         self._tasks: set[asyncio.Task[None]] = set()
         self._joined: asyncio.Future[None] = self.loop.create_future()
         self._stopped: asyncio.Future[None] = self.loop.create_future()
-        self._ip_id = 0
-        self._templates: dict[tuple[int, IPv4Address, float | None], bytearray] = {}
+        self.templates = self._templates()
         self._do: dict[type, Callable[[Any], None]] = {
             act.SendAdvert: self._send_advert, act.Garp: lambda _: self.garp.send(self.cfg.vrrp.vips),
             act.DrainAdverts: lambda _: self._pending.append(ev.AdvertsHeard(tuple(self.sock.drain()))),
@@ -159,9 +156,8 @@ class Instance:
         if stale:
             emit(Kind.CLEANUP, f"removed VIP(s) {addrs(stale)} left on {self.info.name} by an earlier run",
                  logging.WARNING, VIPS=addrs(stale))
-        v = self.cfg.vrrp
         await self._start_peer_channel()
-        self.sock.open(first_byte=(v.version << 4) | 1, vrid=v.vrid)
+        self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
         self._open_pinger()
@@ -173,19 +169,17 @@ class Instance:
         await self._joined
 
     def _open_pinger(self) -> None:
-        if self.cfg.track is not None and self.cfg.track.witnesses and self.pinger is None:
+        if self.cfg.track and self.cfg.track.witnesses and self.pinger is None:
             self.pinger = Pinger(self.info.name, self.loop)
 
     async def stop(self, reason: str) -> None:
         """Ordered leave: everything released in reverse, then the priority-0 advert, then sockets close."""
         if not self.node.stopped:
             self.feed(ev.AdminRequest(next(self._ids), ev.Admin.STOP, reason))
-        await self._stopped
+        await self._stopped  # the node's deadline is None from now on: no timer left
         for closer in (self.peer_channel, self.tickler, self.pinger):
             if closer is not None:
                 closer.close()
-        if self._timer is not None:
-            self._timer.cancel()
         for t in list(self._tasks):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -194,7 +188,6 @@ class Instance:
         self.sock.close()
         self.garp.close()
 
-    # -- admin requests -----------------------------------------------------------------------
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
 
@@ -207,7 +200,7 @@ class Instance:
     async def reconfigure(self, new: Config) -> None:
         """Live changes only; the daemon restarts the instance for identity keys."""
         self.cfg = self.chain.cfg = new
-        self._templates.clear()
+        self.templates = self._templates()
         self.vips.vips = new.vrrp.vips
         self._open_pinger()
         self.feed(ev.Reconfigure(new))
@@ -220,29 +213,17 @@ class Instance:
             emit(a.kind, a.message, a.level, **a.fields)
 
     def _send_advert(self, a: act.SendAdvert) -> None:
-        def datagram(dst: IPv4Address) -> bytearray:
-            key = (a.priority, dst, a.interval)
-            template = self._templates.get(key)
-            if template is None:
-                template = self._templates[key] = self._encode(a.priority, dst, a.interval)
-            self._ip_id = (self._ip_id + 1) & 0xFFFF
-            struct.pack_into("!H", template, 4, self._ip_id)
-            struct.pack_into("!H", template, 10, 0)  # IP_HDRINCL: the kernel fills the checksum
-            return template
-
         before = self.sock.sent
-        self.sock.send(datagram)
+        self.sock.send(lambda dst: self.templates.datagram(a.priority, dst, a.interval))
         self.counters.adverts_sent += self.sock.sent - before
 
-    def _encode(self, priority: int, dst: IPv4Address, interval: float | None) -> bytearray:
+    def _templates(self) -> Templates:
         v = self.cfg.vrrp
-        adv = Advertisement(
-            version=v.version, vrid=v.vrid, priority=priority,
-            interval=v.advert_interval if interval is None or v.version == 2 else interval,
-            addresses=tuple(vip.ip for vip in v.vips),
-            auth_type=AUTH_PASS if v.auth_pass else AUTH_NONE, auth_data=auth_bytes(v.auth_pass))
         assert self.info.primary is not None
-        return bytearray(encode(adv, self.info.primary, dst, 0))
+        return Templates(Advertisement(version=v.version, vrid=v.vrid, priority=v.priority,
+                                       interval=v.advert_interval, addresses=tuple(vip.ip for vip in v.vips),
+                                       auth_type=AUTH_PASS if v.auth_pass else AUTH_NONE,
+                                       auth_data=auth_bytes(v.auth_pass)), self.info.primary)
 
     async def _run_step(self, step: act.RunStep) -> None:
         t0 = time.monotonic()
@@ -334,7 +315,6 @@ class Instance:
         except (DrbdError, OSError, AssertionError) as e:
             self.feed(ev.OutdateDone(a.id, False, tuple(notes), str(e) or "no [drbd] section"))
 
-    # -- status -------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Routine adverts wait in the queue until a wakeup: count them now (the status command)."""
         self.feed(ev.Doorbell())

@@ -569,3 +569,16 @@ def test_flood_from_other_vrids_never_moves_a_backup(seed: int, version: int) ->
         assert router.state == State.BACKUP and router.master == A
     assert val.accepted == 100
     assert sum(val.drops.values()) == 10_000
+
+
+def test_templates_restamp_a_fresh_ip_id_and_keep_the_advert() -> None:
+    from vrrp.packet import Templates
+
+    src, dst = IPv4Address("192.0.2.1"), IPv4Address("224.0.0.18")
+    adv = Advertisement(version=3, vrid=51, priority=100, interval=0.1, addresses=(IPv4Address("192.0.2.100"),))
+    t = Templates(adv, src)
+    first = bytes(t.datagram(100, dst))
+    second = bytes(t.datagram(0, dst, 0.5))
+    assert first[4:6] == b"\x00\x01" and second[4:6] == b"\x00\x02" and first[10:12] == b"\x00\x00"
+    back = decode(second[:10] + struct.pack("!H", checksum(second[:20])) + second[12:])
+    assert isinstance(back, Advertisement) and back.priority == 0 and back.interval == 0.5

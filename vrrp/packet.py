@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
 from vrrp.checksum import checksum
@@ -30,6 +30,7 @@ __all__ = [
     "Advertisement",
     "Drop",
     "DropReason",
+    "Templates",
     "Validator",
     "auth_bytes",
     "decode",
@@ -117,6 +118,32 @@ def encode(adv: Advertisement, src: IPv4Address, dst: IPv4Address, ip_id: int) -
                              src.packed, dst.packed)
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return header + vrrp
+
+
+class Templates:
+    """Our own adverts as whole datagrams, built once per (priority, destination, interval).
+
+    Sending is the daemon's most frequent work: each advert re-uses its template with a fresh
+    IP ID and a zero IP checksum (IP_HDRINCL: the kernel fills it in) instead of encoding anew.
+    """
+
+    def __init__(self, adv: Advertisement, src: IPv4Address) -> None:
+        self.adv, self.src = adv, src
+        self.ip_id = 0
+        self._cache: dict[tuple[int, IPv4Address, float | None], bytearray] = {}
+
+    def datagram(self, priority: int, dst: IPv4Address, interval: float | None = None) -> bytearray:
+        """`interval`: None for our own; v2 always carries our own."""
+        key = (priority, dst, interval)
+        template = self._cache.get(key)
+        if template is None:
+            chosen = self.adv.interval if interval is None or self.adv.version == 2 else interval
+            adv = replace(self.adv, priority=priority, interval=chosen)
+            template = self._cache[key] = bytearray(encode(adv, self.src, dst, 0))
+        self.ip_id = (self.ip_id + 1) & 0xFFFF
+        struct.pack_into("!H", template, 4, self.ip_id)
+        struct.pack_into("!H", template, 10, 0)
+        return template
 
 
 def decode(datagram: bytes) -> Advertisement | Drop:
