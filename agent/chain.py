@@ -1,9 +1,10 @@
-"""Runs the machine's steps against the real system: DRBD, the filesystem, the VIPs.
+"""Runs the commands of the steps the node asks for: DRBD, the filesystem, NFS, the VIPs.
 
 Each step has three operations (acquire, release, check), runs under its own timeout, and
 reports `(ok, detail)` instead of raising: a missing binary, garbage output or a refused
 command is a failed step with a sentence naming it, which the machine turns into a rollback
-and a FAULT, never a crash of the daemon.
+and a FAULT, never a crash of the daemon. It decides nothing: whether DRBD may be promoted
+is the node's plan (`agent.node`), which asks for one read or `promote` at a time.
 """
 
 from __future__ import annotations
