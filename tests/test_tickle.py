@@ -10,6 +10,7 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, TCP
 
 from agent.tickle import MAX_CONNECTIONS, established, parse_connections, tickle_ack
@@ -79,6 +80,7 @@ while True:
 """
 
 
+@pytest.mark.lab
 def test_client_connections_are_reset_right_after_the_takeover(lab: NetnsLab, tmp_path: Path) -> None:
     """VRRP every 1 s, the backup at priority 1: it takes over 3.0-4.0 s after the master's switch
     port dies (Master_Down_Interval 3.996 s after the last advert). The client's retransmissions
