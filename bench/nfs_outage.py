@@ -60,6 +60,7 @@ from tests.lab.child import LineChild
 from tests.lab.ganesha import NFS_PORT, NodeNamespace, SharedDisk, node_namespace, power_cut, rpc_null
 from tests.lab.ganesha_agents import EXPORT, FAST_VRRP, STATE, GaneshaAgents, storage_conf
 from tests.lab.keepalived import Keepalived, check_keepalived_conf, keepalived_version, render_keepalived_conf
+from tests.lab.lock import hold_lab_lock
 from tests.lab.netns import CLIENT, LabError, NetnsLab, ProcRef, wait_until
 from tests.lab.nfsclient import NfsWriter
 
@@ -627,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    hold_lab_lock("bench.nfs_outage")  # nothing else may load the machine while it measures
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so labs are torn down on kill
     samples: list[Sample] = []
     started = time.monotonic()

@@ -17,6 +17,7 @@ import time
 
 from agent.journal import Event
 from tests.lab.agent import render_agent_conf
+from tests.lab.lock import hold_lab_lock
 from tests.lab.nspawn import NspawnLab, NspawnNode, ensure_image
 
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)
+    hold_lab_lock("bench.service")  # nothing else may load the machine while it measures
     image = ensure_image()
     with NspawnLab("fbsvc", image=image) as lab:
         a, b = lab["a"], lab["b"]

@@ -34,6 +34,7 @@ import psutil
 
 from tests.lab.agent import AgentProc
 from tests.lab.keepalived import Keepalived, render_keepalived_conf
+from tests.lab.lock import hold_lab_lock
 from tests.lab.netns import CLIENT, NetnsLab
 from tests.lab.probe import Pinger
 
@@ -325,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="v2,v3", help="comma list of v2 (1 s adverts), v3 (0.1 s adverts)")
     parser.add_argument("--json", type=Path, help="also write raw results here")
     args = parser.parse_args(argv)
+    hold_lab_lock("bench.takeover")  # nothing else may load the machine while it measures
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so labs are torn down on kill
     modes = [m for m in args.modes.split(",") if m]
     results: dict[str, object] = {"reps": args.reps, "idle_seconds": args.idle, "modes": {}}

@@ -1,4 +1,8 @@
-"""Interop with keepalived 2.2.7 (Debian package) in both roles: v2, v2 with auth PASS, v3."""
+"""Interop with keepalived 2.2.7 (Debian package) in both roles: v2, v2 with auth PASS, v3.
+
+Takeover times are held to ci_bound (twice the protocol's time plus 1 s, for a loaded CI
+machine); the tight figures next to keepalived's are bench/takeover.py's.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 
 from tests.lab.agent import AgentProc
 from tests.lab.keepalived import Keepalived, render_keepalived_conf
-from tests.lab.netns import CLIENT, NetnsLab, wait_until
+from tests.lab.netns import CLIENT, NetnsLab, ci_bound, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -58,12 +62,13 @@ def test_keepalived_master_agent_backup(lab: NetnsLab, tmp_path: Path, mode: str
     assert "MASTER" not in [t.new for t in ag.transitions()], ag.log()
     assert "dropped VRRP packet" not in ag.log(), ag.log()
     assert client_reaches(lab, "a")
-    # keepalived's node crashes: our agent takes over within its Master_Down_Interval
+    # keepalived's node crashes: our agent takes over after its Master_Down_Interval
     t0 = time.monotonic()
     lab.set_link("a", False)
     ka.kill()
-    assert ag.wait_state("MASTER", master_down(100, m["advert_interval"], m["version"]) + 1.5), ag.log()
-    assert time.monotonic() - t0 < master_down(100, m["advert_interval"], m["version"]) + 0.5
+    bound = ci_bound(master_down(100, m["advert_interval"], m["version"]))
+    assert ag.wait_state("MASTER", bound), ag.log()
+    assert time.monotonic() - t0 < bound
     assert wait_until(lambda: client_reaches(lab, "b"), 3)
 
 
@@ -82,9 +87,11 @@ def test_agent_master_keepalived_backup(lab: NetnsLab, tmp_path: Path, mode: str
     t0 = time.monotonic()
     code, _ = ag.terminate()
     assert code == 0
-    assert ka.wait_state("MASTER", 2.0), ka.log()
     skew = (256 - 100) / 256 * (m["advert_interval"] if m["version"] == 3 else 1)
-    assert time.monotonic() - t0 < skew + 0.6
+    assert ka.wait_state("MASTER", ci_bound(skew)), ka.log()
+    assert time.monotonic() - t0 < ci_bound(skew)
+    # the bound alone cannot tell Skew_Time from a silent Master_Down_Interval at 0.2 s adverts
+    assert "Backup received priority 0 advertisement" in ka.log(), ka.log()
     assert wait_until(lambda: client_reaches(lab, "b"), 3)
 
 

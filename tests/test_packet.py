@@ -1,8 +1,9 @@
 """`vrrp.packet` against keepalived 2.2.7 captures, against scapy, and against garbage.
 
-The captures live in `shared/vectors/keepalived-2.2.7/`, with `shared/` checked out as a
-sibling of the repository (`<repo>/../shared`). They pin the exact bytes keepalived puts on
-the wire; scapy's VRRP layers are the independent reference for every other field value.
+The captures live in `tests/fixtures/keepalived-2.2.7/`, made by our own lab from Debian's
+keepalived (`python -m tests.lab.capture_keepalived`, see the README there). They pin the exact
+bytes keepalived puts on the wire; scapy's VRRP layers are the independent reference for every
+other field value.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP
 from scapy.layers.vrrp import VRRP, VRRPv3
 
+from tests.lab.pcap import ip_datagram, read_pcap
 from vrrp.checksum import checksum
 from vrrp.packet import (
     AUTH_NONE,
@@ -42,61 +44,12 @@ from vrrp.packet import (
 )
 from vrrp.router import Heard, Params, Router, State
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-VECTORS = SHARED / "vectors" / "keepalived-2.2.7"
+VECTORS = Path(__file__).resolve().parent / "fixtures" / "keepalived-2.2.7"
 
 A = IPv4Address("192.0.2.1")
 B = IPv4Address("192.0.2.2")
 VIP = IPv4Address("192.0.2.100")
 PASSWORD = "s3cr3t"
-
-
-# -- a tiny classic-pcap reader ----------------------------------------------------------------
-@dataclass(frozen=True)
-class Frame:
-    dst_mac: str
-    src_mac: str
-    ethertype: int
-    payload: bytes
-
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
-
-
-def read_pcap(path: Path) -> list[Frame]:
-    """Ethernet frames of a classic (not pcapng) capture file, either byte order, us or ns stamps."""
-    data = path.read_bytes()
-    magics = {b"\xd4\xc3\xb2\xa1": "<", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
-              b"\xa1\xb2\x3c\x4d": ">"}
-    order = magics.get(data[:4])
-    if order is None:
-        raise ValueError(f"{path}: not a classic pcap file (magic {data[:4].hex()})")
-    _major, _minor, _zone, _sigfigs, _snaplen, linktype = struct.unpack_from(order + "HHiIII", data, 4)
-    if linktype != 1:
-        raise ValueError(f"{path}: link type {linktype}, expected 1 (Ethernet)")
-    frames: list[Frame] = []
-    offset = 24
-    while offset < len(data):
-        _sec, _frac, incl, orig = struct.unpack_from(order + "IIII", data, offset)
-        offset += 16
-        raw = data[offset:offset + incl]
-        offset += incl
-        if len(raw) != incl or incl != orig:
-            raise ValueError(f"{path}: truncated record")
-        ethertype, payload = struct.unpack_from("!H", raw, 12)[0], raw[14:]
-        if ethertype == 0x8100:  # 802.1Q tag
-            ethertype, payload = struct.unpack_from("!H", raw, 16)[0], raw[18:]
-        frames.append(Frame(_mac(raw[0:6]), _mac(raw[6:12]), ethertype, payload))
-    return frames
-
-
-def ip_datagram(frame: Frame) -> bytes:
-    """The IPv4 datagram of a frame, without Ethernet padding."""
-    assert frame.ethertype == 0x0800, f"ethertype {frame.ethertype:#06x} is not IPv4"
-    total = struct.unpack_from("!H", frame.payload, 2)[0]
-    return frame.payload[:total]
 
 
 # -- vectors.txt -------------------------------------------------------------------------------
@@ -111,9 +64,8 @@ class Vector:
 
 def vectors_dir() -> Path:
     if not (VECTORS / "vectors.txt").is_file():
-        pytest.fail(
-            f"keepalived test vectors not found at {VECTORS}: check out the shared/ directory as a "
-            f"sibling of the repository ({REPO}/../shared)", pytrace=False)
+        pytest.fail(f"keepalived test vectors not found at {VECTORS}: capture them with "
+                    f"`python -m tests.lab.capture_keepalived {VECTORS}` (root)", pytrace=False)
     return VECTORS
 
 
@@ -132,10 +84,10 @@ def load_vectors() -> dict[str, Vector]:
 
 
 def _vector_names() -> list[str]:
-    """For parametrization at collection time; a missing shared/ becomes one failing case."""
+    """For parametrization at collection time; missing fixtures become one failing case."""
     path = VECTORS / "vectors.txt"
     if not path.is_file():
-        return ["<shared vectors missing>"]
+        return ["<keepalived vectors missing>"]
     return [ln[3:].strip() for ln in path.read_text().splitlines() if ln.startswith("== ")]
 
 

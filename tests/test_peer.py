@@ -122,6 +122,7 @@ def send_from_b(lab: NetnsLab, key: bytes, kind: str, ts_offset: float = 0.0, re
     return answers
 
 
+@pytest.mark.lab
 def test_peer_channel_answers_the_peer_and_drops_forged_stale_and_replayed(lab: NetnsLab, tmp_path: Path) -> None:
     a = peer_agent(lab, "a", tmp_path, 150, "192.0.2.2").start()
     answers = send_from_b(lab, KEY, "state", repeat=2)
@@ -145,6 +146,7 @@ def fence(agent: AgentProc) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "DRBD_RESOURCE": "r0"})
 
 
+@pytest.mark.lab
 def test_fence_peer_handler_exit_codes(lab: NetnsLab, tmp_path: Path) -> None:
     a = peer_agent(lab, "a", tmp_path, 150, "192.0.2.2").start()
     b = peer_agent(lab, "b", tmp_path, 100, "192.0.2.1").start()
@@ -164,6 +166,7 @@ def test_fence_peer_handler_exit_codes(lab: NetnsLab, tmp_path: Path) -> None:
     assert "asked the peer 192.0.2.2 to outdate its disk: unreachable" in a.log()
 
 
+@pytest.mark.lab
 def test_fence_peer_declares_the_peer_dead_only_while_a_witness_answers_now(lab: NetnsLab, tmp_path: Path) -> None:
     """Exit 5 tells DRBD the peer is dead: only on a fresh witness answer, never on the tracker's verdict,
     which lags by fall x interval (here 10 s, so a stale verdict would still say "connected")."""

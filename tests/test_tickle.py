@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, TCP
 
 from agent.tickle import MAX_CONNECTIONS, established, parse_connections, tickle_ack
-from tests.lab.netns import NetnsLab, wait_until
+from tests.lab.agent import log_seconds
+from tests.lab.netns import NetnsLab, ci_bound, wait_until
 from tests.test_peer import peer_agent
 
 VIP = "192.0.2.100"
@@ -73,17 +76,27 @@ while True:
     try:
         c.send(b"x")
     except OSError as e:
-        print(json.dumps({"reset_at": time.monotonic(), "error": e.strerror}), flush=True)
+        print(json.dumps({"reset_at": time.monotonic(), "wall": time.time(), "error": e.strerror}), flush=True)
         break
     time.sleep(0.05)
 """
 
 
+def day_seconds(wall: float) -> float:
+    """Seconds of the local day of a time.time() value, to compare with an agent's log clock."""
+    t = datetime.fromtimestamp(wall)
+    return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+
+
+@pytest.mark.lab
 def test_client_connections_are_reset_right_after_the_takeover(lab: NetnsLab, tmp_path: Path) -> None:
     """VRRP every 1 s, the backup at priority 1: it takes over 3.0-4.0 s after the master's switch
     port dies (Master_Down_Interval 3.996 s after the last advert). The client's retransmissions
     back off (about 0.2, 0.6, 1.4, 3.1, 6.3 s after the first lost segment), so without a tickle
-    the first one to reach the new master, and its RST, comes at ~6.3 s in most runs."""
+    the first one to reach the new master, and its RST, comes at ~6.3 s in most runs, 2.3 s or more
+    after the takeover; the tickle rounds (0, 0.3, 1.0 s after it) reset the client within ~1 s.
+    So the tickle is judged by the reset's delay after the takeover (wall clocks of one machine),
+    which a slow takeover does not stretch; the takeover itself gets a CI bound."""
     a = peer_agent(lab, "a", tmp_path, 150, "192.0.2.2", advert_interval=1.0).start()
     b = peer_agent(lab, "b", tmp_path, 1, "192.0.2.1", advert_interval=1.0).start()
     assert wait_until(lambda: a.status()["instance"]["state"] == "MASTER", 10), a.log()[-2000:]
@@ -98,10 +111,16 @@ def test_client_connections_are_reset_right_after_the_takeover(lab: NetnsLab, tm
     t0 = time.monotonic()
     lab.set_bridged("a", False)
     line = client.stdout.readline()
-    took = json.loads(line)["reset_at"] - t0
+    reset = json.loads(line)
+    took = reset["reset_at"] - t0
     assert wait_until(lambda: b.status()["instance"]["state"] == "MASTER", 5)
     log = b.log()
     assert "tickled 1 TCP connection(s) of the old master's clients (192.0.2.10)" in log, log[-3000:]
     mdi = 3 * 1.0 + (256 - 1) / 256
-    print(f"TICKLE client connection {port} reset {took:.2f} s after the cut (Master_Down_Interval {mdi:.2f} s)")
-    assert took < mdi + 1.0, f"reset only {took:.2f} s after the cut: the tickle did not work ({line})"
+    master_at = log_seconds([t for t in b.transitions() if t.new == "MASTER"][-1].clock)
+    assert master_at is not None
+    after = (day_seconds(reset["wall"]) - master_at + 43200) % 86400 - 43200  # across midnight too
+    print(f"TICKLE client connection {port} reset {took:.2f} s after the cut, {after:.2f} s after b became "
+          f"master (Master_Down_Interval {mdi:.2f} s)")
+    assert took < ci_bound(mdi), f"reset only {took:.2f} s after the cut ({line})"
+    assert after < 2.0, f"reset {after:.2f} s after the takeover: the tickle did not work ({line})"

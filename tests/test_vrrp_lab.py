@@ -1,8 +1,9 @@
 """failover-agent against itself with real VRRP packets between network namespaces.
 
 Each test builds its own bridge + two nodes + a client (192.0.2.0/24) and tears it down.
-Timing assertions carry generous margins: they check the protocol's order of magnitude
-(Master_Down_Interval, Skew_Time), not performance, which bench/ measures.
+Timing assertions carry generous margins (ci_bound: twice the expected time plus 1 s): they
+check the protocol's order of magnitude (Master_Down_Interval, Skew_Time), not performance,
+whose tight figures bench/takeover.py measures on a quiet machine.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.lab.agent import REPO, AgentProc
-from tests.lab.netns import CLIENT, NetnsLab, wait_until
+from tests.lab.netns import CLIENT, NetnsLab, ci_bound, wait_until
 
 VIP = "192.0.2.100"
 VIP_CIDR = "192.0.2.100/24"
+# Master_Down_Interval (v2, 1 s adverts) of a (priority 150) and b (100); Skew_Time of b
+MDI_A = 3 + (256 - 150) / 256
+MDI_B = 3 + (256 - 100) / 256
+SKEW_B = (256 - 100) / 256
 
 pytestmark = pytest.mark.lab
 
@@ -67,10 +72,10 @@ def test_master_crash_with_link_cut(lab: NetnsLab, tmp_path: Path) -> None:
     pa.kill()
     lab.set_link("a", False)
     t0 = time.monotonic()
-    # Master_Down_Interval for priority 100, v2, 1 s = 3.609 s
-    assert pb.wait_state("MASTER", 6), pb.log()
+    # Master_Down_Interval for priority 100, v2, 1 s = 3.609 s (the tight figure: bench.takeover)
+    assert pb.wait_state("MASTER", ci_bound(MDI_B)), pb.log()
     took = time.monotonic() - t0
-    assert took < 3.609 + 0.5, took
+    assert took < ci_bound(MDI_B), took
     assert VIP_CIDR in lab.addresses("b")
     assert client_pings(lab)
     assert lab.neigh_mac(CLIENT, VIP) == lab.mac("b")
@@ -82,7 +87,7 @@ def test_master_crash_with_link_cut(lab: NetnsLab, tmp_path: Path) -> None:
     lab.add_cleanup(pa2.close)
     pa2.start()
     assert "left on eth0 by an earlier run" in pa2.log()
-    assert pa2.wait_state("MASTER", 6), pa2.log()
+    assert pa2.wait_state("MASTER", ci_bound(MDI_A)), pa2.log()
     assert pb.wait_state("BACKUP", 3), pb.log()
     assert wait_until(lambda: holders(lab) == ["a"], 2), holders(lab)
 
@@ -98,7 +103,7 @@ def test_graceful_sigterm_hands_over_within_skew_time(lab: NetnsLab, tmp_path: P
     assert code == 0 and took < 1.0, (code, took, pa.log())
     assert VIP_CIDR not in lab.addresses("a")
     assert "MASTER -> INITIALIZE" in pa.log()
-    assert pb.wait_state("MASTER", 2), pb.log()
+    assert pb.wait_state("MASTER", ci_bound(SKEW_B)), pb.log()
     assert "priority 0" in pb.transitions()[-1].reason
     assert wait_until(lambda: lab.neigh_mac(CLIENT, VIP) == lab.mac("b"), 1.0), lab.neigh_mac(CLIENT, VIP)
     pinger.terminate()
@@ -108,9 +113,9 @@ def test_graceful_sigterm_hands_over_within_skew_time(lab: NetnsLab, tmp_path: P
 def test_preempt_higher_priority_takes_over(lab: NetnsLab, tmp_path: Path) -> None:
     pa, pb = agents(lab, tmp_path, {"priority": 150}, {"priority": 100})
     pb.start()
-    assert pb.wait_state("MASTER", 6)
+    assert pb.wait_state("MASTER", ci_bound(MDI_B))
     pa.start()
-    assert pa.wait_state("MASTER", 6), pa.log()
+    assert pa.wait_state("MASTER", ci_bound(MDI_A)), pa.log()
     assert pb.wait_state("BACKUP", 2), pb.log()
     assert "higher priority 150 > 100" in pb.transitions()[-1].reason
     assert wait_until(lambda: holders(lab) == ["a"], 2)
@@ -119,7 +124,7 @@ def test_preempt_higher_priority_takes_over(lab: NetnsLab, tmp_path: Path) -> No
 def test_nopreempt_keeps_the_running_master(lab: NetnsLab, tmp_path: Path) -> None:
     pa, pb = agents(lab, tmp_path, {"priority": 150, "preempt": False}, {"priority": 100})
     pb.start()
-    assert pb.wait_state("MASTER", 6)
+    assert pb.wait_state("MASTER", ci_bound(MDI_B))
     pa.start()
     time.sleep(3 * 3.5)
     assert pa.state() == "BACKUP" and pb.state() == "MASTER", (pa.log(), pb.log())
@@ -129,13 +134,14 @@ def test_nopreempt_keeps_the_running_master(lab: NetnsLab, tmp_path: Path) -> No
 def test_preempt_delay(lab: NetnsLab, tmp_path: Path) -> None:
     pa, pb = agents(lab, tmp_path, {"priority": 150, "preempt_delay": 4.0}, {"priority": 100})
     pb.start()
-    assert pb.wait_state("MASTER", 6)
+    assert pb.wait_state("MASTER", ci_bound(MDI_B))
     t0 = time.monotonic()
     pa.start()
     assert not pa.wait_state("MASTER", 4.0), "took over before preempt_delay"
-    assert pa.wait_state("MASTER", 5.0), pa.log()
+    # after the delay, within about a Master_Down_Interval (generous: the order of magnitude)
+    assert pa.wait_state("MASTER", ci_bound(MDI_A)), pa.log()
     took = time.monotonic() - t0
-    assert 4.0 <= took <= 4.0 + 3.5 + 1.0, took
+    assert 4.0 <= took <= 4.0 + ci_bound(MDI_A), took
     assert pb.wait_state("BACKUP", 2)
 
 
@@ -145,13 +151,13 @@ def test_link_down_faults_and_recovers(lab: NetnsLab, tmp_path: Path) -> None:
     lab.set_link("a", False)
     assert pa.wait_state("FAULT", 1), pa.log()
     assert wait_until(lambda: VIP_CIDR not in lab.addresses("a"), 1)
-    assert pb.wait_state("MASTER", 6), pb.log()
+    assert pb.wait_state("MASTER", ci_bound(MDI_B)), pb.log()
     assert client_pings(lab)
     # a FAULT node sends nothing: b stays master while a's link is down
     time.sleep(1)
     assert pb.state() == "MASTER"
     lab.set_link("a", True)
-    assert pa.wait_state("MASTER", 6), pa.log()
+    assert pa.wait_state("MASTER", ci_bound(MDI_A)), pa.log()
     states = [t.new for t in pa.transitions()]
     assert states[-3:] == ["FAULT", "BACKUP", "MASTER"], states
     assert pb.wait_state("BACKUP", 2)
@@ -167,7 +173,7 @@ def test_unicast_mode_sends_no_multicast_and_ignores_strangers(lab: NetnsLab, tm
     # the client, a stranger, advertises priority 254 by unicast to b: b must not care
     send_raw_adverts(lab, "192.0.2.2", priority=254, count=5)
     # a backup reads routine traffic at its next timer wakeup (within Master_Down_Interval)
-    assert wait_until(lambda: "not_peer" in pb.log(), 6), pb.log()
+    assert wait_until(lambda: "not_peer" in pb.log(), ci_bound(MDI_B)), pb.log()
     assert pb.state() == "BACKUP"
     # nothing goes to 224.0.0.18 on the wire
     cap = lab.run(CLIENT, ["timeout", "3", "tcpdump", "-n", "-i", "eth0", "-c", "1", "ip proto 112 and dst 224.0.0.18"],
@@ -233,9 +239,11 @@ def test_sigint_also_leaves_gracefully(lab: NetnsLab, tmp_path: Path) -> None:
     elect(lab, pa, pb)
     t0 = time.monotonic()
     pa.signal(signal.SIGINT)
-    assert pb.wait_state("MASTER", 1), pb.log()
-    assert time.monotonic() - t0 < 0.5
+    skew = SKEW_B * 0.1  # v3, 0.1 s: 0.061 s (the tight figure: bench.takeover's SIGTERM takeover)
+    assert pb.wait_state("MASTER", ci_bound(skew)), pb.log()
+    assert time.monotonic() - t0 < ci_bound(skew)
     assert pa.proc is not None and pa.proc.wait(2) == 0
+    assert VIP_CIDR not in lab.addresses("a"), "SIGINT must release the VIP like SIGTERM"
 
 
 def test_missing_interface_is_a_clear_error(lab: NetnsLab, tmp_path: Path) -> None:
@@ -267,10 +275,12 @@ def test_gratuitous_arp_form_burst_and_refresh(lab: NetnsLab, tmp_path: Path) ->
     pa = AgentProc(lab, "a", tmp_path, priority=150, version=3, advert_interval=0.1,
                    garp_count=3, garp_interval=0.1, garp_refresh=0.5)
     lab.add_cleanup(pa.close)
-    sniffer = lab.popen(CLIENT, [sys.executable, "-c", SNIFF_ARP, "3.0"], stdout=subprocess.PIPE, text=True)
+    # a 5 s window: on a slow machine the agent may become master up to ~3 s into it and still
+    # show its burst and three refreshes; at most 10 refreshes fit, whenever it became master
+    sniffer = lab.popen(CLIENT, [sys.executable, "-c", SNIFF_ARP, "5.0"], stdout=subprocess.PIPE, text=True)
     assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
     pa.start()
-    assert pa.wait_state("MASTER", 3)
+    assert pa.wait_state("MASTER", 5)
     out, _ = sniffer.communicate(timeout=10)
     mac = bytes.fromhex(lab.mac("a").replace(":", ""))
     vip = bytes([192, 0, 2, 100])
@@ -287,8 +297,8 @@ def test_gratuitous_arp_form_burst_and_refresh(lab: NetnsLab, tmp_path: Path) ->
         assert arp[8:14] == mac and arp[14:18] == vip, "sender = the master's MAC and the VIP"
         assert arp[18:24] == b"\x00" * 6 and arp[24:28] == vip, "target MAC zero, target IP = VIP"
         garps.append(frame)
-    # 3 at becoming master, then one every 0.5 s for the rest of the ~2.5 s window
-    assert 3 + 3 <= len(garps) <= 3 + 6, len(garps)
+    # 3 at becoming master, then one every 0.5 s for the rest of the 5 s window
+    assert 3 + 3 <= len(garps) <= 3 + 10, len(garps)
 
 
 def test_only_configured_vips_are_touched(lab: NetnsLab, tmp_path: Path) -> None:

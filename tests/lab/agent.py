@@ -23,6 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 TRANSITION = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) INFO VRRP \d+ on \S+: (\w+) -> (\w+): (.*)$", re.M)
 
 
+def log_seconds(line: str) -> float | None:
+    """Seconds of the day of an agent log line or clock (HH:MM:SS.mmm: its host's local wall clock)."""
+    m = re.match(r"(\d\d):(\d\d):(\d\d\.\d{3})(?: |$)", line)
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from tests.lab.agent import AgentProc
+from tests.lab.lock import hold_lab_lock
 from tests.lab.netns import CLIENT, NetnsLab, wait_until
 from tests.lab.probe import Pinger
 
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     flavour.add_argument("--vip-only", action="store_true", help="VRRP and the VIP only, a pinging client")
     flavour.add_argument("--uml", action="store_true", help="user-mode-linux nodes: real DRBD 8.4 and kernel nfsd")
     args = parser.parse_args(argv)
+    hold_lab_lock("tests.lab.demo")
     with tempfile.TemporaryDirectory(prefix="failover-agent-demo-") as tmp:
         try:
             if args.uml:
