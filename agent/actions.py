@@ -139,12 +139,14 @@ class ChangeVips:
 
 @dataclass(frozen=True)
 class Emit:
-    """A journal event (`kind` None: a plain log line); fields become upper-case journal fields."""
+    """A journal event (`kind` None: a plain log line, `message` %-formatted with `args` only if logged);
+    fields become upper-case journal fields."""
 
     kind: Kind | None
     message: str
     level: int = INFO
     fields: Mapping[str, object] = field(default_factory=dict)
+    args: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,7 @@ class Instance:
     # -- actions out --------------------------------------------------------------------------
     def _emit(self, a: act.Emit) -> None:
         if a.kind is None:
-            log.log(a.level, a.message)
+            log.log(a.level, a.message, *a.args)
         else:
             emit(a.kind, a.message, a.level, **a.fields)
 

@@ -454,7 +454,7 @@ class Node:
                 self._vrrp(router.tick(deadline), deadline)
             result = self.validator.check(data)
             if isinstance(result, Drop):
-                self._emit(None, f"dropped VRRP packet: {result.reason} ({result.detail})", DEBUG)
+                self._out.append(Emit(None, "dropped VRRP packet: %s (%s)", DEBUG, args=(result.reason, result.detail)))
                 continue
             self.counters.adverts_received += 1
             self._vrrp(router.receive(Heard(result.src, result.priority, result.interval), at), at)
