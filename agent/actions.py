@@ -30,6 +30,7 @@ __all__ = [
     "RunCheck",
     "RunOutdate",
     "RunStep",
+    "SaveState",
     "SendAdvert",
     "SendProbe",
     "SetWakeThreshold",
@@ -150,6 +151,13 @@ class Emit:
 
 
 @dataclass(frozen=True)
+class SaveState:
+    """Write what must survive a restart or a reboot (the state file)."""
+
+    maintenance: bool
+
+
+@dataclass(frozen=True)
 class StatusChanged:
     """What `Node.snapshot()` shows has changed (systemd's STATUS= line)."""
 
@@ -178,5 +186,6 @@ class Stopped:
 
 
 Action = (SendAdvert | Garp | DrainAdverts | SetWakeThreshold | RunStep | ReadDrbd | Promote | SendProbe | RunCheck
-          | AskPeer | AnswerPeer | RunOutdate | Tickle | ChangeVips | Emit | StatusChanged | AdminAnswer | Joined
+          | AskPeer | AnswerPeer | RunOutdate | Tickle | ChangeVips | Emit | SaveState | StatusChanged | AdminAnswer
+          | Joined
           | StartFailed | Stopped)

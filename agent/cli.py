@@ -76,6 +76,11 @@ def cmd_handover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset(args: argparse.Namespace) -> int:
+    print(control.request(_socket_path(args), "reset")["message"])
+    return 0
+
+
 def cmd_maintenance(args: argparse.Namespace) -> int:
     print(control.request(_socket_path(args), "maintenance", on=args.mode == "on")["message"])
     return 0
@@ -241,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p = with_socket(sub.add_parser("maintenance", help="on: stay backup and never take over; off: normal"))
     p.add_argument("mode", choices=("on", "off"))
     p.set_defaults(func=cmd_maintenance)
+    p = with_socket(sub.add_parser("reset", help="end a FAULT hold-down now, once the cause is fixed"))
+    p.set_defaults(func=cmd_reset)
     p = sub.add_parser("import-keepalived", help="convert a keepalived.conf vrrp_instance to TOML")
     p.add_argument("file")
     p.add_argument("--instance", help="which vrrp_instance (default: the first)")

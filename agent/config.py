@@ -181,11 +181,14 @@ def _abs_path(v: Any) -> str:
 class AgentConfig:
     control_socket: str = "/run/failover-agent/control.sock"
     metrics: str = ""
+    # what the admin set that must survive restarts and reboots (maintenance mode)
+    state_file: str = "/var/lib/failover-agent/state.json"
 
 
 _AGENT_KEYS: dict[str, Callable[[Any], Any]] = {
     "control_socket": _abs_path,
     "metrics": _listen,
+    "state_file": _abs_path,
 }
 
 

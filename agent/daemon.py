@@ -231,9 +231,11 @@ class Agent:
                 if not isinstance(on, bool):
                     raise ControlError("maintenance needs on: true or false")
                 return {"message": await self.instance.maintenance(on)}
+            if command == "reset":
+                return await self.instance.admin(Admin.RESET)
         if command == "fence-peer":
             return await self.instance.admin(Admin.FENCE_PEER)
-        raise ControlError(f"unknown command {command!r} (status, handover, maintenance, fence-peer)")
+        raise ControlError(f"unknown command {command!r} (status, handover, maintenance, reset, fence-peer)")
 
     # -- reload -------------------------------------------------------------------------
     async def _reload_loop(self) -> None:

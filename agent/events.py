@@ -31,6 +31,7 @@ class Start:
 
     found: tuple[Step, ...] = ()
     link_up: bool = True
+    maintenance: bool = False  # the admin's maintenance mode, kept across restarts (state file)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Admin(enum.StrEnum):
     MAINTENANCE_ON = "maintenance-on"
     MAINTENANCE_OFF = "maintenance-off"
     FENCE_PEER = "fence-peer"
+    RESET = "reset"
     STOP = "stop"
 
 

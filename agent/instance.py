@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -92,7 +94,7 @@ class Instance:
             act.RunOutdate: lambda a: self._spawn(self._outdate(a)),
             act.Tickle: self._tickle,
             act.ChangeVips: lambda a: self._spawn(self._change_vips(a)),
-            act.Emit: self._emit, act.StatusChanged: lambda _: self.on_state(self),
+            act.Emit: self._emit, act.SaveState: self._save_state, act.StatusChanged: lambda _: self.on_state(self),
             act.Joined: lambda _: self._settle(self._joined, None),
             act.StartFailed: lambda a: self._settle(self._joined, ReconcileError(a.reason)),
             act.Stopped: lambda _: self._settle(self._stopped, None),
@@ -165,8 +167,29 @@ class Instance:
             found = await self.chain.probe()
         except Exception as e:
             raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
-        self.feed(ev.Start(tuple(found), self.info.up))
+        self.feed(ev.Start(tuple(found), self.info.up, self._maintenance_kept()))
         await self._joined
+
+    def _maintenance_kept(self) -> bool:
+        path = Path(self.cfg.agent.state_file)
+        try:
+            return json.loads(path.read_text()).get("maintenance") is True
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, AttributeError) as e:
+            log.error("%s cannot be read (%s): staying in maintenance until `failoverctl maintenance off`", path, e)
+            return True
+
+    def _save_state(self, a: act.SaveState) -> None:
+        path = Path(self.cfg.agent.state_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"maintenance": a.maintenance}) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.error("maintenance %s will not survive a restart: cannot write %s: %s",
+                      "on" if a.maintenance else "off", path, e)
 
     def _open_pinger(self) -> None:
         if self.cfg.track and self.cfg.track.witnesses and self.pinger is None:

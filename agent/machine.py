@@ -162,6 +162,15 @@ class Machine:
             actions += self._advance(now, "monitor")
         return actions
 
+    def reset(self, now: float) -> list[Action]:
+        """The admin fixed the cause of a FAULT: end the hold-down now and forget past failures."""
+        self.failures = 0
+        self.restarts.clear()
+        if self.phase != Phase.FAULT or self.hold_until is None:
+            return []
+        self.hold_until = now
+        return self.tick(now)
+
     def lost(self, step: Step, detail: str, now: float) -> list[Action]:
         """An event says a held step is gone (e.g. a VIP deleted by hand): like a failed check."""
         if self.phase != Phase.SERVING or step not in self.held or self.running is not None:

@@ -42,6 +42,7 @@ from agent.actions import (
     ReadDrbd,
     RunCheck,
     RunOutdate,
+    SaveState,
     SendAdvert,
     SendProbe,
     SetWakeThreshold,
@@ -329,6 +330,10 @@ class Node:
         if self.joined or self._start_until is not None:
             return  # started already
         self.link_up = event.link_up
+        if event.maintenance:
+            self.router.set_maintenance(True, now)
+            self._emit(Kind.MAINTENANCE, "maintenance on, as the admin left it before this start: this node stays "
+                       "BACKUP and never takes over (failoverctl maintenance off)", WARNING, MAINTENANCE="on")
         self._schedule_tracking(now)
         if self.cfg.peer is not None:
             self._poll_at = now
@@ -868,8 +873,17 @@ class Node:
             self._waiters.append(_Waiter(req.id, req.command, now + budget, budget))
             self._vrrp(self.router.handover(now), now)
         elif req.command in (Admin.MAINTENANCE_ON, Admin.MAINTENANCE_OFF):
+            on = req.command == Admin.MAINTENANCE_ON
             self._waiters.append(_Waiter(req.id, req.command, now + budget, budget, self.router.state == State.MASTER))
-            self._vrrp(self.router.set_maintenance(req.command == Admin.MAINTENANCE_ON, now), now)
+            self._out.append(SaveState(maintenance=on))
+            self._vrrp(self.router.set_maintenance(on, now), now)
+        elif req.command == Admin.RESET:
+            was = self.machine.fault_reason if self.machine.phase == Phase.FAULT else ""
+            self._machine(self.machine.reset(now), now)
+            message = f"reset: the hold-down after \"{was}\" is over; VRRP decides again" if was else \
+                "reset: no fault hold-down to clear; failure and restart counts cleared"
+            self._emit(Kind.FAULT, message, REASON="reset by the admin")
+            self._out += [AdminAnswer(req.id, {"message": message}), StatusChanged()]
         elif req.command == Admin.FENCE_PEER:
             self._begin_fence(req.id)
         elif req.command == Admin.STOP and self._stop is None:

@@ -348,3 +348,28 @@ def test_a_reload_that_changes_the_vips_while_holding_them_changes_them_live() -
     assert of(act.ChangeVips, out) == [act.ChangeVips((IPv4Interface("192.0.2.100/24"),),
                                                       (IPv4Interface("192.0.2.101/24"),))]
     assert d.node.machine.phase == Phase.SERVING
+
+
+def test_maintenance_is_saved_and_a_start_in_maintenance_never_takes_over() -> None:
+    d = Drive()
+    assert act.SaveState(True) in d.feed(ev.AdminRequest(1, ev.Admin.MAINTENANCE_ON))
+    again = Drive()
+    again.feed(ev.Start(maintenance=True))
+    again.until(30.0)
+    assert again.node.router.state == State.BACKUP and again.node.snapshot().maintenance
+    assert act.SaveState(False) in again.feed(ev.AdminRequest(2, ev.Admin.MAINTENANCE_OFF))
+    again.until(35.0)
+    assert again.node.router.state == State.MASTER
+
+
+def test_reset_ends_a_fault_hold_down_at_once() -> None:
+    d = Drive()
+    d.master()
+    run = d.node.machine.running
+    assert run is not None
+    d.feed(ev.StepDone(run.step, run.op, False, "address in use"))
+    assert d.node.machine.phase == Phase.FAULT and d.node.router.state == State.FAULT
+    out = d.feed(ev.AdminRequest(3, ev.Admin.RESET), d.now + 0.5)
+    assert "hold-down" in of(act.AdminAnswer, out)[0].body["message"]
+    assert d.node.machine.phase == Phase.IDLE and d.node.router.state == State.BACKUP
+    assert "no fault" in of(act.AdminAnswer, d.feed(ev.AdminRequest(4, ev.Admin.RESET)))[0].body["message"]

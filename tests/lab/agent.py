@@ -47,6 +47,9 @@ def render_agent_conf(agent: dict[str, Any] | None = None, **vrrp: Any) -> str:
     values.update(vrrp)
     lines = ["[vrrp]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     if agent:
+        if "control_socket" in agent and "state_file" not in agent:
+            # agents of a lab share the host's /var/lib: each keeps its state beside its socket
+            agent = {**agent, "state_file": str(Path(agent["control_socket"]).with_suffix(".state.json"))}
         lines += ["[agent]"] + [f"{k} = {_toml_value(v)}" for k, v in agent.items()]
     return "\n".join(lines) + "\n"
 
