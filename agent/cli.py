@@ -33,6 +33,59 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
+def _ms(v: float) -> str:
+    return f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.1f} ms"
+
+
+def _storage_lines(s: dict[str, Any]) -> list[str]:
+    i, st = s["instance"], s["storage"]
+    if st is None:
+        return ["storage   none configured (VIP-only mode)"]
+    lines = [f"storage   phase {st['phase']}; chain {' -> '.join(st['chain'])}"]
+    steps = s.get("steps", {})
+    for step in st["chain"]:
+        took = "; ".join(f"{op} {_ms(steps[f'{step}_{op}'])}" for op in ("acquire", "release")
+                         if f"{step}_{op}" in steps)
+        lines.append(f"  {step:<10}{'held' if step in st['held'] else 'not held':<10}{took and 'last ' + took}")
+    d = st.get("drbd")
+    if d and "error" in d:
+        lines.append(f"DRBD      cannot be read: {d['error']}")
+    elif d:
+        sync = f", sync {d['sync_percent']}%" if d.get("sync_percent") else ""
+        lines.append(f"DRBD      {d['resource']}: {d['role']}, disk {d['disk']}, {d['connection']}{sync}; "
+                     f"peer {d['peer_role']}, disk {d['peer_disk']}")
+    elif "drbd" in st["chain"]:
+        lines.append("DRBD      resource not up on this node")
+    if i.get("fault"):
+        left = f"; hold-down {i['hold_left']:g} s left" if i.get("hold_left") else ""
+        lines.append(f"fault     {i['fault']}{left} (failoverctl reset once fixed)")
+    return lines
+
+
+def _track_lines(i: dict[str, Any]) -> list[str]:
+    t = i.get("track")
+    if not t:
+        return []
+    lines = [f"track     {t['reachable']} of {len(t['targets'])} reachable (need {t['min_reachable']})"
+             + (f"; {t['fault']}" if t.get("fault") else "")
+             + (f"; priority {t['priority_delta']:+d}" if t.get("priority_delta") else "")]
+    for name, v in t["targets"].items():
+        verdict = "no verdict yet" if v["up"] is None else ("up" if v["up"] else "DOWN")
+        lines.append(f"  {v['kind']:<8}{name:<22}{verdict:<15}{v['ok_run']} ok / {v['fail_run']} failed in a row; "
+                     f"{v['last'] or 'not probed yet'}")
+    return lines
+
+
+def _peer_lines(i: dict[str, Any]) -> list[str]:
+    p = i.get("peer")
+    if not p:
+        return []
+    ago = i.get("peer_heard_ago")
+    heard = "never heard" if ago is None else f"last heard {ago:g} s ago"
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(p["rejected"].items())) or "none"
+    return [f"peer      {p['address']}:{p['port']}, {heard}; rejected messages: {rejected}"]
+
+
 def format_status(s: dict[str, Any]) -> str:
     a, i = s["agent"], s["instance"]
     c = i["counters"]
@@ -51,16 +104,15 @@ def format_status(s: dict[str, Any]) -> str:
     last = i["last_transition"]
     if last:
         lines.append(f"last      {_when(last['at'])} {last['from']} -> {last['to']}: {last['reason']}")
+    faults = "; ".join(f"{k}: {v}" for k, v in i.get("faults", {}).items())
     lines.append(f"VIPs      {', '.join(i['vips'])} {'held here' if i['vips_held'] else 'not held here'}")
-    lines.append(f"link      {'up' if i['link_up'] else 'DOWN'}")
+    lines.append(f"link      {'up' if i['link_up'] else 'DOWN'}" + (f"; FAULT because {faults}" if faults else ""))
+    lines += _storage_lines(s) + _track_lines(i) + _peer_lines(i)
     lines.append(f"counters  adverts sent {c['adverts_sent']}, received {c['adverts_received']}; "
                  f"transitions {c['transitions']}, became master {c['became_master']}, faults {c['faults']}; "
                  f"reloads {a['reloads']} ({a['reload_failures']} refused)")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(c["drops"].items())) or "none"
     lines.append(f"drops     {drops}")
-    steps = ", ".join(f"{k} {v:g} ms" for k, v in sorted(s.get("steps", {}).items())) or "none yet"
-    lines.append(f"steps     {steps}")
-    lines.append(f"storage   {s['storage'] or 'none configured (VIP-only mode)'}")
     return "\n".join(lines)
 
 

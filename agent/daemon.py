@@ -221,8 +221,11 @@ class Agent:
         if self.instance is None:
             raise ControlError("the agent is still starting")
         if command == "status":
-            self.instance.refresh()
-            return self.status()
+            drbd = await self.instance.refresh()
+            answer = self.status()
+            if answer["storage"] is not None:
+                answer["storage"]["drbd"] = drbd
+            return answer
         async with self._lock:
             if command == "handover":
                 return {"message": await self.instance.handover()}

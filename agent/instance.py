@@ -338,9 +338,18 @@ class Instance:
         except (DrbdError, OSError, AssertionError) as e:
             self.feed(ev.OutdateDone(a.id, False, tuple(notes), str(e) or "no [drbd] section"))
 
-    def refresh(self) -> None:
-        """Routine adverts wait in the queue until a wakeup: count them now (the status command)."""
+    async def refresh(self) -> dict[str, str] | None:
+        """For the status command: count the adverts waiting in the queue, and read DRBD's view now."""
         self.feed(ev.Doorbell())
+        try:
+            st = await self.chain.drbd_status() if self.chain.drbd else None
+        except Exception as e:
+            return {"error": str(e)}
+        if st is None:
+            return None
+        return {"resource": st.name, "role": st.role, "disk": st.disk, "connection": st.connection,
+                "peer_role": st.peer_role, "peer_disk": st.peer_disk,
+                "sync_percent": "" if st.sync_percent is None else f"{st.sync_percent:g}"}
 
     def status(self) -> dict[str, Any]:
         s: NodeStatus = self.node.snapshot()
@@ -361,7 +370,9 @@ class Instance:
             "last_transition": None if last is None else {
                 "at": time.time() - (self.loop.time() - last.at), "from": last.old, "to": last.new,
                 "reason": last.reason},
-            "steps": dict(s.durations),
+            "steps": dict(s.durations), "fault": s.fault_reason or None,
+            "hold_left": None if s.hold_left is None else round(s.hold_left, 1),
+            "peer_heard_ago": None if s.peer_heard_at is None else round(self.loop.time() - s.peer_heard_at, 2),
             "counters": {
                 "transitions": s.transitions, "became_master": s.became_master, "faults": s.faults_total,
                 "adverts_sent": self.counters.adverts_sent, "adverts_received": s.adverts_received,

@@ -166,6 +166,9 @@ class NodeStatus:
     faults_total: int
     adverts_received: int
     drops: Mapping[str, int]
+    fault_reason: str = ""  # why the chain is in FAULT ("" when it is not)
+    hold_left: float | None = None  # seconds of hold-down left
+    peer_heard_at: float | None = None  # the node's clock when the peer channel last carried a message
 
 
 @dataclass
@@ -251,11 +254,14 @@ class Node:
         self._outdates: deque[PeerRequest] = deque()
         self._outdating: PeerRequest | None = None
         self._outdate_cycled_at: float | None = None
+        self._peer_heard_at: float | None = None
+        self._now = 0.0
 
     # -- the one entry point ------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
         self._out = out
+        self._now = now
         if self.stopped:
             return out
         if isinstance(event, Timer):
@@ -686,6 +692,8 @@ class Node:
         if event.id not in self._asks:
             return
         fid = self._asks.pop(event.id)
+        if event.body is not None:
+            self._peer_heard_at = now
         if fid is None:  # the connections poll
             if event.body is not None and event.body.get("phase") == str(Phase.SERVING):
                 self._peer_connections = event.connections
@@ -756,6 +764,7 @@ class Node:
 
     # -- answering the peer: only ever gives data up, never while we hold or take it ----------
     def _peer_request(self, req: PeerRequest, now: float) -> None:
+        self._peer_heard_at = now
         if req.kind == "state":
             status = req.drbd
             self._out.append(AnswerPeer(req.id, {
@@ -943,5 +952,8 @@ class Node:
             track=self.tracker.summary() if self.tracker is not None else None, durations=dict(self.durations),
             last_transition=self.last, transitions=self.counters.transitions,
             became_master=self.counters.became_master, faults_total=self.counters.faults,
-            adverts_received=self.counters.adverts_received, drops=dict(self.validator.drops))
+            adverts_received=self.counters.adverts_received, drops=dict(self.validator.drops),
+            fault_reason=self.machine.fault_reason if self.machine.phase == Phase.FAULT else "",
+            hold_left=None if self.machine.hold_until is None else max(0.0, self.machine.hold_until - self._now),
+            peer_heard_at=self._peer_heard_at)
 

@@ -156,6 +156,8 @@ def test_a_serves_drbd_mount_nfs_vip_and_the_client_writes(scenario: Scenario) -
         assert st["storage"]["phase"] == "SERVING" and st["storage"]["held"] == ACQUIRE, st
         human = a.ctl("status").stdout
         assert "state     MASTER" in human, human
+        assert "DRBD      r0: Primary, disk UpToDate, Connected; peer Secondary, disk UpToDate" in human, human
+        assert "  drbd      held" in human and "last acquire" in human, human
         assert wait_until(lambda: b.vrrp_state() == "BACKUP", 10), b.log()
         st_b = b.status()
         assert st_b["instance"]["state"] == "BACKUP" and st_b["storage"]["held"] == [], st_b
