@@ -19,6 +19,7 @@ __all__ = [
     "Action",
     "AdminAnswer",
     "AnswerPeer",
+    "ApplyNfs",
     "AskPeer",
     "ChangeVips",
     "DrainAdverts",
@@ -124,6 +125,11 @@ class RunOutdate:
 
 
 @dataclass(frozen=True)
+class ApplyNfs:
+    """A reload changed `[nfs]` (same backend and layout): the server takes it live: `NfsApplied`."""
+
+
+@dataclass(frozen=True)
 class Tickle:
     """Send the old master's client connections an out-of-window ACK from the VIP (agent.tickle)."""
 
@@ -186,6 +192,5 @@ class Stopped:
 
 
 Action = (SendAdvert | Garp | DrainAdverts | SetWakeThreshold | RunStep | ReadDrbd | Promote | SendProbe | RunCheck
-          | AskPeer | AnswerPeer | RunOutdate | Tickle | ChangeVips | Emit | SaveState | StatusChanged | AdminAnswer
-          | Joined
-          | StartFailed | Stopped)
+          | AskPeer | AnswerPeer | RunOutdate | ApplyNfs | Tickle | ChangeVips | Emit | SaveState | StatusChanged
+          | AdminAnswer | Joined | StartFailed | Stopped)

@@ -126,6 +126,12 @@ class Chain:
             raise StepFailed(f"drbdsetup events2 --now {res} failed (exit {code}): {err.strip() or out.strip()}")
         return parse_events2(out).get(res)
 
+    async def apply_nfs(self) -> str:
+        """The `[nfs]` section changed (same backend and layout): the backend takes it, live if it serves."""
+        if self.nfs is None or self.cfg.nfs is None:
+            return "no NFS server in the chain"
+        return await self.nfs.reconfigure(self.cfg.nfs, self._inner_timeout())
+
     async def promote(self) -> None:
         assert self.drbd is not None
         await self.drbd.promote()

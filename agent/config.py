@@ -581,6 +581,30 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return out
 
 
+#: keys whose change needs an ordered leave (release, then the new instance): what the VRRP
+#: instance is, and what a running NFS server, mount or DRBD resource was started with; every
+#: other key applies live on the master without releasing anything
+IDENTITY_KEYS: dict[str, tuple[str, ...]] = {
+    "vrrp": ("interface", "vrid", "version", "unicast_peers"),
+    "drbd": ("resource",),
+    "filesystem": ("device", "mountpoint", "fstype"),
+    "nfs": ("backend", "versions", "server_scope", "state_dir", "service", "state_target", "exports_file",
+            "run_dir", "ganesha_binary"),
+}
+
+
+def identity_changes(old: Config, new: Config) -> list[str]:
+    """The identity keys that differ (a storage section added or removed counts as a whole)."""
+    out: list[str] = []
+    for section, keys in IDENTITY_KEYS.items():
+        a, b = getattr(old, section), getattr(new, section)
+        if (a is None) != (b is None):
+            out.append(f"[{section}] {'added' if a is None else 'removed'}")
+        elif a is not None:
+            out += [f"{section}.{k}" for k in keys if getattr(a, k) != getattr(b, k)]
+    return out
+
+
 def _show(v: Any) -> str:
     if isinstance(v, tuple):
         return "[" + ", ".join(str(x) for x in v) + "]"

@@ -34,14 +34,7 @@ from vrrp.vip import LinkInfo
 
 log = logging.getLogger("failover-agent")
 
-RESTART_KEYS = ("interface", "vrid", "version", "unicast_peers")
 VERSION = "0.1.0"
-
-
-def needs_restart(old: Config, new: Config) -> bool:
-    """Changes that cannot be applied to a running instance: its identity, or what it holds."""
-    return (any(getattr(old.vrrp, k) != getattr(new.vrrp, k) for k in RESTART_KEYS)
-            or (old.drbd, old.filesystem, old.nfs, old.peer) != (new.drbd, new.filesystem, new.nfs, new.peer))
 
 
 class SetupError(Exception):
@@ -264,19 +257,26 @@ class Agent:
         emit(Event.RELOAD, f"reload: {'; '.join(changes)}", CHANGES="; ".join(changes))
         if new.agent != self.cfg.agent:
             log.warning("reload: [agent] settings (control socket, metrics) take effect at the next restart")
-        old, self.cfg = self.cfg, new
-        if needs_restart(old, new):
-            log.info("reload: %s or the storage sections changed: the instance restarts after an ordered leave",
-                     "/".join(RESTART_KEYS))
-            await self.instance.stop("reload")
+        identity = configmod.identity_changes(self.cfg, new)
+        if not identity:
             try:
-                self.instance = await self._start_instance(new)
-            except SetupError as e:
-                log.error("reload: new instance cannot start (%s); back to the old config", e)
-                self.cfg = old
-                self.instance = await self._start_instance(old)
+                await self.instance.reconfigure(new)
+            except PeerSetupError as e:
+                self.reload_failures += 1
+                emit(Event.RELOAD_FAILED, f"reload refused, keeping the running config: {e}", logging.ERROR,
+                     FILE=new.file, KEY="peer", REASON=str(e))
+                return
+            self.cfg = new
             return
-        await self.instance.reconfigure(new)
+        old, self.cfg = self.cfg, new
+        log.info("reload: %s changed: the instance restarts after an ordered leave", ", ".join(identity))
+        await self.instance.stop("reload")
+        try:
+            self.instance = await self._start_instance(new)
+        except SetupError as e:
+            log.error("reload: new instance cannot start (%s); back to the old config", e)
+            self.cfg = old
+            self.instance = await self._start_instance(old)
 
 
 class _WatchdogHandle:

@@ -20,8 +20,8 @@ from drbd.status import Status
 
 __all__ = [
     "Admin", "AdminRequest", "AdvertsHeard", "CheckResult", "Doorbell", "DrbdRead", "Event", "LinkChanged",
-    "OutdateDone", "PeerAnswer", "PeerRequest", "ProbeResult", "Promoted", "Reconfigure", "Start", "StepDone",
-    "Timer", "VipDeleted",
+    "NfsApplied", "OutdateDone", "PeerAnswer", "PeerRequest", "ProbeResult", "Promoted", "Reconfigure", "Start",
+    "StepDone", "Timer", "VipDeleted",
 ]
 
 
@@ -139,6 +139,14 @@ class OutdateDone:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class NfsApplied:
+    """Answer to `ApplyNfs`."""
+
+    ok: bool
+    detail: str
+
+
 class Admin(enum.StrEnum):
     HANDOVER = "handover"
     MAINTENANCE_ON = "maintenance-on"
@@ -165,4 +173,5 @@ class Reconfigure:
 
 
 Event = (Start | Timer | Doorbell | AdvertsHeard | LinkChanged | VipDeleted | StepDone | DrbdRead | Promoted
-         | ProbeResult | CheckResult | PeerRequest | PeerAnswer | OutdateDone | AdminRequest | Reconfigure)
+         | ProbeResult | CheckResult | PeerRequest | PeerAnswer | OutdateDone | NfsApplied | AdminRequest
+         | Reconfigure)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -28,10 +26,12 @@ from agent.chain import Chain
 from agent.config import Config
 from agent.journal import Event as Kind
 from agent.journal import emit
-from agent.node import Counters, Node, NodeStatus, addrs
-from agent.peer import PeerChannel
-from agent.peerwire import Message, load_secret
+from agent.node import Counters, Node, addrs
+from agent.peer import PeerChannel, PeerSetupError, open_channel
+from agent.peerwire import Message
 from agent.probes import Pinger, run_check
+from agent.statefile import load_maintenance, save_maintenance
+from agent.status import Wire, as_json
 from agent.tickle import Tickler, established, parse_connections
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
@@ -42,10 +42,6 @@ from vrrp.vip import Garp, LinkInfo, VipHolder
 log = logging.getLogger("failover-agent")
 
 __all__ = ["Counters", "Instance", "PeerSetupError", "ReconcileError", "addrs"]
-
-
-class PeerSetupError(Exception):
-    """The peer channel cannot start (secret file missing or too open, port taken)."""
 
 
 class ReconcileError(Exception):
@@ -92,6 +88,7 @@ class Instance:
             act.AskPeer: lambda a: self._spawn(self._ask_peer(a)),
             act.AnswerPeer: self._answer_peer, act.AdminAnswer: lambda a: self._reply(a.id, dict(a.body)),
             act.RunOutdate: lambda a: self._spawn(self._outdate(a)),
+            act.ApplyNfs: lambda _: self._spawn(self._apply_nfs()),
             act.Tickle: self._tickle,
             act.ChangeVips: lambda a: self._spawn(self._change_vips(a)),
             act.Emit: self._emit, act.SaveState: self._save_state, act.StatusChanged: lambda _: self.on_state(self),
@@ -158,7 +155,7 @@ class Instance:
         if stale:
             emit(Kind.CLEANUP, f"removed VIP(s) {addrs(stale)} left on {self.info.name} by an earlier run",
                  logging.WARNING, VIPS=addrs(stale))
-        await self._start_peer_channel()
+        await self._start_peer_channel(self.cfg)
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
@@ -171,25 +168,15 @@ class Instance:
         await self._joined
 
     def _maintenance_kept(self) -> bool:
-        path = Path(self.cfg.agent.state_file)
-        try:
-            return json.loads(path.read_text()).get("maintenance") is True
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError, AttributeError) as e:
-            log.error("%s cannot be read (%s): staying in maintenance until `failoverctl maintenance off`", path, e)
-            return True
+        on, error = load_maintenance(self.cfg.agent.state_file)
+        if error:
+            log.error("%s", error)
+        return on
 
     def _save_state(self, a: act.SaveState) -> None:
-        path = Path(self.cfg.agent.state_file)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps({"maintenance": a.maintenance}) + "\n")
-            os.replace(tmp, path)
-        except OSError as e:
-            log.error("maintenance %s will not survive a restart: cannot write %s: %s",
-                      "on" if a.maintenance else "off", path, e)
+        error = save_maintenance(self.cfg.agent.state_file, a.maintenance)
+        if error:
+            log.error("%s", error)
 
     def _open_pinger(self) -> None:
         if self.cfg.track and self.cfg.track.witnesses and self.pinger is None:
@@ -221,7 +208,18 @@ class Instance:
         return str((await self.admin(ev.Admin.MAINTENANCE_ON if on else ev.Admin.MAINTENANCE_OFF))["message"])
 
     async def reconfigure(self, new: Config) -> None:
-        """Live changes only; the daemon restarts the instance for identity keys."""
+        """Live changes only (the daemon restarts the instance for identity keys). A new peer channel
+        that cannot start raises PeerSetupError before anything changed: the running config stays."""
+        if new.peer != self.cfg.peer:
+            old = self.peer_channel
+            if old is not None:
+                old.close()
+            try:
+                await self._start_peer_channel(new)
+            except PeerSetupError:
+                if old is not None:
+                    await self._start_peer_channel(self.cfg)
+                raise
         self.cfg = self.chain.cfg = new
         self.templates = self._templates()
         self.vips.vips = new.vrrp.vips
@@ -278,6 +276,12 @@ class Instance:
         if self.tickler is not None:
             self.tickler.send(a.connections)
 
+    async def _apply_nfs(self) -> None:
+        try:
+            self.feed(ev.NfsApplied(True, await self.chain.apply_nfs()))
+        except Exception as e:
+            self.feed(ev.NfsApplied(False, str(e) or type(e).__name__))
+
     async def _change_vips(self, a: act.ChangeVips) -> None:
         if a.gone:
             await self.vips.remove(a.gone)
@@ -286,21 +290,10 @@ class Instance:
             self.garp.send(a.added)
 
     # -- the peer channel ----------------------------------------------------------------------
-    async def _start_peer_channel(self) -> None:
-        p = self.cfg.peer
-        if p is None:
+    async def _start_peer_channel(self, cfg: Config) -> None:
+        self.peer_channel = await open_channel(cfg, str(self.info.primary), self._peer_request)
+        if self.peer_channel is None or self.tickler is not None:
             return
-        try:
-            key = load_secret(p.secret_file)
-        except (OSError, ValueError) as e:
-            raise PeerSetupError(f"{self.cfg.file}: peer.secret_file: {e}") from None
-        channel = PeerChannel(str(self.info.primary), str(p.address), p.port, key, p.window, self._peer_request)
-        try:
-            await channel.start()
-        except OSError as e:
-            raise PeerSetupError(f"{self.cfg.file}: peer.port: cannot listen on {self.info.primary}:{p.port}: "
-                                 f"{e.strerror or e}") from None
-        self.peer_channel = channel
         try:
             self.tickler = Tickler(self.info.name)
         except OSError as e:
@@ -345,38 +338,10 @@ class Instance:
             st = await self.chain.drbd_status() if self.chain.drbd else None
         except Exception as e:
             return {"error": str(e)}
-        if st is None:
-            return None
-        return {"resource": st.name, "role": st.role, "disk": st.disk, "connection": st.connection,
-                "peer_role": st.peer_role, "peer_disk": st.peer_disk,
-                "sync_percent": "" if st.sync_percent is None else f"{st.sync_percent:g}"}
+        return None if st is None else st.view()
 
     def status(self) -> dict[str, Any]:
-        s: NodeStatus = self.node.snapshot()
-        v, last = self.cfg.vrrp, s.last_transition
-        return {
-            "state": s.state, "vrid": v.vrid, "interface": self.info.name, "address": str(self.info.primary),
-            "version": v.version, "priority": s.priority, "advert_interval": v.advert_interval,
-            "master_down_interval": s.master_down_interval, "preempt": v.preempt, "maintenance": s.maintenance,
-            "yielding": s.yielding, "master": s.master, "link_up": s.link_up, "vips": [str(x) for x in v.vips],
-            "vips_held": "vip" in s.held, "phase": s.phase, "held": list(s.held), "chain": list(s.chain),
-            "faults": dict(s.faults),
-            "peer": None if self.peer_channel is None or self.cfg.peer is None else {
-                "address": str(self.cfg.peer.address), "port": self.cfg.peer.port,
-                "rejected": dict(self.peer_channel.rejected)},
-            "track": s.track,
-            "monitor": {"interval": self.cfg.monitor.interval, "max_restarts": self.cfg.monitor.max_restarts,
-                        "hold_down": self.cfg.monitor.hold_down},
-            "last_transition": None if last is None else {
-                "at": time.time() - (self.loop.time() - last.at), "from": last.old, "to": last.new,
-                "reason": last.reason},
-            "steps": dict(s.durations), "fault": s.fault_reason or None,
-            "hold_left": None if s.hold_left is None else round(s.hold_left, 1),
-            "peer_heard_ago": None if s.peer_heard_at is None else round(self.loop.time() - s.peer_heard_at, 2),
-            "counters": {
-                "transitions": s.transitions, "became_master": s.became_master, "faults": s.faults_total,
-                "adverts_sent": self.counters.adverts_sent, "adverts_received": s.adverts_received,
-                "drops": dict(s.drops), "doorbell_wakeups": self.sock.wakeups, "garp_sent": self.garp.sent,
-            },
-        }
-
+        rejected = None if self.peer_channel is None else self.peer_channel.rejected
+        wire = Wire(self.info.name, str(self.info.primary), self.counters.adverts_sent, self.sock.wakeups,
+                    self.garp.sent, rejected)
+        return as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time())

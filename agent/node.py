@@ -32,6 +32,7 @@ from agent.actions import (
     Action,
     AdminAnswer,
     AnswerPeer,
+    ApplyNfs,
     AskPeer,
     ChangeVips,
     DrainAdverts,
@@ -61,6 +62,7 @@ from agent.events import (
     DrbdRead,
     Event,
     LinkChanged,
+    NfsApplied,
     OutdateDone,
     PeerAnswer,
     PeerRequest,
@@ -255,6 +257,7 @@ class Node:
         self._outdating: PeerRequest | None = None
         self._outdate_cycled_at: float | None = None
         self._peer_heard_at: float | None = None
+        self._nfs_changed = False  # a reload changed [nfs]: applied once no NFS step runs
         self._now = 0.0
 
     # -- the one entry point ------------------------------------------------------------
@@ -287,6 +290,9 @@ class Node:
             self._peer_answer(event, now)
         elif isinstance(event, OutdateDone):
             self._outdate_done(event, now)
+        elif isinstance(event, NfsApplied):
+            self._emit(Kind.RELOAD, f"reload: [nfs] {'applied' if event.ok else 'NOT applied'}: {event.detail}",
+                       INFO if event.ok else ERROR, RESULT="ok" if event.ok else "failed")
         elif isinstance(event, LinkChanged):
             self._link(event, now)
         elif isinstance(event, VipDeleted):
@@ -385,6 +391,10 @@ class Node:
         for w in [w for w in self._waiters if quiet or now >= w.until]:
             self._waiters.remove(w)
             self._answer_waiter(w, quiet)
+        running = self.machine.running
+        if self._nfs_changed and (running is None or running.step not in (Step.NFS, Step.NFS_STATE)):
+            self._nfs_changed = False  # never while the server is being started or stopped
+            self._out.append(ApplyNfs())
         if self._stop is not None and (quiet or now >= self._stop.until):
             self._finish_stop(now)
         if not self.stopped:
@@ -920,6 +930,7 @@ class Node:
         v = new.vrrp
         self.validator.configure(v.advert_interval, v.auth_pass)
         self.machine.s = machine_settings(new)  # monitor interval, restarts, hold-down, timeouts
+        self._nfs_changed = self._nfs_changed or new.nfs != old.nfs
         if Step.VIP in self.machine.held:
             gone = tuple(x for x in old.vrrp.vips if x not in v.vips)
             added = tuple(x for x in v.vips if x not in old.vrrp.vips)

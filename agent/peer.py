@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.peerwire import Message, Rejected, ReplayGuard, decode, encode, new_message
+from agent.config import Config
+from agent.peerwire import Message, Rejected, ReplayGuard, decode, encode, load_secret, new_message
 
 log = logging.getLogger("failover-agent")
 
@@ -105,3 +106,24 @@ class PeerChannel(asyncio.DatagramProtocol):
             with contextlib.suppress(asyncio.CancelledError):
                 if not fut.done():
                     fut.cancel()
+
+
+class PeerSetupError(Exception):
+    """The peer channel cannot start (secret file missing or too open, port taken)."""
+
+
+async def open_channel(cfg: Config, own: str, handler: Handler) -> PeerChannel | None:
+    """The channel `cfg` asks for, listening on our address (None without `[peer]`)."""
+    p = cfg.peer
+    if p is None:
+        return None
+    try:
+        key = load_secret(p.secret_file)
+    except (OSError, ValueError) as e:
+        raise PeerSetupError(f"{cfg.file}: peer.secret_file: {e}") from None
+    channel = PeerChannel(own, str(p.address), p.port, key, p.window, handler)
+    try:
+        await channel.start()
+    except OSError as e:
+        raise PeerSetupError(f"{cfg.file}: peer.port: cannot listen on {own}:{p.port}: {e.strerror or e}") from None
+    return channel

@@ -70,6 +70,12 @@ class Status:
         """Not even trying to connect: after `disconnect`, or after a split-brain handshake."""
         return self.connection == "StandAlone"
 
+    def view(self) -> dict[str, str]:
+        """For people and JSON: DRBD's own words, by name."""
+        return {"resource": self.name, "role": self.role, "disk": self.disk, "connection": self.connection,
+                "peer_role": self.peer_role, "peer_disk": self.peer_disk,
+                "sync_percent": "" if self.sync_percent is None else f"{self.sync_percent:g}"}
+
     def summary(self) -> str:
         return (f"{self.name}: {self.role}/{self.peer_role} {self.disk}/{self.peer_disk} {self.connection}"
                 + (f" (sync {self.sync_percent:g}%)" if self.sync_percent is not None else ""))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from drbd.runner import Runner
+from nfs.settings import NfsConfig
 
 
 class NfsError(Exception):
@@ -30,6 +31,10 @@ class Backend(Protocol):
     async def check(self) -> str: ...
 
     def running(self) -> bool: ...
+
+    async def reconfigure(self, cfg: NfsConfig, timeout: float) -> str:
+        """Take `cfg` (same backend and layout): a running server gets exports and threads live."""
+        ...
 
 
 async def run_checked(runner: Runner, argv: Sequence[str], timeout: float, what: str = "") -> str:

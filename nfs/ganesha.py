@@ -109,6 +109,35 @@ class GaneshaBackend:
     def running(self) -> bool:
         return self._pid() is not None
 
+    async def reconfigure(self, cfg: NfsConfig, timeout: float) -> str:
+        old, self.cfg = self.cfg, cfg
+        pid = self._pid()
+        if pid is None:
+            return "nfs-ganesha not running: the new settings apply when it starts"
+        if cfg.exports == old.exports:
+            changed = (cfg.grace_time, cfg.lease_time, cfg.graceless) != (old.grace_time, old.lease_time, old.graceless)
+            return "nfs-ganesha: " + ("grace and lease settings apply at its next start" if changed
+                                      else "nothing to change")
+        missing = [e.path for e in cfg.exports if not Path(e.path).is_dir()]
+        if missing:
+            self.cfg = old
+            raise NfsError(f"export {missing[0]} does not exist on the mounted filesystem; exports unchanged")
+        log_from = self.log.stat().st_size if self.log.exists() else 0
+        self.conf.write_text(self.render())
+        # SIGHUP makes ganesha re-read its EXPORT blocks: new ones are added, changed ones updated and
+        # missing ones removed, while the clients of the others go on (the server keeps running)
+        os.kill(pid, signal.SIGHUP)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < min(timeout, 2.0):
+            await asyncio.sleep(0.05)
+            errors = self._config_errors(log_from)
+            if errors:
+                raise NfsError(f"nfs-ganesha refused the new exports: {errors}")
+        why = await nfs_answers(cfg.versions)
+        if why:
+            raise NfsError(f"nfs-ganesha does not answer after re-reading its exports: {why}")
+        return f"nfs-ganesha pid {pid} re-read its exports ({len(cfg.exports)} now)"
+
     def _pid(self) -> int | None:
         """Our child if it lives, else the PID file's ganesha if /proc confirms it is ours."""
         if self.proc is not None and self.proc.returncode is None:

@@ -200,6 +200,23 @@ class KernelBackend:
         return "kernel nfsd stopped, exports withdrawn, locks on " + self.mountpoint + " released" + \
             (f" ({'; '.join(notes)})" if notes else "")
 
+    async def reconfigure(self, cfg: NfsConfig, timeout: float) -> str:
+        old, self.cfg = self.cfg, cfg
+        if not self.running():
+            return "kernel nfsd not running: the new settings apply when it starts"
+        done = []
+        if cfg.exports != old.exports:
+            Path(cfg.exports_file).write_text(render_kernel(cfg.exports))
+            # -r also withdraws what left the file, from etab and from the kernel's table
+            await run_checked(self.runner, ["exportfs", "-r"], timeout, "re-exporting")
+            done.append(f"{len(cfg.exports)} export(s) applied with exportfs -r")
+        if cfg.threads != old.threads:
+            self._write("threads", str(cfg.threads))
+            done.append(f"{self.threads()} threads")
+        if (cfg.grace_time, cfg.lease_time) != (old.grace_time, old.lease_time):
+            done.append("grace and lease time apply at nfsd's next start (the kernel fixes them while it runs)")
+        return "kernel nfsd: " + ("; ".join(done) or "nothing to change")
+
     async def check(self) -> str:
         if not self.running():
             raise NfsError("kernel nfsd has no threads running")

@@ -139,3 +139,22 @@ def test_console_scripts_installed_next_to_the_interpreter() -> None:
     bindir = Path(sys.executable).parent
     for name in ("failover-agent", "failoverctl"):
         assert (bindir / name).exists(), f"{name} is not installed in {bindir}: run .ci/setup"
+
+
+def test_identity_changes_name_what_needs_an_ordered_leave_and_nothing_else() -> None:
+    from agent.config import identity_changes, parse
+
+    base = parse('[vrrp]\ninterface = "eth0"\nvrid = 51\nvips = ["192.0.2.100/24"]\n'
+                 '[filesystem]\ndevice = "/dev/drbd0"\nmountpoint = "/srv/nfs"\n'
+                 '[nfs]\nexports = [{ path = "/srv/nfs/a", clients = "*", options = "rw,fsid=1" }]\n'
+                 '[monitor]\nstep_timeout = 30\n')
+    text = ('[vrrp]\ninterface = "eth0"\nvrid = 51\nvips = ["192.0.2.100/24"]\npriority = 120\n'
+            '[filesystem]\ndevice = "/dev/drbd0"\nmountpoint = "/srv/nfs"\noptions = ["noatime"]\n'
+            '[nfs]\nthreads = 16\ngrace_time = 30\nexports = [{ path = "/srv/nfs/a", clients = "*", '
+            'options = "rw,fsid=1" }, { path = "/srv/nfs/b", clients = "*", options = "rw,fsid=2" }]\n'
+            '[monitor]\nstep_timeout = 10\n')
+    assert identity_changes(base, parse(text)) == []
+    moved = parse(text.replace('mountpoint = "/srv/nfs"', 'mountpoint = "/srv/data"')
+                  .replace("/srv/nfs/", "/srv/data/").replace("[nfs]\n", '[nfs]\nbackend = "ganesha"\n'))
+    assert identity_changes(base, moved) == ["filesystem.mountpoint", "nfs.backend"]
+    assert identity_changes(base, parse(text.split("[filesystem]")[0])) == ["[filesystem] removed", "[nfs] removed"]

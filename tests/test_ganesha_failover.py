@@ -10,6 +10,7 @@ documented order. Outages are printed (run with -s), the bench measures them pro
 from __future__ import annotations
 
 import re
+import signal
 import time
 
 import pytest
@@ -136,3 +137,33 @@ def test_a_restarted_agent_stops_the_ganesha_its_killed_predecessor_left(lab: Ne
     g.wait_serving("a", 20)
     assert re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1] != first
     writer_for(g)
+
+
+def test_a_reload_that_adds_an_export_releases_nothing_and_the_writer_goes_on(lab: NetnsLab) -> None:
+    """Routine work is no failover: a new export (and new grace settings) reach the running ganesha live."""
+    g = GaneshaAgents(lab)
+    g.start()
+    w = writer_for(g)
+    a = g.agents["a"]
+    g.ns["a"].run(["mkdir", "-p", g.disk.path("more")])
+    one = 'options = "rw,sync,no_root_squash,fsid=1" }]'
+    text = a.config_path.read_text()
+    assert one in text
+    second = f'{{ path = "{g.disk.path("more")}", clients = "192.0.2.0/24", options = "rw,no_root_squash,fsid=2" }}'
+    a.write_config(text.replace(one, one[:-1] + ", " + second + "]").replace("grace_time = 10", "grace_time = 20"))
+    transitions, mark = len(a.transitions()), len(a.log())
+    t0 = time.monotonic()
+    a.signal(signal.SIGHUP)
+    assert wait_until(lambda: "reload: [nfs] applied" in a.log(), 10), a.log()[-3000:]
+    assert w.wait_acked(10, timeout=20, after=time.monotonic() - t0)
+    assert len(a.transitions()) == transitions and g.phase("a") == "SERVING"
+    after = a.log()[mark:]
+    assert "release done" not in after and "acquire done" not in after, after
+    more = NfsWriter(lab, CLIENT, VIP, export=g.disk.path("more")).start()
+    lab.add_cleanup(more.stop)
+    assert more.wait_acked(3, timeout=20), f"the new export is not served: {more.errors[-5:]}"
+    gap = w.max_gap(start=t0)
+    assert gap < 1.0, f"the writer stalled {gap:.3f} s over a reload"  # its normal pacing is 0.1 s
+    more.stop()
+    all_acked_present(w)
+    print(f"RELOAD with a new export on the master: 0 transitions, largest gap {gap:.3f} s")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError, parse
 from nfs.backend import NfsError
+from nfs.exports import parse_export
 from nfs.kernel import KernelBackend
 from nfs.rpc import RpcError, check_null_reply, nfs_answers, null_call
 
@@ -181,3 +183,21 @@ def test_kernel_stop_that_leaves_threads_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "nfsd" / "threads").write_text("8\n")
     with pytest.raises(NfsError, match="still has 8 threads"):
         asyncio.run(backend.stop(5.0))
+
+
+def test_kernel_reconfigure_re_exports_and_sets_threads_live_without_stopping(tmp_path: Path) -> None:
+    backend, runner = kernel(tmp_path)
+    (tmp_path / "nfsd" / "threads").write_text("8\n")  # serving
+    new = replace(backend.cfg, threads=16, grace_time=30, exports=(*backend.cfg.exports, parse_export(
+        {"path": "/srv/nfs/more", "clients": "192.0.2.0/24", "options": "rw,sync,fsid=2"}, "/srv/nfs")))
+    detail = asyncio.run(backend.reconfigure(new, 5.0))
+    assert runner.calls == [["exportfs", "-r"]], "no stop, no restart: the exports are re-read in place"
+    assert "/srv/nfs/more" in (tmp_path / "exports").read_text()
+    assert (tmp_path / "nfsd" / "threads").read_text() == "16\n" and backend.running()
+    assert "2 export(s)" in detail and "16 threads" in detail and "next start" in detail
+
+
+def test_kernel_reconfigure_while_stopped_only_keeps_the_settings_for_the_next_start(tmp_path: Path) -> None:
+    backend, runner = kernel(tmp_path)
+    detail = asyncio.run(backend.reconfigure(replace(backend.cfg, threads=4), 5.0))
+    assert runner.calls == [] and backend.cfg.threads == 4 and "when it starts" in detail

@@ -373,3 +373,21 @@ def test_reset_ends_a_fault_hold_down_at_once() -> None:
     assert "hold-down" in of(act.AdminAnswer, out)[0].body["message"]
     assert d.node.machine.phase == Phase.IDLE and d.node.router.state == State.BACKUP
     assert "no fault" in of(act.AdminAnswer, d.feed(ev.AdminRequest(4, ev.Admin.RESET)))[0].body["message"]
+
+
+def test_a_reload_of_nfs_settings_is_applied_live_but_never_while_nfs_starts_or_stops() -> None:
+    text = VIP_ONLY + ('[filesystem]\ndevice = "/dev/loop0"\nmountpoint = "/srv/nfs"\n[nfs]\nbackend = "ganesha"\n'
+                       'exports = [{ path = "/srv/nfs/a", clients = "*", options = "rw,fsid=1" }]\n')
+    d = Drive(text)
+    d.master()
+    while (run := d.node.machine.running) is not None and run.step != Step.NFS:
+        d.feed(ev.StepDone(run.step, run.op, True, "done"))
+    more = parse(text.replace('options = "rw,fsid=1" }]', 'options = "rw,fsid=1" }, '
+                              '{ path = "/srv/nfs/b", clients = "*", options = "rw,fsid=2" }]'))
+    assert not of(act.ApplyNfs, d.feed(ev.Reconfigure(more))), "nfs is starting: wait"
+    out = d.feed(ev.StepDone(Step.NFS, Op.ACQUIRE, True, "serving"))
+    assert of(act.ApplyNfs, out) and d.node.machine.phase == Phase.ACQUIRING
+    out = d.feed(ev.NfsApplied(True, "re-read its exports (2 now)"))
+    assert any(isinstance(a, act.Emit) and "[nfs] applied" in a.message for a in out)
+    d.answer_steps()
+    assert d.node.machine.phase == Phase.SERVING and d.node.counters.transitions == 2  # INITIALIZE->BACKUP->MASTER

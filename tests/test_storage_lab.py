@@ -105,19 +105,24 @@ def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path
     assert wait_until(lambda: again.status()["instance"]["phase"] == "SERVING", 5), again.log()
 
 
-def test_reload_changes_monitor_settings_live_and_restarts_for_storage_changes(lab: NetnsLab, tmp_path: Path,
-                                                                               loopdev: str) -> None:
+def test_reload_changes_tunables_live_and_restarts_only_for_identity_keys(lab: NetnsLab, tmp_path: Path,
+                                                                          loopdev: str) -> None:
     a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     text = a.config_path.read_text()
-    a.write_config(text.replace("interval = 0.5", "interval = 1.5"))
+    # [monitor] and a [filesystem] tunable: live, nothing released
+    a.write_config(text.replace("interval = 0.5", "interval = 1.5").replace("kill_grace = 0.5", "kill_grace = 1.0"))
     a.signal(signal.SIGHUP)
     assert wait_until(lambda: a.status()["instance"]["monitor"]["interval"] == 1.5, 3), a.log()
     assert a.status()["instance"]["phase"] == "SERVING" and "ordered leave" not in a.log()
-    # a storage change is not applied under a mounted filesystem: ordered leave, then restart
-    a.write_config(text.replace("kill_grace = 0.5", "kill_grace = 1.0"))
+    assert "mount release done" not in a.log()
+    # the mountpoint is what the running mount was made with: ordered leave, then restart
+    moved = tmp_path / "mnt-a2"
+    moved.mkdir()
+    a.write_config(text.replace(f'mountpoint = "{tmp_path / "mnt-a"}"', f'mountpoint = "{moved}"'))
     a.signal(signal.SIGHUP)
-    assert wait_until(lambda: "restarts after an ordered leave" in a.log(), 3), a.log()
+    assert wait_until(lambda: "filesystem.mountpoint changed: the instance restarts after an ordered leave"
+                      in a.log(), 3), a.log()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     log = a.log()
     assert log.rindex("mount release done") < log.rindex("mount acquire done")
