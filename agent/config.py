@@ -528,8 +528,12 @@ def _check_vrrp(file: str, v: dict[str, Any]) -> VrrpConfig:
 def parse(text: str, file: str = "<config>") -> Config:
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (ValueError, RecursionError) as e:
+        # TOMLDecodeError, and what tomllib lets through: integers of over 4300 digits, nesting deeper than the stack
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
+    huge = _beyond_64_bits(doc)
+    if huge is not None:
+        raise ConfigError(file, huge, "integer out of TOML's 64-bit range")
     known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer"}
     for name in doc:
         if name not in known:
@@ -555,12 +559,35 @@ def parse(text: str, file: str = "<config>") -> Config:
                   track=track, peer=peer)
 
 
+def _beyond_64_bits(doc: dict[str, Any]) -> str | None:
+    """The dotted key of an integer TOML does not allow (tomllib reads any size; our checks print them)."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{key}.{k}" if key else k, v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{key}[{i + 1}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return key
+    return None
+
+
 def load(path: str | Path) -> Config:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        data = Path(path).read_bytes()
+    except OSError as e:
         raise ConfigError(str(path), "", f"cannot read: {e}") from None
-    return parse(text, str(path))
+    return loads(data, str(path))
+
+
+def loads(data: bytes, file: str = "<config>") -> Config:
+    """`load` after the read: the file's bytes as they are, so a fuzzer reaches everything `load` does."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, "", f"cannot read: {e}") from None
+    return parse(text, file)
 
 
 def describe_changes(old: Config, new: Config) -> list[str]:

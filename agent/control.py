@@ -76,11 +76,8 @@ class ControlServer:
 
     async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-                raise ValueError("expected a JSON object with a 'command'")
-        except (ValueError, asyncio.LimitOverrunError) as e:
+            request = parse_request(await asyncio.wait_for(reader.readline(), 5))
+        except (ControlError, ValueError, asyncio.LimitOverrunError) as e:  # ValueError: a line over the limit
             return {"ok": False, "error": f"bad request: {e}"}
         try:
             return {"ok": True, **await self.handler(request)}
@@ -89,6 +86,17 @@ class ControlServer:
         except Exception as e:  # never let one request take the daemon down
             log.exception("control request %r failed", request.get("command"))
             return {"ok": False, "error": f"internal error: {e}"}
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line, apart from the socket so it can be fuzzed; ControlError is the only refusal."""
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError) as e:  # ValueError includes UnicodeDecodeError; nesting deeper than the stack
+        raise ControlError(f"not JSON: {e}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+        raise ControlError("expected a JSON object with a 'command'")
+    return request
 
 
 def _answers(path: Path) -> bool:

@@ -8,6 +8,7 @@ reason. The result is checked with our own config parser before it is printed.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
@@ -109,11 +110,24 @@ def _one(node: Node, what: str) -> str:
 
 
 def _number(node: Node) -> float:
+    """A finite number: float() also reads 'nan' and 'inf', which no keepalived option means (and int() refuses)."""
     text = _one(node, "number")
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ImportError_(f"line {node.line}: {node.keyword} {text!r} is not a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ImportError_(f"line {node.line}: {node.keyword} {text!r} is not a number")
+    return value
+
+
+def _unsigned(node: Node) -> int:
+    """What keepalived reads as a count (read_unsigned_strvec): a whole number in 0..UINT_MAX; no huge int
+    reaches the arithmetic below, where it would not convert to float."""
+    value = _number(node)
+    if value != int(value) or not 0 <= value <= 0xFFFFFFFF:
+        raise ImportError_(f"line {node.line}: {node.keyword} {node.args[0]!r} is not a whole number in 0..4294967295")
+    return int(value)
 
 
 def _toml(v: object) -> str:
@@ -222,7 +236,7 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
         elif k == "garp_master_delay":
             garp_delay = _number(node)
         elif k == "garp_master_repeat":
-            garp_repeat = int(_number(node))
+            garp_repeat = _unsigned(node)
         elif k == "garp_master_refresh":
             values["garp_refresh"] = _number(node)
             res.mapped.append("garp_master_refresh -> garp_refresh")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,7 +99,7 @@ def decode(data: bytes, key: bytes, now: float, guard: ReplayGuard) -> Message:
         raise Rejected("forged", "HMAC does not match the shared secret")
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError; nesting deeper than the stack
         raise Rejected("malformed", "not JSON") from None
     if not isinstance(obj, dict) or obj.get("v") != 1:
         raise Rejected("malformed", "not a version 1 message")
@@ -106,12 +107,24 @@ def decode(data: bytes, key: bytes, now: float, guard: ReplayGuard) -> Message:
     reply_to, body = obj.get("re"), obj.get("body")
     if kind not in KINDS or not isinstance(sender, str) or not isinstance(nonce, str) or not 8 <= len(nonce) <= 64:
         raise Rejected("malformed", f"bad kind, sender or nonce ({kind!r})")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != ts:
-        raise Rejected("malformed", "bad timestamp")
+    when = _timestamp(ts)
     if not (reply_to is None or isinstance(reply_to, str)) or not isinstance(body, dict):
         raise Rejected("malformed", "bad reply reference or body")
-    guard.check_and_remember(nonce, float(ts), now)
-    return Message(kind, sender, float(ts), nonce, reply_to, body)
+    guard.check_and_remember(nonce, when, now)
+    return Message(kind, sender, when, nonce, reply_to, body)
+
+
+def _timestamp(value: object) -> float:
+    """A finite float: JSON also reads NaN, Infinity and integers beyond a float's range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Rejected("malformed", "bad timestamp")
+    try:
+        ts = float(value)
+    except OverflowError:
+        raise Rejected("malformed", "bad timestamp") from None
+    if not math.isfinite(ts):
+        raise Rejected("malformed", "bad timestamp")
+    return ts
 
 
 def load_secret(path: str) -> bytes:

@@ -8,7 +8,11 @@ the lab has no DRBD 9 kernel, so that parser is tested on text written after tha
 a capture). The failover logic (and the split-brain guard) must not care which: they read a
 `Status`. Parsing is pure and total:
 unknown words are kept as they are, and a line that cannot be read is skipped, never raised
-on, because this text comes from outside.
+on, because this text comes from outside. What a bad line yields: `Events2.feed` returns None
+and changes nothing, `parse_proc_drbd` returns None when the minor's line cannot be read, and
+`parse_status_json` leaves out a resource it cannot read (an empty dict for text that is not
+JSON at all). A number that cannot be read (a minor beyond DRBD's 2^20, a sync percentage
+outside 0..100) is treated as absent. `bench.fuzz` holds the parsers to this.
 """
 
 from __future__ import annotations
@@ -83,6 +87,23 @@ class Status:
 
 _PROC_LINE = re.compile(r"^\s*(\d+): cs:(\S+) ro:(\S+)/(\S+) ds:(\S+)/(\S+)")
 _PROC_SYNC = re.compile(r"sync'ed:\s*([\d.]+)%")
+MAX_MINOR = 2**20 - 1  # DRBD's minor numbers are 20 bits
+
+
+def _minor(value: object) -> int | None:
+    """A device minor from text or JSON; None unless it is one (int() also reads '²' and 5000-digit strings)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 7:
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MINOR else None
+
+
+def _percent(value: str | float) -> float | None:
+    """A sync percentage; None unless it is a number in 0..100 ('1.2.3', 'nan', 1e400 and 256 are not)."""
+    try:
+        p = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return p if 0 <= p <= 100 else None
 
 
 def parse_proc_drbd(text: str, minor: int = 0, name: str = "") -> Status | None:
@@ -90,7 +111,7 @@ def parse_proc_drbd(text: str, minor: int = 0, name: str = "") -> Status | None:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         m = _PROC_LINE.match(line)
-        if not m or int(m.group(1)) != minor:
+        if not m or _minor(m.group(1)) != minor:
             continue
         cs, role, peer_role, disk, peer_disk = m.group(2, 3, 4, 5, 6)
         sync = None
@@ -99,7 +120,7 @@ def parse_proc_drbd(text: str, minor: int = 0, name: str = "") -> Status | None:
                 break
             s = _PROC_SYNC.search(follow)
             if s:
-                sync = float(s.group(1))
+                sync = _percent(s.group(1))
         suspended = "s" in (line.split()[-1][:1] if line.split() else "")
         return Status(name=name or f"minor{minor}", role=role, disk=disk, connection=cs, peer_role=peer_role,
                       peer_disk=peer_disk, replication=cs if cs in CONNECTED else "Off", suspended=suspended,
@@ -181,8 +202,8 @@ class Events2:
             elif "disk" in f:
                 vols[f.get("volume", "0")] = f["disk"]
             worst = _worst(vols.values(), "Diskless")
-            minor = int(f["minor"]) if f.get("minor", "").isdigit() else st.minor
-            st = replace(st, disk=worst, minor=minor)
+            minor = _minor(f.get("minor"))
+            st = replace(st, disk=worst, minor=st.minor if minor is None else minor)
         elif obj == "peer-device":
             vols = self.peer_disks.setdefault(name, {})
             if verb == "destroy":
@@ -190,9 +211,9 @@ class Events2:
             elif "peer-disk" in f:
                 vols[f.get("volume", "0")] = f["peer-disk"]
             worst = _worst(vols.values(), DUNKNOWN)
-            done = f.get("done")
+            done = _percent(f.get("done", ""))
             st = replace(st, peer_disk=worst, replication=f.get("replication", st.replication),
-                         sync_percent=float(done) if done and _is_float(done) else st.sync_percent)
+                         sync_percent=st.sync_percent if done is None else done)
         else:
             return None
         self.resources[name] = st
@@ -201,14 +222,6 @@ class Events2:
 
 def _yes(v: str) -> bool:
     return v in ("yes", "true", "1")
-
-
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_events2(text: str) -> dict[str, Status]:
@@ -222,7 +235,7 @@ def parse_status_json(text: str) -> dict[str, Status]:
     """DRBD 9 `drbdsetup status --json`: a list of resources; anything malformed is skipped."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than the stack
         return {}
     out: dict[str, Status] = {}
     for res in doc if isinstance(doc, list) else []:
@@ -233,7 +246,7 @@ def parse_status_json(text: str) -> dict[str, Status]:
         minors = [d.get("minor") for d in devices]
         st = Status(res["name"], role=str(res.get("role", UNKNOWN)), disk=disk,
                     suspended=bool(res.get("suspended", False)),
-                    minor=minors[0] if minors and isinstance(minors[0], int) else None)
+                    minor=_minor(minors[0]) if minors else None)
         conns = _dicts(res.get("connections"))
         if conns:  # single-peer view: the first connection is "the peer"
             c = conns[0]
@@ -244,9 +257,15 @@ def parse_status_json(text: str) -> dict[str, Status]:
             st = replace(st, connection=str(c.get("connection-state", "StandAlone")),
                          peer_role=str(c.get("peer-role", UNKNOWN)), peer_disk=peer_disk,
                          replication=str(repl) if isinstance(repl, str) else st.replication,
-                         sync_percent=float(sync) if isinstance(sync, int | float) and sync < 100 else None)
+                         sync_percent=_in_progress(sync))
         out[st.name] = st
     return out
+
+
+def _in_progress(sync: object) -> float | None:
+    """percent-in-sync while a resync runs; 100 (in sync) and anything that is not a JSON number say none runs."""
+    p = _percent(sync) if isinstance(sync, int | float) and not isinstance(sync, bool) else None
+    return p if p is not None and p < 100 else None
 
 
 def _dicts(v: object) -> list[dict[str, object]]:

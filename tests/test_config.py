@@ -93,6 +93,27 @@ def test_errors_name_the_key(text: str, key: str, words: str) -> None:
     assert str(info.value).startswith("agent.toml: ")
 
 
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ("a = " + "1" * 5000 + "\n", "", "not valid TOML"),  # tomllib's own ValueError: beyond 4300 digits
+    ("a = " + "[" * 2000 + "]" * 2000 + "\n", "", "not valid TOML"),  # tomllib's RecursionError
+    (BASE + "advert_interval = 1" + "0" * 400 + "\n", "vrrp.advert_interval", "64-bit"),  # float() overflowed
+    (BASE + "priority = 0x" + "f" * 4000 + "\n", "vrrp.priority", "64-bit"),  # too long for the message
+    (BASE + "unicast_peers = [1, -9223372036854775809]\n", "vrrp.unicast_peers[2]", "64-bit"),
+    (BASE + "priority = 9223372036854775807\n", "vrrp.priority", "1..255"),
+])
+def test_what_tomllib_lets_through_is_a_config_error(text: str, key: str, words: str) -> None:
+    """Found by bench.fuzz: these raised ValueError, RecursionError or OverflowError out of parse()."""
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "agent.toml")
+    assert (info.value.key, words in str(info.value)) == (key, True)
+
+
+def test_loads_reads_bytes_as_load_does() -> None:
+    assert config.loads(BASE.encode(), "agent.toml").vrrp.vrid == 51
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.loads(BASE.encode() + b"# \xff\n", "agent.toml")
+
+
 def test_describe_changes_lists_each_key_and_hides_the_password() -> None:
     old = parse_with('priority = 100\nauth_pass = "a"\n')
     new = config.parse(BASE.replace('"192.0.2.100/24"', '"192.0.2.100/24", "192.0.2.101/24"')

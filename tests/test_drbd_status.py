@@ -112,3 +112,31 @@ def test_auto_promote_is_seen_in_drbdsetup_show() -> None:
     assert auto_promote_on("resource r0 {\n    options {\n        auto-promote    yes;\n    }\n}\n")
     assert not auto_promote_on("resource r0 {\n    options {\n        auto-promote    no;\n    }\n}\n")
     assert not auto_promote_on((FIXTURES / "drbdadm-version.txt").read_text())
+
+
+_SYNCING = " 0: cs:SyncTarget ro:Secondary/Primary ds:Inconsistent/UpToDate C r-----\n"
+
+
+def test_numbers_that_cannot_be_read_are_absent_not_raised() -> None:
+    """Found by bench.fuzz: int() and float() raised on minors and percentages DRBD never prints."""
+    for sync in ("1.2.3", "256", "1" * 400):
+        st = parse_proc_drbd(_SYNCING + f"\t[>....] sync'ed: {sync}% (1/2)K\n")
+        assert st is not None and st.sync_percent is None
+    assert parse_proc_drbd(" " + "0" * 5000 + _SYNCING[2:]) is None
+    assert parse_proc_drbd(_SYNCING.replace("0:", "\u0660:")) is None  # an Arabic-Indic zero is no minor
+    ev = Events2()
+    for minor in ("\u00b2", "1" * 5000, "1048576"):
+        ev.feed(f"exists device name:r0 volume:0 minor:{minor} disk:UpToDate")
+        assert (ev.resources["r0"].minor, ev.resources["r0"].disk) == (None, "UpToDate")
+    ev.feed("exists device name:r0 volume:0 minor:3 disk:UpToDate")
+    for done in ("nan", "inf", "1e400", "-5", "42.5"):
+        ev.feed(f"change peer-device name:r0 peer-node-id:0 volume:0 replication:SyncSource done:{done}")
+    assert (ev.resources["r0"].minor, ev.resources["r0"].sync_percent) == (3, 42.5)
+
+
+def test_status_json_that_crashed_the_parser() -> None:
+    """Found by bench.fuzz: nesting beyond the stack, and a percentage beyond a float's range."""
+    assert parse_status_json("[" * 5000) == {}
+    res = parse_status_json('[{"name": "r0", "devices": [{"minor": -1}], "connections": [{"peer_devices": '
+                            '[{"percent-in-sync": -1' + "0" * 400 + "}]}]}]")
+    assert (res["r0"].minor, res["r0"].sync_percent) == (None, None)

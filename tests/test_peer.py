@@ -54,8 +54,11 @@ def test_authentic_but_malformed_json_is_refused_not_crashing() -> None:
     import hashlib
     import hmac
 
+    message = b'{"v":1,"kind":"state","from":"x","ts":%s,"nonce":"0123456789","body":{}}'
     for payload in (b"[1,2]", b'{"v":1,"kind":"promote","from":"x","ts":1,"nonce":"0123456789","body":{}}',
-                    b'{"v":2}', b"\xff\xfe"):
+                    b'{"v":2}', b"\xff\xfe",
+                    # found by bench.fuzz: RecursionError from json, OverflowError from float(ts)
+                    b"[" * 2000, message % (b"1" + b"0" * 400), message % b"-Infinity", message % b"NaN"):
         data = hmac.new(KEY, payload, hashlib.sha256).digest() + payload
         with pytest.raises(Rejected) as e:
             decode(data, KEY, NOW, ReplayGuard(5.0))

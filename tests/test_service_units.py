@@ -104,6 +104,28 @@ def test_import_errors(text: str, words: str) -> None:
         keepalived_import.convert(text)
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+@pytest.mark.parametrize("option", ["virtual_router_id", "priority", "version", "garp_master_repeat", "advert_int"])
+def test_import_refuses_numbers_that_are_not_finite(value: str, option: str) -> None:
+    """Found by bench.fuzz: int(float('inf')) raised OverflowError (and 'nan' ValueError) out of convert()."""
+    text = (f"vrrp_instance X {{\n interface eth0\n virtual_router_id 5\n {option} {value}\n"
+            " virtual_ipaddress {\n 192.0.2.1\n }\n}\n")
+    with pytest.raises(keepalived_import.ImportError_, match="not a number"):
+        keepalived_import.convert(text)
+    with pytest.raises(keepalived_import.ImportError_, match="not a number"):
+        keepalived_import.convert(f"global_defs {{\n vrrp_version {value}\n}}\n" + text.replace(value, "1"))
+
+
+@pytest.mark.parametrize("value", ["1e308", "4294967296", "-1", "2.5"])
+def test_import_refuses_a_garp_repeat_keepalived_would_not_read(value: str) -> None:
+    """Found by bench.fuzz: 1e308 became an int too large to divide the delay by (OverflowError)."""
+    text = ("vrrp_instance X {\n interface eth0\n virtual_router_id 5\n garp_master_delay 1\n"
+            f" garp_master_repeat {value}\n virtual_ipaddress {{\n 192.0.2.1\n }}\n}}\n")
+    with pytest.raises(keepalived_import.ImportError_, match="whole number"):
+        keepalived_import.convert(text)
+    assert configmod.parse(keepalived_import.convert(text.replace(value, "4294967295")).toml).vrrp.garp_count == 100
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_import_round_trips_the_lab_configs(version: int) -> None:
     """What our keepalived interop lab runs converts to the agent config we run against it."""
@@ -175,6 +197,14 @@ def test_control_socket_answers_and_survives_garbage(tmp_path: Path) -> None:
     assert results[5] == {"ok": False, "error": "not now"}
     assert results[6]["echo"] == "again"
     assert not path.exists(), "the socket is removed on close"
+
+
+def test_parse_request_refuses_with_control_error_only() -> None:
+    assert control.parse_request(b'{"command": "maintenance", "on": true}\n') == {"command": "maintenance", "on": True}
+    # "[" * 5000: found by bench.fuzz, json's RecursionError reached the event loop and the client got no answer
+    for line in (b"[" * 5000, b"", b"\xff\xfe\n", b'{"command": 1}\n', b'"status"\n', b"[1" + b"0" * 5000 + b"]"):
+        with pytest.raises(control.ControlError):
+            control.parse_request(line)
 
 
 def test_control_client_errors(tmp_path: Path) -> None:
