@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from agent import checkconfig, control
 from agent import config as configmod
-from agent import control
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
 from agent.node import fence_exit_code
+from drbd import runner
+
+#: exit codes: 2 keeps meaning "invalid config", so usage errors get sysexits' EX_USAGE
+EXIT_HOST_CHECK = 1
+EXIT_INVALID = 2
+EXIT_NEEDS_REVIEW = 3
+EXIT_USAGE = 64
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -165,17 +175,55 @@ def _load(path: str) -> configmod.Config | None:
     try:
         return configmod.load(path)
     except configmod.ConfigError as e:
-        print(f"invalid: {e}", file=sys.stderr)
+        print(f"invalid: {_invalid(e)}", file=sys.stderr)
         return None
 
 
+def _config_path(args: argparse.Namespace) -> str:
+    """check-config FILE, -c FILE or --config FILE (the same file twice is fine, two files are not)."""
+    if args.file and args.config and os.path.abspath(args.file) != os.path.abspath(args.config):
+        _usage_error(args, f"two config files given ({args.file} and {args.config}): give one")
+    return str(args.file or args.config or configmod.DEFAULT_PATH)
+
+
+def _invalid(e: configmod.ConfigError) -> str:
+    """The ConfigError with the line of the offending key, when the file shows it."""
+    line = None
+    if e.key:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            line = checkconfig.key_line(Path(e.file).read_text(encoding="utf-8"), e.key)
+    where = f"{e.file}:{line}" if line else e.file
+    return f"{where}: {e.key}: {e.reason}" if e.key else f"{where}: {e.reason}"
+
+
+async def _primary_of(name: str, exclude: list[IPv4Address]) -> IPv4Address | None:
+    from vrrp.vip import primary_address  # pyroute2: only for the commands that need it
+
+    return await primary_address(name, exclude)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
-    if cfg is None:
-        return 2
+    path = _config_path(args)
+    try:
+        cfg = configmod.load(path)
+    except configmod.ConfigError as e:
+        print(f"invalid: {_invalid(e)}", file=sys.stderr)
+        return EXIT_INVALID
     v = cfg.vrrp
-    print(f"{args.file}: valid (VRRPv{v.version} VRID {v.vrid} on {v.interface}, priority {v.priority}, "
-          f"VIPs {', '.join(str(x) for x in v.vips)})")
+    print(f"{path}: valid (VRRPv{v.version} VRID {v.vrid} on {v.interface}, priority {v.priority}, "
+          f"VIPs {', '.join(str(x) for x in v.vips)}; steps {', '.join(cfg.steps)})")
+    if args.offline:
+        return 0
+    vips = [x.ip for x in v.vips]
+    findings = asyncio.run(checkconfig.host_findings(cfg, lambda name: _primary_of(name, vips), runner.run))
+    for finding in findings:
+        print(finding.line())
+    for line in checkconfig.takeover_time(cfg):
+        print(line)
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        print(f"{len(failed)} host check(s) failed", file=sys.stderr)
+        return EXIT_HOST_CHECK
     return 0
 
 
@@ -220,30 +268,67 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_config(path: str, text: str, private: bool) -> None:
+    """Write atomically; a file holding a password is created 0600, never readable in between."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".failoverctl-", dir=directory)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     try:
         text = Path(args.file).read_text(encoding="utf-8")
         result = convert(text, args.instance, source=args.file)
     except (OSError, UnicodeDecodeError) as e:
-        print(f"cannot read {args.file}: {e}", file=sys.stderr)
-        return 2
+        print(f"cannot read {args.file}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_INVALID
     except ImportError_ as e:
         print(f"{args.file}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if args.output:
-        Path(args.output).write_text(result.toml)
+        try:
+            write_config(args.output, result.toml, private=result.secret)
+        except OSError as e:
+            print(f"cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(result.toml)
-    print(f"vrrp_instance {result.instance}: {len(result.mapped)} option(s) mapped, {len(result.replaced)} "
-          f"notify script(s) replaced, {len(result.unmapped)} not mapped (listed as comments)", file=sys.stderr)
+    print(f"vrrp_instance {result.instance}: {len(result.mapped)} option(s) mapped, {result.checks} track check(s), "
+          f"{len(result.replaced)} notify script(s) read, {len(result.unmapped)} not mapped (listed as comments)"
+          + (f"; {args.output} holds auth_pass: mode 0600" if args.output and result.secret else ""),
+          file=sys.stderr)
+    for item in result.warnings:
+        print(f"review: {item}", file=sys.stderr)
+    if result.review:
+        for item in result.review:
+            print(f"NEEDS REVIEW: {item}", file=sys.stderr)
+        print(f"not fully converted: {len(result.review)} item(s) need review (NEEDS REVIEW in the output); "
+              "do not run the agent with it before they are resolved", file=sys.stderr)
+        return EXIT_NEEDS_REVIEW
     return 0
+
+
+def cmd_sniff(args: argparse.Namespace) -> int:
+    from agent import sniff  # scapy: only here, never on the daemon's import path
+
+    return sniff.main(args)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder."""
     cfg = _load(args.config)
     if cfg is None:
-        return 2
+        return EXIT_INVALID
     try:
         control.request(cfg.agent.control_socket, "status", timeout=2)
         print("failover-agent is running: it manages its VIPs itself; nothing done")
@@ -269,8 +354,21 @@ async def _remove_vips(cfg: configmod.Config) -> list[str]:
         return [str(v) for v in await VipHolder(ipr, info.index, cfg.vrrp.vips, keep=keep).remove()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error, which failoverctl keeps for "invalid config"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="failoverctl", description="Inspect and steer failover-agent.")
+    parser = _Parser(prog="failoverctl", description="Inspect and steer failover-agent.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -290,9 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unit", help="read entries of this systemd unit instead of by identifier")
     p.add_argument("--directory", "-D", help="read journal files from this directory")
     p.set_defaults(func=cmd_history)
-    p = sub.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
-    p.add_argument("file", nargs="?", default=str(configmod.DEFAULT_PATH))
-    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("check-config", help="validate a config file and check this host against it "
+                                            "(exit 0 all good, 1 a host check failed, 2 invalid config)")
+    p.add_argument("file", nargs="?", help=f"the config (default {configmod.DEFAULT_PATH})")
+    p.add_argument("--config", "-c", help="the config, as for the other commands")
+    p.add_argument("--offline", action="store_true", help="the file only: no interface, program or DRBD checks")
+    p.set_defaults(func=cmd_check_config, parser=p)
     p = with_socket(sub.add_parser("handover", help="planned switch: release in order, then priority 0"))
     p.set_defaults(func=cmd_handover)
     p = with_socket(sub.add_parser("maintenance", help="on: stay backup and never take over; off: normal"))
@@ -300,11 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_maintenance)
     p = with_socket(sub.add_parser("reset", help="end a FAULT hold-down now, once the cause is fixed"))
     p.set_defaults(func=cmd_reset)
-    p = sub.add_parser("import-keepalived", help="convert a keepalived.conf vrrp_instance to TOML")
+    p = sub.add_parser("import-keepalived", help="convert a keepalived.conf vrrp_instance to TOML "
+                                                 "(exit 0 converted, 3 needs review, 2 cannot convert)")
     p.add_argument("file")
     p.add_argument("--instance", help="which vrrp_instance (default: the first)")
     p.add_argument("--output", "-o", help="write the TOML here instead of stdout")
     p.set_defaults(func=cmd_import)
+    p = sub.add_parser("sniff", help="capture VRRP adverts on the wire and say what the agent would do with each")
+    p.add_argument("--interface", "-i", help="default: the config's interface, else every interface")
+    p.add_argument("--vrid", type=int, help="only adverts of this VRID")
+    p.add_argument("--count", "-n", type=int, default=0, help="stop after this many adverts (default: no limit)")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds (default: no limit)")
+    p.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH),
+                   help="judge adverts by this config's VRRP settings (if readable)")
+    p.set_defaults(func=cmd_sniff, parser=p)
     p = sub.add_parser("cleanup", help="remove this node's VIPs after the agent died (ExecStopPost)")
     p.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH))
     p.set_defaults(func=cmd_cleanup)

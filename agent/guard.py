@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.config import DrbdConfig, TrackConfig
 from drbd.status import OUTDATED, Status
 
 __all__ = ["UNKNOWN_PEER_POLICIES", "Decision", "PeerView", "may_promote", "witness_wait"]
@@ -51,6 +52,13 @@ class PeerView:
     isolation_time: float = 0.0
     # the peer's answer to "outdate yourself" over the peer channel: outdated | primary | unreachable | failed ...
     peer_answer: str = ""
+
+
+def isolation_time(track: TrackConfig | None, drbd: DrbdConfig | None) -> float:
+    """How long an isolated peer needs to notice (its tracking: fall x interval + timeout) and
+    release (witness_grace); the peer is assumed to run the same [track] as this node."""
+    return (track.fall * track.interval + track.timeout if track is not None else 0.0) \
+        + (drbd.witness_grace if drbd is not None else 0.0)
 
 
 def witness_wait(status: Status | None, view: PeerView) -> float:

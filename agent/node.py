@@ -74,7 +74,7 @@ from agent.events import (
     Timer,
     VipDeleted,
 )
-from agent.guard import PeerView, may_promote, witness_wait
+from agent.guard import PeerView, isolation_time, may_promote, witness_wait
 from agent.journal import Event as Kind
 from agent.machine import Action as MachineAction
 from agent.machine import Machine, Op, Phase, PhaseChange, RunStep, Settings, Step, VrrpFault, VrrpRecover
@@ -676,13 +676,10 @@ class Node:
         heard = self.router.last_heard_at
         silent = now - (heard if heard is not None else self._listening_since)
         drbd, track = self.cfg.drbd, self.cfg.track
-        # the peer runs the same [track]: this long after its last advert it has noticed and released
-        isolation = (track.fall * track.interval + track.timeout if track is not None else 0.0) \
-            + (drbd.witness_grace if drbd is not None else 0.0)
         witness = None if self.tracker is None or track is None or not track.witnesses else not self.tracker.isolated
         return PeerView(unknown_peer=drbd.unknown_peer if drbd else "refuse", witness_reachable=witness,
                         peer_silent_for=silent, master_down_interval=self.router.master_down_interval,
-                        isolation_time=isolation, peer_answer=answer)
+                        isolation_time=isolation_time(track, drbd), peer_answer=answer)
 
     # -- asking the peer to outdate (for the acquire, or for DRBD's fence-peer handler) --------
     def _begin_fence(self, admin: int | None) -> None:

@@ -127,13 +127,14 @@ def _timestamp(value: object) -> float:
     return ts
 
 
-def load_secret(path: str) -> bytes:
-    """The shared secret; refused unless the file is root's own and private (0600 or stricter)."""
+def load_secret(path: str, owner: int = 0) -> bytes:
+    """The shared secret; refused unless the file is root's own (`owner`: for tests) and private (0600 or stricter)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         st = os.fstat(fd)
-        if st.st_uid != 0:
-            raise PermissionError(f"{path} must be owned by root (uid {st.st_uid})")
+        if st.st_uid != owner:
+            raise PermissionError(f"{path} must be owned by {'root' if owner == 0 else f'uid {owner}'} "
+                                  f"(uid {st.st_uid})")
         if st.st_mode & 0o077:
             raise PermissionError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
         secret = os.read(fd, 4096).strip()

@@ -148,10 +148,10 @@ def test_failoverctl_check_config(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
     good.write_text(BASE)
     bad.write_text(BASE + "vrid = 0\n")
-    ok = _run("-m", "agent.cli", "check-config", str(good))
+    ok = _run("-m", "agent.cli", "check-config", "--offline", str(good))
     assert ok.returncode == 0 and "valid" in ok.stdout
     # TOML refuses the duplicate key before we see it: still exit 2, still names the file
-    ko = _run("-m", "agent.cli", "check-config", str(bad))
+    ko = _run("-m", "agent.cli", "check-config", "--offline", str(bad))
     assert ko.returncode == 2 and str(bad) in ko.stderr
 
 

@@ -76,8 +76,9 @@ def test_import_maps_every_documented_field() -> None:
     assert [str(p) for p in cfg.unicast_peers] == ["192.0.2.2"]
     assert cfg.garp_refresh == 60 and cfg.garp_count == 10 and cfg.garp_interval == pytest.approx(0.111)
     text = res.toml
-    assert "# replaced: notify_master /etc/keepalived/drbd-master.sh" in text
-    assert "# replaced: notify_backup" in text
+    # the notify scripts are not on this host: what they do to storage is unknown, so not silent
+    assert "# NEEDS REVIEW: notify_master /etc/keepalived/drbd-master.sh: cannot read" in text
+    assert "# NEEDS REVIEW: notify_backup" in text
     for unmapped in ("state MASTER", "track_script", "use_vmac", "label", "vrrp_script chk_nfs"):
         assert unmapped in text, unmapped
     assert "VI_2" in text and "--instance" in text
@@ -144,7 +145,7 @@ def test_failoverctl_import_command(tmp_path: Path) -> None:
 
     src, out = tmp_path / "keepalived.conf", tmp_path / "agent.toml"
     src.write_text(SAMPLE)
-    assert cli.main(["import-keepalived", str(src), "-o", str(out)]) == 0
+    assert cli.main(["import-keepalived", str(src), "-o", str(out)]) == 3  # needs review: unreadable notify scripts
     assert configmod.load(out).vrrp.vrid == 51
     assert cli.main(["import-keepalived", str(tmp_path / "missing.conf")]) == 2
 

@@ -60,6 +60,12 @@ class LinkInfo:
         return cls(name, link["index"], mac, primary, link_is_up(link))
 
 
+async def primary_address(name: str, exclude: Iterable[IPv4Address] = ()) -> IPv4Address | None:
+    """The interface's own address as the agent would pick it, for one-shot tools (LookupError: no such interface)."""
+    async with AsyncIPRoute() as ipr:
+        return (await LinkInfo.query(ipr, name, exclude=exclude)).primary
+
+
 def link_is_up(msg: Any) -> bool:
     """Admin up and carrier present (IFF_UP and IFF_LOWER_UP)."""
     flags = int(msg["flags"])

@@ -27,6 +27,7 @@ from agent import config, control, keepalived_import, peerwire
 from drbd import status
 from tests.lab.keepalived import render_keepalived_conf
 from vrrp import packet
+from vrrp.checksum import checksum
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "drbd"
@@ -83,7 +84,7 @@ def _vrrp_fixup(data: bytes) -> bytes:
     msg = bytearray(data[ihl:])
     msg[6:8] = b"\0\0"
     pseudo = data[12:20] + struct.pack("!BBH", 0, packet.PROTO_VRRP, len(msg)) if msg[0] >> 4 == 3 else b""
-    msg[6:8] = struct.pack("!H", packet.checksum(pseudo + bytes(msg)))
+    msg[6:8] = struct.pack("!H", checksum(pseudo + bytes(msg)))
     header = bytes([0x40 | ihl // 4, data[1]]) + struct.pack("!H", len(data)) + data[4:9] + bytes([packet.PROTO_VRRP])
     return header + data[10:ihl] + bytes(msg)
 
