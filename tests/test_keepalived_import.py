@@ -324,6 +324,7 @@ def test_brace_expansion() -> None:
     ("2.4", 2, 2.0, True),
     ("0.4", 2, 1.0, True),  # rounds to 0, which becomes 1 s
     ("300", 2, 1.0, True),  # outside 0.01..255: ignored, the default 1 s stays
+    ("1e400", 2, 1.0, True),  # finite, so the same (found by bench.fuzz when it was an OverflowError)
     ("0.125", 3, 0.13, True),  # v3: half up to 10 ms
     ("0.1", 3, 0.1, False),
     ("50", 3, 40.95, True),

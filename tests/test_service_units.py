@@ -105,8 +105,11 @@ def test_import_errors(text: str, words: str) -> None:
         keepalived_import.convert(text)
 
 
-@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
-@pytest.mark.parametrize("option", ["virtual_router_id", "priority", "version", "garp_master_repeat", "advert_int"])
+@pytest.mark.parametrize(("option", "value"), [
+    *((o, v) for o in ("virtual_router_id", "priority", "version", "garp_master_repeat")
+      for v in ("inf", "-inf", "nan", "1e400")),
+    *(("advert_int", v) for v in ("inf", "-inf", "nan")),  # a finite huge one is ignored as keepalived does
+])
 def test_import_refuses_numbers_that_are_not_finite(value: str, option: str) -> None:
     """Found by bench.fuzz: int(float('inf')) raised OverflowError (and 'nan' ValueError) out of convert()."""
     text = (f"vrrp_instance X {{\n interface eth0\n virtual_router_id 5\n {option} {value}\n"
