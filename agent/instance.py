@@ -24,6 +24,7 @@ from pyroute2 import AsyncIPRoute
 
 from agent import actions as act
 from agent import events as ev
+from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
 from agent.journal import Event as Kind
@@ -56,9 +57,11 @@ class Instance:
     """One VRRP instance and its chain on one interface, for the lifetime of one config's identity keys."""
 
     def __init__(self, cfg: Config, ipr: AsyncIPRoute, info: LinkInfo, counters: Counters,
-                 on_state: Callable[[Instance], None] = lambda _: None) -> None:
+                 on_state: Callable[[Instance], None] = lambda _: None, alerts: Alerts | None = None) -> None:
         assert info.primary is not None
         self.cfg, self.ipr, self.info, self.counters, self.on_state = cfg, ipr, info, counters, on_state
+        self.alerts = alerts if alerts is not None else Alerts()  # the agent's: kept across restarts
+        self.alerts.configure(cfg)
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
@@ -223,6 +226,7 @@ class Instance:
     async def reconfigure(self, new: Config) -> None:
         """Live changes only; the daemon restarts the instance for identity keys."""
         self.cfg = self.chain.cfg = new
+        self.alerts.configure(new)
         self.templates = self._templates()
         self.vips.vips = new.vrrp.vips
         self._open_pinger()
@@ -234,6 +238,7 @@ class Instance:
             log.log(a.level, a.message, *a.args)
         else:
             emit(a.kind, a.message, a.level, **a.fields)
+            self.alerts.send(a)
 
     def _send_advert(self, a: act.SendAdvert) -> None:
         before = self.sock.sent
@@ -355,7 +360,7 @@ class Instance:
             "peer": None if self.peer_channel is None or self.cfg.peer is None else {
                 "address": str(self.cfg.peer.address), "port": self.cfg.peer.port,
                 "rejected": dict(self.peer_channel.rejected)},
-            "track": s.track,
+            "track": s.track, "notify": self.alerts.stats(),
             "monitor": {"interval": self.cfg.monitor.interval, "max_restarts": self.cfg.monitor.max_restarts,
                         "hold_down": self.cfg.monitor.hold_down},
             "last_transition": None if last is None else {
