@@ -16,6 +16,7 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Interface, NetmaskValu
 from pathlib import Path
 from typing import Any
 
+from agent.journal import Event
 from agent.machine import ORDER, Step
 from nfs.exports import ExportError, parse_export
 from nfs.settings import NfsConfig
@@ -423,6 +424,45 @@ def _check_track(file: str, values: dict[str, Any], vrrp: VrrpConfig) -> TrackCo
     return cfg
 
 
+#: journal events a [[notify]] hook may run on: those the node emits (STARTED, STOPPED and the
+#: RELOAD pair are the daemon's own lines, with no instance behind them)
+NOTIFY_EVENTS: tuple[str, ...] = tuple(
+    e.name.lower() for e in Event if e not in (Event.STARTED, Event.STOPPED, Event.RELOAD, Event.RELOAD_FAILED))
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """One alert hook: `argv` run (no shell) on each of `events`, killed after `timeout` s."""
+
+    argv: tuple[str, ...]
+    events: tuple[str, ...]
+    timeout: float = 10.0
+
+    def describe(self) -> str:
+        return f"{self.argv[0]} on {'/'.join(self.events)}"
+
+
+def _notify_event(v: Any) -> str:
+    name = _str(32)(v)
+    if name not in NOTIFY_EVENTS:
+        raise _Invalid(f"{name!r} is not an event a hook can run on (one of {', '.join(NOTIFY_EVENTS)})")
+    return name
+
+
+_NOTIFY_KEYS: dict[str, Callable[[Any], Any]] = {
+    "argv": _argv,
+    "events": _list_of(_notify_event, min_len=1),
+    "timeout": _float(0.1, 600),
+}
+
+
+def _check_notify(file: str, raw: Any) -> tuple[NotifyConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(file, "notify", "must be [[notify]] tables (an array of tables), one per hook")
+    return tuple(NotifyConfig(**_section(file, f"notify[{i + 1}]", table, _NOTIFY_KEYS, NotifyConfig))
+                 for i, table in enumerate(raw))
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     address: IPv4Address
@@ -468,6 +508,7 @@ class Config:
     nfs: NfsConfig | None = None
     track: TrackConfig | None = None
     peer: PeerConfig | None = None
+    notify: tuple[NotifyConfig, ...] = ()
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -534,7 +575,7 @@ def parse(text: str, file: str = "<config>") -> Config:
     huge = _beyond_64_bits(doc)
     if huge is not None:
         raise ConfigError(file, huge, "integer out of TOML's 64-bit range")
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "notify"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -555,8 +596,9 @@ def parse(text: str, file: str = "<config>") -> Config:
     if drbd and drbd.unknown_peer == "witness" and not (track and track.witnesses):
         raise ConfigError(file, "drbd.unknown_peer", "'witness' needs [track] witnesses to ask")
     peer = PeerConfig(**_section(file, "peer", doc["peer"], _PEER_KEYS, PeerConfig)) if "peer" in doc else None
+    notify = _check_notify(file, doc.get("notify", []))
     return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs,
-                  track=track, peer=peer)
+                  track=track, peer=peer, notify=notify)
 
 
 def _beyond_64_bits(doc: dict[str, Any]) -> str | None:
@@ -605,6 +647,9 @@ def describe_changes(old: Config, new: Config) -> list[str]:
                 if f.name == "auth_pass":
                     a, b = "***" if a else "''", "***" if b else "''"
                 out.append(f"{section}.{f.name}: {_show(a)} -> {_show(b)}")
+    if old.notify != new.notify:
+        out.append(f"notify: [{', '.join(h.describe() for h in old.notify)}] -> "
+                   f"[{', '.join(h.describe() for h in new.notify)}]")
     return out
 
 

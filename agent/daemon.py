@@ -24,6 +24,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 
 from agent import config as configmod
+from agent.alerts import Alerts
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
 from agent.events import Admin
@@ -82,6 +83,7 @@ class Agent:
         self.counters = Counters()
         self.instance: Instance | None = None
         self.notify = Notifier()
+        self.alerts = Alerts(cfg)  # [[notify]] hooks: one queue and bound for every instance this agent runs
         self.started = time.time()
         self.reloads = 0
         self.reload_failures = 0
@@ -142,6 +144,7 @@ class Agent:
             ms = (time.monotonic() - t0) * 1000
             emit(Event.STOPPED, f"stopped ({self._stop_reason}) in {ms:.0f} ms", REASON=self._stop_reason,
                  DURATION_MS=f"{ms:.0f}")
+            await self.alerts.close()  # released already: the hooks' last alerts delay no takeover
         return 0
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> _WatchdogHandle | None:
@@ -172,7 +175,7 @@ class Agent:
         if info.primary is None:
             raise SetupError(f"{cfg.file}: vrrp.interface: {v.interface} has no IPv4 address of its own "
                              "(adverts need a source address that is not a VIP)")
-        inst = Instance(cfg, self._ipr, info, self.counters, on_state=self._state_changed)
+        inst = Instance(cfg, self._ipr, info, self.counters, on_state=self._state_changed, alerts=self.alerts)
         try:
             await inst.start()
         except PermissionError as e:

@@ -1,10 +1,7 @@
-"""One storage node wired to the kernel: sockets, netlink, subprocesses and the peer channel.
-
-Everything decided is decided by `agent.node.Node`; this adapter turns what it sees into
-`agent.events`, carries out the `agent.actions` the node returns and keeps the one timer the
-node's `deadline()` asks for. Events are handled strictly one at a time, in order: an event
-that arrives while actions are being carried out (a status refresh while the node changes
-state, a doorbell rung by a callback) waits in the queue, so no decision is ever re-entered.
+"""One storage node wired to the kernel. `agent.node.Node` decides everything; this adapter turns
+what it sees into `agent.events`, carries out the `agent.actions` and keeps the node's one timer.
+Events are handled one at a time, in order: one that arrives while actions run (a status refresh
+during a transition, a doorbell rung by a callback) waits its turn, so no decision is re-entered.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from pyroute2 import AsyncIPRoute
 
 from agent import actions as act
 from agent import events as ev
+from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
 from agent.journal import Event as Kind
@@ -52,9 +50,11 @@ class Instance:
     """One VRRP instance and its chain on one interface, for the lifetime of one config's identity keys."""
 
     def __init__(self, cfg: Config, ipr: AsyncIPRoute, info: LinkInfo, counters: Counters,
-                 on_state: Callable[[Instance], None] = lambda _: None) -> None:
+                 on_state: Callable[[Instance], None] = lambda _: None, alerts: Alerts | None = None) -> None:
         assert info.primary is not None
         self.cfg, self.ipr, self.info, self.counters, self.on_state = cfg, ipr, info, counters, on_state
+        self.alerts = alerts or Alerts()  # the agent's: kept across restarts
+        self.alerts.configure(cfg)
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
@@ -174,8 +174,7 @@ class Instance:
         return on
 
     def _save_state(self, a: act.SaveState) -> None:
-        error = save_maintenance(self.cfg.agent.state_file, a.maintenance)
-        if error:
+        if error := save_maintenance(self.cfg.agent.state_file, a.maintenance):
             log.error("%s", error)
 
     def _open_pinger(self) -> None:
@@ -221,6 +220,7 @@ class Instance:
                     await self._start_peer_channel(self.cfg)
                 raise
         self.cfg = self.chain.cfg = new
+        self.alerts.configure(new)
         self.templates = self._templates()
         self.vips.vips = new.vrrp.vips
         self._open_pinger()
@@ -232,6 +232,7 @@ class Instance:
             log.log(a.level, a.message, *a.args)
         else:
             emit(a.kind, a.message, a.level, **a.fields)
+            self.alerts.send(a)
 
     def _send_advert(self, a: act.SendAdvert) -> None:
         before = self.sock.sent
@@ -344,4 +345,5 @@ class Instance:
         rejected = None if self.peer_channel is None else self.peer_channel.rejected
         wire = Wire(self.info.name, str(self.info.primary), self.counters.adverts_sent, self.sock.wakeups,
                     self.garp.sent, rejected)
-        return as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time())
+        return {**as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time()),
+                "notify": self.alerts.stats()}
