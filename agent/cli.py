@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import config as configmod
-from agent import control
+from agent import control, snapshot
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
 from agent.node import fence_exit_code
@@ -188,12 +188,21 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder."""
-    cfg = _load(args.config)
-    if cfg is None:
-        return 2
+    """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder.
+
+    The VIPs come from the config the agent ran (its snapshot), not from the file as it is now.
+    """
     try:
-        control.request(cfg.agent.control_socket, "status", timeout=2)
+        source = snapshot.for_cleanup(args.config)
+    except configmod.ConfigError as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return 2
+    print(source.note)
+    cfg = source.config
+    if cfg is None:
+        return 0
+    try:
+        control.request(source.control_socket, "status", timeout=2)
         print("failover-agent is running: it manages its VIPs itself; nothing done")
         return 0
     except control.ControlError:
