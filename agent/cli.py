@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import checkconfig, control
+from agent import checkconfig, control, snapshot
 from agent import config as configmod
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
@@ -170,15 +170,6 @@ def cmd_fence_peer(args: argparse.Namespace) -> int:
     return code
 
 
-def _load(path: str) -> configmod.Config | None:
-    """The config, or None after saying on stderr why it is invalid."""
-    try:
-        return configmod.load(path)
-    except configmod.ConfigError as e:
-        print(f"invalid: {_invalid(e)}", file=sys.stderr)
-        return None
-
-
 def _config_path(args: argparse.Namespace) -> str:
     """check-config FILE, -c FILE or --config FILE (the same file twice is fine, two files are not)."""
     if args.file and args.config and os.path.abspath(args.file) != os.path.abspath(args.config):
@@ -325,12 +316,21 @@ def cmd_sniff(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder."""
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_INVALID
+    """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder.
+
+    The VIPs come from the config the agent ran (its snapshot), not from the file as it is now.
+    """
     try:
-        control.request(cfg.agent.control_socket, "status", timeout=2)
+        source = snapshot.for_cleanup(args.config)
+    except configmod.ConfigError as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print(source.note)
+    cfg = source.config
+    if cfg is None:
+        return 0
+    try:
+        control.request(source.control_socket, "status", timeout=2)
         print("failover-agent is running: it manages its VIPs itself; nothing done")
         return 0
     except control.ControlError:

@@ -24,12 +24,13 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 
 from agent import config as configmod
+from agent import snapshot
 from agent.alerts import Alerts
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
 from agent.events import Admin
 from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
-from agent.journal import Event, emit, setup_logging
+from agent.journal import Event, emit, setup_logging, under_journal
 from agent.metrics import MetricsServer
 from vrrp.vip import LinkInfo
 
@@ -76,10 +77,14 @@ class Notifier:
 
 
 class Agent:
-    """The process: owns the config and runs instances until told to stop."""
+    """The process: owns the config and runs instances until told to stop.
 
-    def __init__(self, cfg: Config) -> None:
+    ``text`` is the config as parsed; it is snapshotted for `failoverctl cleanup` (agent.snapshot).
+    """
+
+    def __init__(self, cfg: Config, text: str | None = None) -> None:
         self.cfg = cfg
+        self.text = text
         self.counters = Counters()
         self.instance: Instance | None = None
         self.notify = Notifier()
@@ -91,6 +96,7 @@ class Agent:
         self._stop_reason = ""
         self._reload = asyncio.Queue[None]()
         self._ipr: AsyncIPRoute | None = None
+        self._control_socket = cfg.agent.control_socket  # [agent] changes wait for a restart
         self._lock = asyncio.Lock()
 
     async def run(self) -> int:
@@ -99,7 +105,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload.put_nowait, None)
-        control = ControlServer(self.cfg.agent.control_socket, self.handle)
+        control = ControlServer(self._control_socket, self.handle)
         metrics: MetricsServer | None = None
         # the control socket first: it is also how we notice a second agent for the same
         # config, which must not touch the first one's VIPs
@@ -107,6 +113,9 @@ class Agent:
             await control.start()
         except (ControlError, OSError) as e:
             raise SetupError(f"{self.cfg.file}: agent.control_socket: {e}") from None
+        # after the socket (a second agent for this config must not replace the first one's
+        # snapshot) and before the instance (nothing may be acquired that cleanup cannot see)
+        self._snapshot("start")
         async with AsyncIPRoute() as ipr:
             self._ipr = ipr
             try:
@@ -146,6 +155,18 @@ class Agent:
                  DURATION_MS=f"{ms:.0f}")
             await self.alerts.close()  # released already: the hooks' last alerts delay no takeover
         return 0
+
+    def _snapshot(self, reason: str) -> None:
+        """Record the running config for ExecStopPost's cleanup; a failure only costs that fallback."""
+        if self.text is None:
+            return
+        try:
+            path = snapshot.write(self.cfg.file, self.text, reason, self._control_socket)
+        except OSError as e:
+            log.warning("cannot write the running-config snapshot (%s): after a crash, cleanup will read %s",
+                        e, self.cfg.file)
+            return
+        log.debug("running config (%s) snapshotted to %s", reason, path)
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> _WatchdogHandle | None:
         interval = self.notify.watchdog_interval()
@@ -246,7 +267,7 @@ class Agent:
     async def reload(self) -> None:
         assert self.instance is not None
         try:
-            new = configmod.load(self.cfg.file)
+            new, text = snapshot.read_config(self.cfg.file)
         except ConfigError as e:
             self.reload_failures += 1
             emit(Event.RELOAD_FAILED, f"reload refused, keeping the running config: {e}", logging.ERROR,
@@ -254,6 +275,9 @@ class Agent:
             return
         changes = configmod.describe_changes(self.cfg, new)
         self.reloads += 1
+        # before applying: a VIP the new config adds must already be in what cleanup reads
+        old_text, self.text = self.text, text
+        self._snapshot("reload")
         if not changes:
             emit(Event.RELOAD, f"reload: {new.file} unchanged", CHANGES="")
             return
@@ -266,6 +290,8 @@ class Agent:
                 await self.instance.reconfigure(new)
             except PeerSetupError as e:
                 self.reload_failures += 1
+                self.text = old_text
+                self._snapshot("reload (refused)")
                 emit(Event.RELOAD_FAILED, f"reload refused, keeping the running config: {e}", logging.ERROR,
                      FILE=new.file, KEY="peer", REASON=str(e))
                 return
@@ -278,7 +304,8 @@ class Agent:
             self.instance = await self._start_instance(new)
         except SetupError as e:
             log.error("reload: new instance cannot start (%s); back to the old config", e)
-            self.cfg = old
+            self.cfg, self.text = old, old_text
+            self._snapshot("reload (rolled back)")
             self.instance = await self._start_instance(old)
 
 
@@ -293,6 +320,14 @@ class _WatchdogHandle:
             h.cancel()
 
 
+def _fatal(message: str) -> None:
+    """Why we exit, on stderr: under systemd that is the journal stream, whose lines are tied to
+    the unit when it is connected, so `systemctl status` shows them even though we exit at once
+    (a journal.send datagram from a process already gone can lose its unit).  The "<3>" prefix
+    gives the line priority err there."""
+    print(f"{'<3>' if under_journal() else ''}failover-agent: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="failover-agent", description="VRRP failover agent (runs in the foreground)")
     parser.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH), help="TOML config file")
@@ -302,14 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_target)
     try:
-        cfg = configmod.load(args.config)
+        cfg, text = snapshot.read_config(args.config)
     except ConfigError as e:
-        print(f"failover-agent: config error: {e}", file=sys.stderr)
-        return 2
+        _fatal(f"config error: {e}")
+        return 2  # the unit's RestartPreventExitStatus=2: restarting will not fix the file
     try:
-        return asyncio.run(Agent(cfg).run())
+        return asyncio.run(Agent(cfg, text).run())
     except SetupError as e:
-        print(f"failover-agent: cannot start: {e}", file=sys.stderr)
+        _fatal(f"cannot start: {e}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,7 @@
 """Service figures under real systemd (systemd-nspawn node): time to READY, and reload transitions.
 
 - READY: `systemctl start failover-agent` returns when the agent sent READY=1 (Type=notify),
-  ExecStartPre's config check included; median over the repetitions, VIP-only mode.
+  median over the repetitions, VIP-only mode.
 - reload: the priority is changed and `systemctl reload` applied N times on a running master
   with a backup beside it; transitions counted in both nodes' journals (target: zero).
 

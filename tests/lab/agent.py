@@ -7,6 +7,7 @@ running the tests, so tests exercise the working tree rather than whatever copy 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -103,8 +104,10 @@ class AgentProc:
         before = self.log().count("failover-agent running")  # the log is appended to across restarts
         log = self.log_path.open("ab")
         self.started_at = time.monotonic()
+        # the running-config snapshot (agent.snapshot) beside the socket, not in the host's /run
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(self.control_socket.parent)}
         self.proc = self.spawn([sys.executable, "-m", "agent.daemon", "--config", str(self.config_path),
-                                *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                                *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         log.close()
         if not wait_until(lambda: self.log().count("failover-agent running") > before or not self.alive, 10):
             raise AssertionError(f"agent on {self.node} did not start:\n{self.log()}")
