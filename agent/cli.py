@@ -18,6 +18,7 @@ from agent import control
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
 from agent.node import fence_exit_code
+from agent.version import version
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -271,6 +272,7 @@ async def _remove_vips(cfg: configmod.Config) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="failoverctl", description="Inspect and steer failover-agent.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

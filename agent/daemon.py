@@ -30,12 +30,13 @@ from agent.events import Admin
 from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging
 from agent.metrics import MetricsServer
+from agent.version import version
 from vrrp.vip import LinkInfo
 
 log = logging.getLogger("failover-agent")
 
 RESTART_KEYS = ("interface", "vrid", "version", "unicast_peers")
-VERSION = "0.1.0"
+VERSION = version()
 
 
 def needs_restart(old: Config, new: Config) -> bool:
@@ -292,6 +293,7 @@ class _WatchdogHandle:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="failover-agent", description="VRRP failover agent (runs in the foreground)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH), help="TOML config file")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging (every dropped packet)")
     parser.add_argument("--log-target", choices=("auto", "journal", "stderr"), default="auto",
