@@ -21,6 +21,7 @@ from agent import config as configmod
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
 from agent.node import fence_exit_code
+from agent.version import version
 from drbd import runner
 
 #: exit codes: 2 keeps meaning "invalid config", so usage errors get sysexits' EX_USAGE
@@ -341,8 +342,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 async def _remove_vips(cfg: configmod.Config) -> list[str]:
-    from pyroute2 import AsyncIPRoute
-
+    from vrrp.netlink import AsyncIPRoute
     from vrrp.vip import LinkInfo, VipHolder
 
     async with AsyncIPRoute() as ipr:
@@ -369,6 +369,7 @@ def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="failoverctl", description="Inspect and steer failover-agent.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

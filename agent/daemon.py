@@ -21,8 +21,6 @@ import sys
 import time
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from agent import config as configmod
 from agent import snapshot
 from agent.alerts import Alerts
@@ -32,11 +30,13 @@ from agent.events import Admin
 from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging, under_journal
 from agent.metrics import MetricsServer
+from agent.version import version
+from vrrp.netlink import AsyncIPRoute
 from vrrp.vip import LinkInfo
 
 log = logging.getLogger("failover-agent")
 
-VERSION = "0.1.0"
+VERSION = version()
 
 
 class SetupError(Exception):
@@ -330,6 +330,7 @@ def _fatal(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="failover-agent", description="VRRP failover agent (runs in the foreground)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH), help="TOML config file")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging (every dropped packet)")
     parser.add_argument("--log-target", choices=("auto", "journal", "stderr"), default="auto",

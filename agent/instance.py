@@ -15,8 +15,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from agent import actions as act
 from agent import events as ev
 from agent.alerts import Alerts
@@ -33,6 +31,7 @@ from agent.status import Wire, as_json
 from agent.tickle import Tickler, established, parse_connections
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
+from vrrp.netlink import AsyncIPRoute
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Templates, auth_bytes
 from vrrp.socket import VrrpSocket
 from vrrp.vip import Garp, LinkInfo, VipHolder

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable
 from ipaddress import IPv4Interface
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
 
+from vrrp.netlink import AsyncIPRoute
 from vrrp.vip import link_is_up
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterable, Iterable
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from vrrp.netlink import AsyncIPRoute
 
 log = logging.getLogger(__name__)
 

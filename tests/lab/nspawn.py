@@ -621,7 +621,10 @@ class NspawnNode(Closing):
         image: Image | None = None,
         *,
         extra_nspawn_args: Sequence[str] = (),
+        project: bool = True,
     ) -> None:
+        """``project=False``: no bind mount of the working tree and no /usr/local/bin wrappers
+        (a node that gets the project some other way, e.g. the Debian package test)."""
         if name not in lab.nodes:
             raise KeyError(f"{name!r} is not a node of lab {lab.prefix!r} (nodes: {lab.nodes})")
         if ":" in str(REPO) or "," in str(REPO):
@@ -637,6 +640,7 @@ class NspawnNode(Closing):
         self.console_log = self.dir / "console.log"
         self.cgroups = tuple(root / f"{_CGROUP_PREFIX}{self.machine}" for root in _cgroup_hierarchies())
         self.extra_nspawn_args = tuple(extra_nspawn_args)
+        self.project = project
         self.boot_seconds: float | None = None
         self._nspawn = require_nspawn()
         self._nsenter_bin = shutil.which("nsenter") or "nsenter"
@@ -723,7 +727,8 @@ class NspawnNode(Closing):
         root = self.dir / "root"
         for d in (self.upper, work, root):
             d.mkdir(parents=True, exist_ok=True)
-        self._seed_upper()
+        if self.project:
+            self._seed_upper()
         for cgroup in self.cgroups:
             cgroup.mkdir()
         nspawn = [
@@ -731,7 +736,7 @@ class NspawnNode(Closing):
             f"--uuid={self.machine_id}", "--register=no", "--keep-unit", "--console=read-only",
             "--link-journal=no", "--resolv-conf=off", "--timezone=off",
             f"--network-namespace-path={self.lab.netns_path(self.name)}",
-            "--capability=CAP_NET_ADMIN,CAP_NET_RAW", f"--bind-ro={REPO}:{SRC_DIR}",
+            "--capability=CAP_NET_ADMIN,CAP_NET_RAW", *([f"--bind-ro={REPO}:{SRC_DIR}"] if self.project else []),
             *self.extra_nspawn_args,
         ]  # fmt: skip
         argv = ["/bin/sh", "-c", _LAUNCH, "launch", self.lab.netns_path(self.name),
