@@ -928,6 +928,8 @@ class Node:
         self.validator.configure(v.advert_interval, v.auth_pass)
         self.machine.s = machine_settings(new)  # monitor interval, restarts, hold-down, timeouts
         self._nfs_changed = self._nfs_changed or new.nfs != old.nfs
+        if (new.peer is None) != (old.peer is None):
+            self._poll_at = None if new.peer is None else now  # the connections poll follows the channel
         if Step.VIP in self.machine.held:
             gone = tuple(x for x in old.vrrp.vips if x not in v.vips)
             added = tuple(x for x in v.vips if x not in old.vrrp.vips)
