@@ -105,7 +105,8 @@ def test_package_contents(deb: Path) -> None:
     unit = subprocess.run(["tar", "-xOf", "-", "./lib/systemd/system/failover-agent.service"], input=tarball,
                           capture_output=True, check=True).stdout.decode()  # fmt: skip
     execs = [line for line in unit.splitlines() if line.startswith("Exec")]
-    assert len(execs) == 4 and all("/usr/bin/failover" in line for line in execs[:2] + execs[3:]), execs
+    assert len(execs) == 3 and all("/usr/bin/failover" in line for line in (execs[0], execs[2])), execs
+    assert execs[1] == "ExecReload=/bin/kill -HUP $MAINPID", execs
     assert not [line for line in execs if "/usr/local/" in line], execs
 
 
