@@ -115,6 +115,7 @@ class Drbd:
         self.link = True
         self.was_connected = True
         self.sync_until = 0.0
+        self.connects = 0  # DRBD's connect_cnt: a handler's answer counts only within one lost connection
 
     def connected(self) -> bool:
         return self.link and all(s.up and not s.standalone and not s.cycling for s in self.sides)
@@ -183,6 +184,7 @@ class Drbd:
                 if s.up and s.role == "Primary":
                     self.sim.at(self.sim.now + HANDLER_DELAY, self._handler(i))
         elif now and not self.was_connected:
+            self.connects += 1
             self._handshake()
         self.was_connected = now
 
@@ -372,6 +374,7 @@ class Sim:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._rid = 0
+        self.fencing: dict[int, int] = {}  # node -> DRBD's connect count when its fence-peer handler started
         for i in (0, 1):
             self.start_agent(i)
         self.at(0.1, self._client)
@@ -441,15 +444,20 @@ class Sim:
     def fence_peer_handler(self, i: int) -> None:
         """DRBD on node i lost the peer while Primary: it runs `failoverctl fence-peer` (agent.cli)."""
         agent = self.agents[i]
+        self.fencing[i] = self.drbd.connects
         if not self.drbd.sides[i].up or self.drbd.connected() or agent is None or not agent.alive:
             return
         self._rid += 1
         agent.feed(ev.AdminRequest(self._rid, ev.Admin.FENCE_PEER))
 
     def fence_peer_answered(self, i: int, code: int, answer: str) -> None:
-        if code in (4, 5) and self.drbd.sides[i].up:
+        # DRBD applies the exit code only while still disconnected since the handler started
+        # (drbd_nl.c conn_try_outdate_peer: "Ignoring fence-peer exit code" once connect_cnt moved)
+        current = self.fencing.pop(i, None) == self.drbd.connects and not self.drbd.connected()
+        if code in (4, 5) and current and self.drbd.sides[i].up:
             self.drbd.sides[i].peer_outdated = True  # DRBD records the peer as Outdated
-        self.log(f"node {i} fence-peer: {answer} (exit {code})")
+        late = "" if current else ", ignored by DRBD: it reconnected meanwhile"
+        self.log(f"node {i} fence-peer: {answer} (exit {code}{late})")
 
     def _client(self) -> None:
         for i, agent in enumerate(self.agents):

@@ -91,6 +91,25 @@ def test_both_links_of_the_master_cut_the_peer_waits_for_the_isolated_master_to_
         assert sim.primaries() == [1], (seed, sim.events[-20:])
 
 
+def test_a_fence_peer_answer_that_comes_after_a_reconnect_outdates_nobody() -> None:
+    """Found by the long run: a 0.5 s double cut of the backup while node 1 served; node 1's
+    handler asked a peer that was reachable again only after the request was lost, answered
+    exit 5 after DRBD had reconnected and resynced, and a world that applied that late answer
+    kept the peer 'Outdated' for the next cut, so node 1 promoted beside it. DRBD ignores a
+    handler whose connection came back meanwhile; so does the model, and the pair stays safe."""
+    sim = Sim("refuse", 0, preempt=True)
+    sim.run_for(12)
+    steps: list[tuple[str, float]] = [("up0", 6.0), ("down0", 5.0), ("up1", 16.0027), ("down0", 0.5),
+                                      ("up0", 8.75), ("down0", 3.0)]
+    for what, wait in steps:
+        node, up = int(what[-1]), what.startswith("up")
+        sim.set_service(node, up)
+        sim.set_replication(up)
+        sim.run_for(wait)
+    assert not sim.violations, (sim.violations, sim.events[-30:])
+    assert any("ignored by DRBD" in e for e in sim.events), sim.events[-30:]
+
+
 def test_a_killed_agent_restarted_by_systemd_releases_before_the_peer_promotes() -> None:
     sim = settled("witness")
     sim.kill_agent(0, restart_after=2.0)
