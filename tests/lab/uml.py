@@ -463,7 +463,10 @@ def _prune_cache(cache: Path, keep_rootfs: str, keep_image: str) -> None:
     """
     now = time.time()
     for entry in cache.iterdir():
-        age = now - entry.stat().st_mtime
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:  # an image's manifest or log, removed with it above
+            continue
         if entry.name.startswith("image-") and entry.suffix == ".img" and entry.name != keep_image and age > 3600:
             entry.unlink(missing_ok=True)
             entry.with_suffix(".json").unlink(missing_ok=True)
