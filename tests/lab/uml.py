@@ -45,6 +45,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -463,7 +464,10 @@ def _prune_cache(cache: Path, keep_rootfs: str, keep_image: str) -> None:
     """
     now = time.time()
     for entry in cache.iterdir():
-        age = now - entry.stat().st_mtime
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:  # an image's manifest or log, removed with it above
+            continue
         if entry.name.startswith("image-") and entry.suffix == ".img" and entry.name != keep_image and age > 3600:
             entry.unlink(missing_ok=True)
             entry.with_suffix(".json").unlink(missing_ok=True)
@@ -487,25 +491,92 @@ def _du(path: Path) -> int:
 # Host CPU quirk: UML 6.1 and large XSAVE areas
 # --------------------------------------------------------------------------------------------
 
-# Debian bookworm's UML 6.1 saves and restores its guests' FPU state with
-# ptrace(PTRACE_{GET,SET}REGSET, NT_X86_XSTATE) and a fixed 832-byte buffer (struct _xstate:
-# x87, SSE, AVX).  The host kernel accepts a SETREGSET only with its full XSAVE size, which is
-# larger on CPUs with AVX-512, PKU or AMX (11 KiB with AMX): every guest process then dies with
-# "userspace - ptrace set fp regs failed, errno = 14" and the init's death panics the node.
-# UML only uses XSTATE if a probing GETREGSET succeeds, so a seccomp filter on the node's host
-# processes makes exactly that request fail (EIO); UML falls back to PTRACE_{GET,SET}FPREGS
-# (the 512-byte FXSAVE area: x87 + SSE), which every x86-64 host supports.  The price: UML then
-# carries only that part of a guest process's registers, and AVX/AVX-512 register contents do
-# not survive UML's handling of the process (measured: glibc's EVEX strchrnul broke printf in
-# every guest program), so tests/lab/uml/init.sh turns AVX off in glibc and OpenSSL for the whole
-# guest.  The filter is installed whatever the host CPU, so every host runs the same guests.
-# Newer UML kernels size the buffer from CPUID and would need neither.
+# Debian bookworm's UML 6.1 (user-mode-linux 6.1um4+b13, kernel 6.1.176) saves and restores
+# its guests' FPU state with ptrace(PTRACE_{GET,SET}REGSET, NT_X86_XSTATE) and a buffer of a
+# fixed 2696 bytes (0xa88 in the binary: the standard XSAVE layout up to PKRU, AVX-512 + PKU).
+# The host kernel clamps the request to its own XSAVE size but takes a SETREGSET only with
+# exactly that size, so the buffer does on hosts whose XSAVE area is at most 2696 bytes
+# (measured on an AVX-512 host without AMX, 2688 bytes: UML gets and sets 2688 bytes and a guest
+# program's YMM, ZMM and mask registers survive page faults), and not on larger ones (AMX:
+# 11 KiB), where every guest process dies with "userspace - ptrace set fp regs failed, errno =
+# 14" and the init's death panics the node.
+#
+# On those hosts a seccomp filter on the node's host processes makes UML's probing GETREGSET
+# fail (EIO); UML then falls back to PTRACE_{GET,SET}FPREGS (the 512-byte FXSAVE area: x87 +
+# SSE), which every x86-64 host supports, and carries only that part of a guest process's
+# registers.  Measured with a guest program checking its registers: every guest page fault
+# (UML lets the host SIGSEGV run its stub's signal handler, which starts with a reset FPU, and
+# restores only the FXSAVE part) zeroes the upper halves of YMM0-15, bits 256-511 of ZMM0-15,
+# all of ZMM16-31 and the masks k1-k7; XMM0-15 survive, and everything survives system calls
+# and timer ticks.  What breaks depends on the code glibc picks for the CPU: on an AMX host,
+# glibc's EVEX strchrnul broke printf in every guest program; on the AVX-512 host without AMX,
+# bash run as init segfaulted in its startup qsort (of its builtins) before reading a line of
+# init.sh, dash lost an exported variable and modprobe misparsed its options; with glibc's AVX
+# code switched off (GLIBC_TUNABLES) each of them worked.
+#
+# So the filter goes only where UML's buffer is too small (_xstate_filter_needed() asks the
+# host kernel for its size the way UML does), and on every host the guest's glibc and OpenSSL
+# leave AVX alone (GUEST_NO_AVX_ENV), so that guests run the same code everywhere and survive
+# the fallback: the variables are on the kernel command line, whose KEY=VALUE words the kernel
+# passes to init as its environment, so they hold from the first instruction of the first guest
+# program.  Programs the guest kernel starts itself (modprobe, DRBD's and nfsd's helpers) get a
+# fixed environment without them; init.sh wraps those in dash scripts that add them, which under
+# the filter relies on dash starting without them (it did on the AMX host).
+# Newer upstream UML kernels size the buffer by the host's answer to their probe (read in their
+# source, not tried here) and need none of this.
+GUEST_NO_AVX_ENV = {
+    # glibc 2.36's names; AVX_Fast_Unaligned_Load also selects AVX code
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,"
+    "-AVX512ER,-AVX512PF,-AVX_VNNI,-FMA,-FMA4,-AVX_Fast_Unaligned_Load",
+    # OpenSSL_ia32cap layout: AVX, FMA, F16C in the first word; AVX2, AVX-512*, VAES,
+    # VPCLMULQDQ in the second
+    "OPENSSL_ia32cap": "~0x3000100000000000:~0x5e42dc230020",
+}
+UML_XSTATE_BYTES = 2696
 _IS_X86_64 = os.uname().machine == "x86_64"
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _NR_PTRACE_X86_64 = 101
 _PTRACE_GETREGSET, _PTRACE_SETREGSET, _NT_X86_XSTATE = 0x4204, 0x4205, 0x202
 _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
+
+
+def host_xstate_bytes() -> int | None:
+    """The host's XSAVE area as ptrace's NT_X86_XSTATE regset has it; None if unknown.
+
+    Asked of a stopped ``sleep`` child with a 64 KiB buffer, which the kernel shortens to its
+    regset size: the size a SETREGSET must have.
+    """
+    import ctypes
+
+    class Iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace = libc.ptrace
+    ptrace.restype = ctypes.c_long
+    ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    buf = ctypes.create_string_buffer(1 << 16)
+    iov = Iovec(ctypes.addressof(buf), len(buf))
+    child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        if ptrace(_PTRACE_ATTACH, child.pid, None, None) != 0:
+            return None
+        os.waitpid(child.pid, 0)  # the attach stop
+        ok = ptrace(_PTRACE_GETREGSET, child.pid, _NT_X86_XSTATE, ctypes.addressof(iov)) == 0
+        ptrace(_PTRACE_DETACH, child.pid, None, None)
+        return int(iov.len) if ok else None
+    finally:
+        child.kill()
+        child.wait()
+
+
+@functools.cache
+def _xstate_filter_needed() -> bool:
+    """Whether UML's XSTATE buffer is too small for this host (asked once; unknown: yes)."""
+    size = host_xstate_bytes() if _IS_X86_64 else 0
+    return size is None or size > UML_XSTATE_BYTES
 
 
 def _xstate_filter() -> bytes:
@@ -765,7 +836,7 @@ class UmlNode:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                 pass_fds=self._channel.guest_fds, start_new_session=True, env=env,
-                preexec_fn=_NoXstate() if _IS_X86_64 else None,
+                preexec_fn=_NoXstate() if _xstate_filter_needed() else None,
             )  # fmt: skip
         self._channel.spawned()
         self._pidns = None
@@ -1176,7 +1247,7 @@ class UmlLab(Closing):
             # Applied by modprobe when something (sunrpc, nfsd) loads ipv6 later: the lab is
             # IPv4-only, and link-local addresses and router solicitations would only be noise.
             "ipv6.disable_ipv6=1",
-            *params, *vecs,
+            *params, *(f"{key}={value}" for key, value in GUEST_NO_AVX_ENV.items()), *vecs,
             "con=null", "con0=null,fd:1", "ssl=null", f"ssl0=fd:{fds[0]},fd:{fds[1]}",
         ]  # fmt: skip
 

@@ -26,16 +26,15 @@
 # them without a parser process: no value is ever interpreted by a shell.
 
 set -u
-# No AVX in guest user space: UML carries only the x87/SSE part of a guest process's vector
-# registers (tests/lab/uml.py, "Host CPU quirk"), so YMM/ZMM/mask contents can change under a
-# running program; glibc's EVEX string functions then fail (printf printed its format string
-# verbatim).  glibc and OpenSSL pick their code by CPUID at startup, so tell them before any
-# other program runs, this shell included (hence the re-exec).  OpenSSL: AVX, FMA, F16C in the
-# first word; AVX2, AVX-512*, VAES, VPCLMULQDQ in the second (its OPENSSL_ia32cap layout).
-if [[ ${GLIBC_TUNABLES:-} != *-AVX512F* ]]; then
-    export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-AVX512ER,-AVX512PF,-AVX_VNNI,-FMA,-FMA4,-AVX_Fast_Unaligned_Load
-    export OPENSSL_ia32cap='~0x3000100000000000:~0x5e42dc230020'
-    exec /bin/bash "$0" "$@"
+# No AVX in guest user space (tests/lab/uml.py, "Host CPU quirk"): on hosts where UML carries
+# only the x87/SSE part of a guest process's vector registers, every page fault zeroes the
+# rest, and every host is to run the same guest code.  glibc and OpenSSL pick their code by
+# CPUID at startup, so GLIBC_TUNABLES and OPENSSL_ia32cap come from the kernel command line
+# (GUEST_NO_AVX_ENV): set here, with a re-exec, they would come too late, as bash itself can
+# die at startup before running a line of this script.
+if [[ ${GLIBC_TUNABLES:-} != *-AVX512F* || -z ${OPENSSL_ia32cap:-} ]]; then
+    echo "lab-init: FATAL: GLIBC_TUNABLES and OPENSSL_ia32cap must come from the kernel command line"
+    exit 1
 fi
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LANG=C.UTF-8 HOME=/root TERM=dumb
@@ -56,8 +55,8 @@ ln -sf /proc/self/mounts /etc/mtab 2>/dev/null
 
 # Programs the kernel starts itself (modprobe for module autoloading, DRBD's handler
 # helper, nfsd's client-tracking upcall) get a fixed environment without the variables
-# above: they run through dash wrappers that add them (dash copes without them, glibc's
-# stdio does not).
+# above: they run through dash wrappers that add them.  Where UML carries only the FXSAVE
+# part of the registers, that relies on dash starting without them (tests/lab/uml.py).
 mkdir -p /run/lab/helpers
 helper() {  # NAME TARGET
     printf '#!/bin/sh\nGLIBC_TUNABLES=%s\nOPENSSL_ia32cap=%s\nexport GLIBC_TUNABLES OPENSSL_ia32cap\nexec %s "$@"\n' \
