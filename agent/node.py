@@ -346,7 +346,6 @@ class Node:
             self.router.set_maintenance(True, now)
             self._emit(Kind.MAINTENANCE, "maintenance on, as the admin left it before this start: this node stays "
                        "BACKUP and never takes over (failoverctl maintenance off)", WARNING, MAINTENANCE="on")
-        self._schedule_tracking(now)
         if self.cfg.peer is not None:
             self._poll_at = now
         if event.found:
@@ -361,6 +360,7 @@ class Node:
     def _join(self, now: float) -> None:
         self._start_until = None
         self.joined = True
+        self._schedule_tracking(now)  # from here: a node proves it is connected after it joined
         if not self.link_up:
             self.faults.setdefault("link", f"interface {self.cfg.vrrp.interface} is down at startup")
         if self.tracker is not None and self.tracker.fault_reason:
