@@ -83,12 +83,14 @@ def may_promote(status: Status | None, resource: str, view: PeerView = PeerView(
         return Decision(False, f"DRBD reports may_promote: no for {resource} (no quorum or no UpToDate replica)")
     if status.connected:
         return Decision(True, f"{resource} connected, peer {status.peer_role}, local disk UpToDate")
-    if status.peer_disk == OUTDATED:
-        return Decision(True, f"{resource} disconnected, but the peer's disk is known Outdated")
     if status.standalone:
+        # before "peer known Outdated": after a split brain that mark may be older than the peer's
+        # own writes (it promoted after declaring us dead in turn); whose data survives is the admin's
         return Decision(False, f"{resource} is StandAlone: DRBD is not trying to reach the peer (after a split "
                                f"brain, or `drbdadm disconnect`). The agent never picks whose data survives: see "
                                f"'Split brain' in the README, then `drbdadm connect {resource}`")
+    if status.peer_disk == OUTDATED:
+        return Decision(True, f"{resource} disconnected, but the peer's disk is known Outdated")
     unknown = f"the replication link of {resource} is down ({status.connection}) and the peer's state is unknown"
     if view.peer_answer == "outdated":
         return Decision(True, f"{resource} disconnected; the peer outdated its disk at our request (peer channel)")

@@ -28,10 +28,12 @@ def expected(st: Status, view: PeerView) -> bool:
         return True
     if st.peer_role == "Primary" or st.disk != "UpToDate" or st.may_promote is False:
         return False
-    if st.connection == "Connected" or st.peer_disk == "Outdated":
+    if st.connection == "Connected":
         return True
     if st.connection == "StandAlone":
         return False
+    if st.peer_disk == "Outdated":
+        return True
     return view.unknown_peer == "witness" and view.witness_reachable is True and view.peer_silent_for >= 3.0
 
 

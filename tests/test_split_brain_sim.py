@@ -110,6 +110,28 @@ def test_a_fence_peer_answer_that_comes_after_a_reconnect_outdates_nobody() -> N
     assert any("ignored by DRBD" in e for e in sim.events), sim.events[-30:]
 
 
+def test_standalone_after_a_split_brain_refuses_even_with_the_peer_marked_outdated() -> None:
+    """Found by the long run (witness policy, double faults): node 0 declared node 1 dead (exit 5,
+    peer Outdated), then was isolated itself, and node 1 promoted; at the heal DRBD saw split
+    brain (StandAlone). When node 1 was isolated in turn, node 0 promoted on its old Outdated
+    mark while node 1 was still releasing. StandAlone now refuses first (README rule 2)."""
+    sim = Sim("witness", 0)
+    sim.run_for(12)
+    sim.set_service(1, False)
+    sim.run_for(0.5)
+    sim.set_replication(False)
+    sim.run_for(1.0)
+    sim.set_service(0, False)
+    sim.set_service(1, True)
+    sim.run_for(17.0)
+    sim.set_service(0, True)
+    sim.set_replication(True)
+    sim.set_service(1, False)
+    sim.run_for(5.0)
+    assert not [v for v in sim.violations if "is Primary" in v], (sim.violations, sim.events[-20:])
+    assert any("split brain detected" in e for e in sim.events), sim.events[-20:]
+
+
 def test_a_killed_agent_restarted_by_systemd_releases_before_the_peer_promotes() -> None:
     sim = settled("witness")
     sim.kill_agent(0, restart_after=2.0)
