@@ -149,7 +149,7 @@ class Incarnation:
     pid: int
     started: float
     ended: float | None = None
-    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    samples: list[tuple[float, int, int, bool]] = field(default_factory=list)  # time, RSS kB, fds, holds VIP
 
 
 class Supervisor:
@@ -291,10 +291,10 @@ class Supervisor:
         with self.lock:
             self._signal(signal.SIGHUP)
 
-    def sample(self, now: float) -> None:
-        """RSS and open fds of the running agent, for the leak check."""
+    def sample(self, now: float, serving: bool) -> None:
+        """RSS and open fds of the agent once it is READY, for the leak check."""
         with self.lock:
-            if self.state not in ("starting", "running") or not self.incarnations:
+            if self.state != "running" or self.frozen or not self.incarnations:
                 return
             pid = self.pid
         try:
@@ -304,7 +304,7 @@ class Supervisor:
             return
         m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         if m:
-            self.incarnations[-1].samples.append((now, int(m[1]), fds))
+            self.incarnations[-1].samples.append((now, int(m[1]), fds, serving))
 
     def close(self) -> None:
         with self.lock:
@@ -393,8 +393,8 @@ class Watch:
                 self._episode("two_vip_holders", sum(self.vips.values()) > 1, now, conv)
                 if now - last_sample >= 1.0:
                     last_sample = now
-                    for sup in self.sups.values():
-                        sup.sample(now)
+                    for node, sup in self.sups.items():
+                        sup.sample(now, self.vips[node])
                 self.ticks += 1
                 next_tick += SAMPLE
                 self._stop.wait(max(0.0, next_tick - time.monotonic()))
@@ -462,6 +462,7 @@ class Soak:
         self.result = Result(seed, minutes, faults=dict.fromkeys(FAULTS, 0), skipped=dict.fromkeys(FAULTS, 0))
         self.recoveries: list[float] = []
         self.writer: NfsWriter | None = None
+        self._bag: list[str] = []
 
     # -- helpers ------------------------------------------------------------------------------
     def status(self, node: str) -> dict[str, Any] | None:
@@ -604,8 +605,14 @@ class Soak:
         raise ValueError(kind)
 
     def pick(self) -> tuple[str, bool]:
-        """Next fault and whether it hits the serving node (else the other one); seeded."""
-        kind = self.rng.choice(FAULTS)
+        """Next fault and whether it hits the serving node (else the other one); seeded.
+
+        Faults come in rounds, each a shuffle of every kind, so a short run still has them all.
+        """
+        if not self._bag:
+            self._bag = list(FAULTS)
+            self.rng.shuffle(self._bag)
+        kind = self._bag.pop()
         on_master = kind in ("ganesha_kill", "chain_fail", "handover") or self.rng.random() < 0.6
         return kind, on_master
 
@@ -713,13 +720,21 @@ class Soak:
         first = [s for s in inc.samples if s[0] <= t0 + span]
         last = [s for s in inc.samples if s[0] >= t1 - span]
         rss_growth = statistics.median(s[1] for s in last) - statistics.median(s[1] for s in first)
-        fd_growth = min(s[2] for s in last) - min(s[2] for s in first)
+        # fds compared like with like: a serving agent has more open (ganesha's pipes), so the first
+        # and last 10 % of the samples taken in each role, the minimum of each (a control connection
+        # in flight is not a leak)
+        fds: dict[str, list[int]] = {}
+        for role in (False, True):
+            same = [x[2] for x in inc.samples if x[3] == role]
+            if len(same) >= 10:
+                n = max(1, len(same) // 10)
+                fds["serving" if role else "idle"] = [min(same[:n]), min(same[-n:])]
+        fd_growth = max((b - a for a, b in fds.values()), default=0)
         out: dict[str, Any] = {
             "checked": life >= LEAK_MIN_LIFE, "pid": inc.pid, "life_s": round(life, 1),
             "rss_first_kb": statistics.median(s[1] for s in first),
             "rss_last_kb": statistics.median(s[1] for s in last),
-            "rss_growth_kb": rss_growth, "fds_first": min(s[2] for s in first), "fds_last": min(s[2] for s in last),
-            "incarnations": len(sup.incarnations)}
+            "rss_growth_kb": rss_growth, "fds": fds, "incarnations": len(sup.incarnations)}
         if life < LEAK_MIN_LIFE:
             out["why"] = f"longest-lived agent process ran {life:.0f} s < {LEAK_MIN_LIFE:g} s"
             return out
@@ -758,8 +773,8 @@ def print_report(res: Result) -> None:
     for node, leak in res.leaks.items():
         if leak.get("checked"):
             print(f"{node}: pid {leak['pid']} over {leak['life_s']:.0f} s: RSS {leak['rss_first_kb']} -> "
-                  f"{leak['rss_last_kb']} kB ({leak['rss_growth_kb']:+} kB), "
-                  f"fds {leak['fds_first']} -> {leak['fds_last']}")
+                  f"{leak['rss_last_kb']} kB ({leak['rss_growth_kb']:+} kB), open fds first -> last 10 % "
+                  + ", ".join(f"{role} {a} -> {b}" for role, (a, b) in leak["fds"].items()))
         else:
             print(f"{node}: leak check not applicable: {leak.get('why')}")
     if res.details:
