@@ -708,6 +708,13 @@ class Soak:
         res.recovery = {"n": len(rec), "median_s": round(statistics.median(rec), 2) if rec else None,
                         "max_s": round(max(rec), 2) if rec else None}
         res.watch = {"ticks": self.watch.ticks, "late_ticks": self.watch.late}
+        if not res.ok:  # the lab's workdir goes with the lab: keep what explains the violations
+            keep = Path(f"/var/tmp/failover-agent-soak-{res.seed}-logs")
+            keep.mkdir(parents=True, exist_ok=True)
+            for node, agent in self.ga.agents.items():
+                (keep / f"agent-{node}.log").write_text(agent.log())
+            (keep / "schedule.txt").write_text("\n".join(res.schedule) + "\n")
+            res.details.append(f"agent logs and schedule kept in {keep}")
 
     def leak(self, node: str, sup: Supervisor) -> dict[str, Any]:
         lives = [i for i in sup.incarnations if len(i.samples) >= 20]
