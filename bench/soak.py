@@ -88,8 +88,9 @@ UNIT_FILE = REPO / "systemd" / "failover-agent.service"
 ADVERT = float(FAST_VRRP["advert_interval"])
 FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "ganesha_kill", "chain_fail",
           "hup_valid", "hup_invalid", "handover", "maintenance")
-INVARIANTS = ("both_mounted", "two_vip_holders", "lost_writes", "unexpected_exits", "reload", "no_recovery",
-              "rss_growth", "fd_growth")
+INVARIANTS = ("both_mounted", "two_vip_holders", "lost_writes", "unexpected_exits", "reload", "control",
+              "no_recovery", "rss_growth", "fd_growth")
+CONTROL_TIMEOUT = 30.0  # a handover or maintenance request is answered once the release is done
 SETTLE = 1.0  # after convergence is seen, before the converged-state invariants apply
 RECOVERY_TIMEOUT = 60.0
 SAMPLE = 0.05
@@ -447,8 +448,9 @@ class Result:
 
 
 class Soak:
-    def __init__(self, lab: NetnsLab, seed: int, minutes: float, max_faults: int) -> None:
-        self.lab, self.rng = lab, random.Random(seed)
+    def __init__(self, lab: NetnsLab, seed: int, minutes: float, max_faults: int,
+                 kinds: tuple[str, ...] = FAULTS) -> None:
+        self.lab, self.rng, self.kinds = lab, random.Random(seed), kinds
         self.minutes, self.max_faults = minutes, max_faults
         self.unit = Unit.from_file(UNIT_FILE)
         # one inode per 16 KiB: room for every file the writer can create in the run, twice over
@@ -505,7 +507,17 @@ class Soak:
         return False
 
     def ctl(self, node: str, command: str, **args: Any) -> dict[str, Any]:
-        return request(str(self.ga.agents[node].control_socket), command, timeout=30, **args)
+        t0 = time.monotonic()
+        try:
+            return request(str(self.ga.agents[node].control_socket), command, timeout=CONTROL_TIMEOUT, **args)
+        except ControlError as exc:
+            if "timed out" in str(exc) or time.monotonic() - t0 >= CONTROL_TIMEOUT:
+                self.result.violate("control", f"{command} {args or ''} on {node}: no answer within "
+                                    f"{CONTROL_TIMEOUT:g} s")
+            raise
+        except TimeoutError:
+            self.result.violate("control", f"{command} {args or ''} on {node}: no answer within {CONTROL_TIMEOUT:g} s")
+            raise
 
     def set_partition(self, on: bool) -> None:
         for node in self.sups:
@@ -610,7 +622,7 @@ class Soak:
         Faults come in rounds, each a shuffle of every kind, so a short run still has them all.
         """
         if not self._bag:
-            self._bag = list(FAULTS)
+            self._bag = list(self.kinds)
             self.rng.shuffle(self._bag)
         kind = self._bag.pop()
         on_master = kind in ("ganesha_kill", "chain_fail", "handover") or self.rng.random() < 0.6
@@ -791,10 +803,11 @@ def print_report(res: Result) -> None:
     print(f"\n{'PASS' if res.ok else 'FAIL'}: {sum(res.violations.values())} violations")
 
 
-def run_soak(seed: int, minutes: float, max_faults: int | None = None, prefix: str | None = None) -> Result:
+def run_soak(seed: int, minutes: float, max_faults: int | None = None, prefix: str | None = None,
+             kinds: tuple[str, ...] = FAULTS) -> Result:
     faults = max_faults if max_faults is not None else max(1, int(minutes * 30))
     with NetnsLab(prefix or f"sk{os.getpid() % 100000}") as lab:
-        return Soak(lab, seed, minutes, faults).run()
+        return Soak(lab, seed, minutes, faults, kinds).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the fault schedule (default 10)")
     parser.add_argument("--seed", type=int, help="schedule seed (default: random, printed)")
     parser.add_argument("--max-faults", type=int, help="stop after this many faults (default 30 per minute)")
+    parser.add_argument("--faults", help=f"comma-separated subset of {','.join(FAULTS)} (default: all)")
     parser.add_argument("--json", type=Path, help="result file (default /var/tmp/failover-agent-soak-SEED.json)")
     parser.add_argument("--uml", action="store_true", help="real DRBD in user-mode-linux nodes (not implemented yet)")
     args = parser.parse_args(argv)
@@ -809,12 +823,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--uml is not implemented yet: the netns variant runs without it")
     if not 0 < args.minutes <= 24 * 60:
         parser.error("--minutes must be in (0, 1440]")
+    kinds = tuple(args.faults.split(",")) if args.faults else FAULTS
+    if not kinds or set(kinds) - set(FAULTS):
+        parser.error(f"--faults: choose from {', '.join(FAULTS)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     out = args.json or Path(f"/var/tmp/failover-agent-soak-{seed}.json")
     hold_lab_lock("bench.soak")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
     log(f"soak: seed {seed}, {args.minutes:g} minutes")
-    res = run_soak(seed, args.minutes, args.max_faults)
+    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds)
     print_report(res)
     out.write_text(json.dumps({**asdict(res), "ok": res.ok}, indent=1))
     print(f"result written to {out}")
