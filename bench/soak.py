@@ -345,9 +345,13 @@ class Episode:
 class Watch:
     """The 50 ms loop: supervisors polled, disk and VIP holders sampled, episodes recorded."""
 
-    def __init__(self, ga: GaneshaAgents, sups: dict[str, Supervisor]) -> None:
+    def __init__(self, ga: GaneshaAgents, sups: dict[str, Supervisor], strict_mount: bool = False) -> None:
         self.ga, self.sups = ga, sups
         self.quiet_from = math.inf  # converged-state invariants apply from here (the scheduler sets it)
+        # guarded lab: both mounted counts unless an agent cannot act (dead, frozen, restarting) or
+        # the nodes are cut apart (one network: a cut between them is the peer's death to each)
+        self.strict_mount = strict_mount
+        self.partitioned = False
         self.mounted: dict[str, bool] = {n: False for n in sups}
         self.vips: dict[str, bool] = {n: False for n in sups}
         self.episodes: dict[str, list[Episode]] = {"both_mounted": [], "two_vip_holders": []}
@@ -361,14 +365,14 @@ class Watch:
     def converged(self, now: float) -> bool:
         return now >= self.quiet_from and all(s.running and not s.frozen for s in self.sups.values())
 
-    def _episode(self, name: str, holds: bool, now: float, converged: bool) -> None:
+    def _episode(self, name: str, holds: bool, now: float, counts: bool) -> None:
         ep = self._open[name]
         if holds:
             if ep is None:
                 ep = self._open[name] = Episode(now, now)
                 self.episodes[name].append(ep)
-            if converged:
-                ep.converged_for += SAMPLE  # one sample period of it while converged
+            if counts:
+                ep.converged_for += SAMPLE  # one sample period of it that counts (converged, or strict)
             ep.end = now
         else:
             self._open[name] = None
@@ -390,7 +394,9 @@ class Watch:
                         self.mounted[node] = False
                     self.vips[node] = vip_held(ns)
                 conv = self.converged(now)
-                self._episode("both_mounted", all(self.mounted.values()), now, conv)
+                helpless = self.partitioned or any(not s.running or s.frozen for s in self.sups.values())
+                self._episode("both_mounted", all(self.mounted.values()), now,
+                              not helpless if self.strict_mount else conv)
                 self._episode("two_vip_holders", sum(self.vips.values()) > 1, now, conv)
                 if now - last_sample >= 1.0:
                     last_sample = now
@@ -421,6 +427,8 @@ class Watch:
 class Result:
     seed: int
     minutes: float
+    guarded: bool = False
+    self_fences: dict[str, int] = field(default_factory=dict)
     started: str = ""
     wall_seconds: float = 0.0
     faults: dict[str, int] = field(default_factory=dict)
@@ -449,19 +457,20 @@ class Result:
 
 class Soak:
     def __init__(self, lab: NetnsLab, seed: int, minutes: float, max_faults: int,
-                 kinds: tuple[str, ...] = FAULTS) -> None:
+                 kinds: tuple[str, ...] = FAULTS, guarded: bool = False) -> None:
         self.lab, self.rng, self.kinds = lab, random.Random(seed), kinds
         self.minutes, self.max_faults = minutes, max_faults
         self.unit = Unit.from_file(UNIT_FILE)
         # one inode per 16 KiB: room for every file the writer can create in the run, twice over
         disk_mb = max(128, math.ceil(minutes * 60 * WRITE_RATE * 16 * 2 / 1024))
-        self.ga = GaneshaAgents(lab, disk_mb=disk_mb)
+        self.guarded = guarded
+        self.ga = GaneshaAgents(lab, disk_mb=disk_mb, guarded=guarded)
         self.sups = {n: Supervisor(n, a, self.ga.ns[n], self.unit, lab.workdir) for n, a in self.ga.agents.items()}
         for sup in self.sups.values():
             lab.add_cleanup(sup.close)
         self.texts = {n: a.config_path.read_text() for n, a in self.ga.agents.items()}
-        self.watch = Watch(self.ga, self.sups)
-        self.result = Result(seed, minutes, faults=dict.fromkeys(FAULTS, 0), skipped=dict.fromkeys(FAULTS, 0))
+        self.watch = Watch(self.ga, self.sups, strict_mount=guarded)
+        self.result = Result(seed, minutes, guarded, faults=dict.fromkeys(FAULTS, 0), skipped=dict.fromkeys(FAULTS, 0))
         self.recoveries: list[float] = []
         self.writer: NfsWriter | None = None
         self._bag: list[str] = []
@@ -561,6 +570,7 @@ class Soak:
             self.lab.set_link(node, True)
             return True
         if kind == "partition":
+            self.watch.partitioned = True  # until the pair converged again (run())
             self.set_partition(True)
             try:
                 time.sleep(rng.uniform(1.0, 5.0))
@@ -674,12 +684,14 @@ class Soak:
             healed = time.monotonic()
             if self.wait_converged(healed):
                 self.recoveries.append(time.monotonic() - healed)
+                self.watch.partitioned = False
             else:
                 states = {n: (s.state, (self.status(n) or {}).get("instance", {}).get("phase")) for n, s in
                           self.sups.items()}
                 res.violate("no_recovery", f"{kind} on {node}: not converged {RECOVERY_TIMEOUT:g} s after the heal "
                             f"(supervisor/phase {states}, VIP {self.watch.vips}, mounted {self.watch.mounted})")
             self.watch.quiet_from = time.monotonic() + SETTLE
+            self.watch.partitioned = False
         time.sleep(2.0)
         self.finish(t_start)
         return res
@@ -701,10 +713,11 @@ class Soak:
         for name in ("both_mounted", "two_vip_holders"):
             eps = self.watch.episodes[name]
             limit = 0.0 if name == "both_mounted" else ADVERT
+            when = "counted" if name == "both_mounted" and res.guarded else "converged"
             bad = [e for e in eps if e.converged_for > limit]
             for e in bad:
                 res.violate(name, f"{e.end - e.start:.2f} s from {e.start - t_start:.1f} s into the run, "
-                            f"{e.converged_for:.2f} s of it converged")
+                            f"{e.converged_for:.2f} s of it {when}")
             res.excused[name] = {"episodes": len(eps) - len(bad),
                                  "max_s": round(max((e.end - e.start + SAMPLE for e in eps), default=0.0), 3)}
         for node, sup in self.sups.items():
@@ -715,6 +728,8 @@ class Soak:
             res.leaks[node] = self.leak(node, sup)
             log_text = self.ga.agents[node].log()
             res.takeovers[node] = len(SERVING_LOG.findall(log_text))
+            record = self.lab.workdir / f"fence-{node}.log"  # [guard] fence_record of the guarded lab
+            res.self_fences[node] = len(record.read_text().splitlines()) if record.exists() else 0
         res.failovers = max(0, sum(res.takeovers.values()) - 1)
         rec = self.recoveries
         res.recovery = {"n": len(rec), "median_s": round(statistics.median(rec), 2) if rec else None,
@@ -782,6 +797,8 @@ def print_report(res: Result) -> None:
     sup = "; ".join(f"{n}: {v['restarts']} restarts, {v['watchdog_kills']} watchdog kills" for n, v in
                     res.supervisor.items())
     print(f"supervisor: {sup}")
+    if res.guarded:
+        print(f"guarded lab ([track], [peer] heartbeats, [guard], mount gate); self-fences recorded: {res.self_fences}")
     print(f"writes: {res.writes}")
     print("\n| invariant | violations |\n|---|---|")
     for name in INVARIANTS:
@@ -804,10 +821,10 @@ def print_report(res: Result) -> None:
 
 
 def run_soak(seed: int, minutes: float, max_faults: int | None = None, prefix: str | None = None,
-             kinds: tuple[str, ...] = FAULTS) -> Result:
+             kinds: tuple[str, ...] = FAULTS, guarded: bool = False) -> Result:
     faults = max_faults if max_faults is not None else max(1, int(minutes * 30))
     with NetnsLab(prefix or f"sk{os.getpid() % 100000}") as lab:
-        return Soak(lab, seed, minutes, faults, kinds).run()
+        return Soak(lab, seed, minutes, faults, kinds, guarded).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-faults", type=int, help="stop after this many faults (default 30 per minute)")
     parser.add_argument("--faults", help=f"comma-separated subset of {','.join(FAULTS)} (default: all)")
     parser.add_argument("--json", type=Path, help="result file (default /var/tmp/failover-agent-soak-SEED.json)")
+    parser.add_argument("--guarded", action="store_true",
+                        help="the lab's guarded agents ([track], [peer] heartbeats, [guard]): both mounted counts "
+                             "whenever both agents run and the nodes are not cut apart")
     parser.add_argument("--uml", action="store_true", help="real DRBD in user-mode-linux nodes (not implemented yet)")
     args = parser.parse_args(argv)
     if args.uml:
@@ -831,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     hold_lab_lock("bench.soak")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
     log(f"soak: seed {seed}, {args.minutes:g} minutes")
-    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds)
+    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded)
     print_report(res)
     out.write_text(json.dumps({**asdict(res), "ok": res.ok}, indent=1))
     print(f"result written to {out}")
