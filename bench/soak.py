@@ -464,6 +464,7 @@ class Soak:
         # one inode per 16 KiB: room for every file the writer can create in the run, twice over
         disk_mb = max(128, math.ceil(minutes * 60 * WRITE_RATE * 16 * 2 / 1024))
         self.guarded = guarded
+        self.keep_logs = False
         self.ga = GaneshaAgents(lab, disk_mb=disk_mb, guarded=guarded)
         self.sups = {n: Supervisor(n, a, self.ga.ns[n], self.unit, lab.workdir) for n, a in self.ga.agents.items()}
         for sup in self.sups.values():
@@ -684,6 +685,7 @@ class Soak:
             healed = time.monotonic()
             if self.wait_converged(healed):
                 self.recoveries.append(time.monotonic() - healed)
+                res.schedule[-1] += f": converged {self.recoveries[-1]:.2f} s after the heal"
                 self.watch.partitioned = False
             else:
                 states = {n: (s.state, (self.status(n) or {}).get("instance", {}).get("phase")) for n, s in
@@ -735,7 +737,7 @@ class Soak:
         res.recovery = {"n": len(rec), "median_s": round(statistics.median(rec), 2) if rec else None,
                         "max_s": round(max(rec), 2) if rec else None}
         res.watch = {"ticks": self.watch.ticks, "late_ticks": self.watch.late}
-        if not res.ok:  # the lab's workdir goes with the lab: keep what explains the violations
+        if not res.ok or self.keep_logs:  # the lab's workdir goes with the lab: keep what explains it
             keep = Path(f"/var/tmp/failover-agent-soak-{res.seed}-logs")
             keep.mkdir(parents=True, exist_ok=True)
             for node, agent in self.ga.agents.items():
@@ -821,10 +823,12 @@ def print_report(res: Result) -> None:
 
 
 def run_soak(seed: int, minutes: float, max_faults: int | None = None, prefix: str | None = None,
-             kinds: tuple[str, ...] = FAULTS, guarded: bool = False) -> Result:
+             kinds: tuple[str, ...] = FAULTS, guarded: bool = False, keep_logs: bool = False) -> Result:
     faults = max_faults if max_faults is not None else max(1, int(minutes * 30))
     with NetnsLab(prefix or f"sk{os.getpid() % 100000}") as lab:
-        return Soak(lab, seed, minutes, faults, kinds, guarded).run()
+        soak = Soak(lab, seed, minutes, faults, kinds, guarded)
+        soak.keep_logs = keep_logs
+        return soak.run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -837,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guarded", action="store_true",
                         help="the lab's guarded agents ([track], [peer] heartbeats, [guard]): both mounted counts "
                              "whenever both agents run and the nodes are not cut apart")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the agent logs and the schedule (always kept after a violation)")
     parser.add_argument("--uml", action="store_true", help="real DRBD in user-mode-linux nodes (not implemented yet)")
     args = parser.parse_args(argv)
     if args.uml:
@@ -851,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     hold_lab_lock("bench.soak")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
     log(f"soak: seed {seed}, {args.minutes:g} minutes")
-    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded)
+    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded,
+                   keep_logs=args.keep_logs)
     print_report(res)
     out.write_text(json.dumps({**asdict(res), "ok": res.ok}, indent=1))
     print(f"result written to {out}")
