@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         master, backup = "a", "b"
         for i in range(args.reps):
             a, b = lab.agents[master], lab.agents[backup]
-            if not wait_until(lambda: b.vrrp_state() == "BACKUP", 30, 0.3):
+            if not wait_until(lambda b=b: b.vrrp_state() == "BACKUP", 30, 0.3):  # type: ignore[misc]
                 raise AssertionError(f"{backup} is not BACKUP:\n{b.log()[-2000:]}")
             if args.mode == "cold":
                 cold(b)
