@@ -20,6 +20,7 @@ from agent.config import Config
 from agent.journal import Event, emit
 from agent.machine import Op, RunStep, Step
 from drbd import drbdadm
+from drbd.follower import Follower
 from drbd.runner import Runner, run
 from drbd.status import Status, auto_promote_on, parse_events2
 from nfs.backend import Backend, NfsError
@@ -48,6 +49,7 @@ class Chain:
         self.garp = garp
         self.runner = runner
         self.drbd = drbdadm.Drbdadm(cfg.drbd.resource, runner=runner) if cfg.drbd else None
+        self.follower: Follower | None = None  # set by the daemon: DRBD's state without a process per read
         self.nfs: Backend | None = None
         self.state: StateDir | None = None
         self._build_nfs(cfg)
@@ -117,7 +119,10 @@ class Chain:
 
     # -- DRBD ----------------------------------------------------------------------------
     async def drbd_status(self) -> Status | None:
+        """DRBD's view of our resource: the follower's while it runs, else one `events2 --now`."""
         assert self.cfg.drbd is not None
+        if self.follower is not None and self.follower.live:
+            return self.follower.status
         res = self.cfg.drbd.resource
         code, out, err = await self.runner(["drbdsetup", "events2", "--now", res], 10.0)
         if code != 0:

@@ -30,6 +30,7 @@ from agent.statefile import load_maintenance, save_maintenance
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, established, parse_connections
 from drbd.drbdadm import DrbdError
+from drbd.follower import Follower
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Templates, auth_bytes
@@ -63,6 +64,8 @@ class Instance:
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
                                 lambda address: self.feed(ev.VipDeleted(address)))
         self.chain = Chain(cfg, self.vips, self.garp)
+        if cfg.drbd is not None:  # one `drbdsetup events2` for the instance's life: state changes as events
+            self.chain.follower = Follower(cfg.drbd.resource, lambda st: self.feed(ev.DrbdChanged(st)))
         self.peer_channel: PeerChannel | None = None
         self.pinger: Pinger | None = None
         self.tickler: Tickler | None = None
@@ -158,6 +161,8 @@ class Instance:
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
+        if self.chain.follower is not None:
+            self._spawn(self.chain.follower.run())
         self._open_pinger()
         try:
             found = await self.chain.probe()
