@@ -74,6 +74,8 @@ class KernelBackend:
         self.nfsd = nfsd
         self.helpers: list[asyncio.subprocess.Process] = []  # rpc.mountd, rpc.statd in the foreground
         self.spawn = spawn or _spawn_quiet
+        self._laps: list[str] = []  # how long each part of the last start took
+        self._lap_at = 0.0
 
     def threads(self) -> int:
         try:
@@ -99,10 +101,18 @@ class KernelBackend:
         except OSError as e:
             raise NfsError(f"writing {value} to {self.nfsd / name}: {e.strerror or e}") from None
 
+    def _lap(self, what: str) -> None:
+        """Note how long the part of the start that just ended took (shown in the step's detail)."""
+        now = time.monotonic()
+        self._laps.append(f"{what} {(now - self._lap_at) * 1000:.0f}")
+        self._lap_at = now
+
     async def start(self, timeout: float) -> str:
-        t0 = time.monotonic()
+        t0 = self._lap_at = time.monotonic()
+        self._laps = []
         c = self.cfg
         await self._ensure_nfsd_fs()
+        self._lap("nfsd fs")
         if self.running():
             raise NfsError(f"kernel nfsd already runs with {self.threads()} threads, started outside the agent "
                            f"(disable {UNIT} at boot: the agent starts it)")
@@ -112,6 +122,7 @@ class KernelBackend:
         exports.parent.mkdir(parents=True, exist_ok=True)
         exports.write_text(render_kernel(c.exports))
         await run_checked(self.runner, ["exportfs", "-r"], 30.0, "exporting")
+        self._lap("exportfs")
         try:
             if c.service == "systemd":
                 await run_checked(self.runner, ["systemctl", "start", UNIT], timeout, "starting nfsd")
@@ -125,6 +136,7 @@ class KernelBackend:
                 await asyncio.sleep(0.02)
             else:
                 raise NfsError(f"kernel nfsd started but does not answer: {why}")
+            self._lap("answers")
         except (NfsError, OSError):
             # not held, so the machine will not release it: undo here, or nfsd pins the filesystem
             with contextlib.suppress(NfsError, OSError):
@@ -134,7 +146,9 @@ class KernelBackend:
         if 3 in c.versions and self.notify_name:
             code, _, err = await self.runner(["sm-notify", "-f", "-v", self.notify_name], 10.0)
             notes = "; sm-notify sent" if code == 0 else f"; sm-notify failed (exit {code}): {err.strip()[:200]}"
-        return f"kernel nfsd serving {len(c.exports)} export(s) with {self.threads()} threads{notes}"
+            self._lap("sm-notify")
+        return (f"kernel nfsd serving {len(c.exports)} export(s) with {self.threads()} threads{notes} "
+                f"(ms: {', '.join(self._laps)})")
 
     async def _start_direct(self, timeout: float) -> None:
         c = self.cfg
@@ -142,12 +156,16 @@ class KernelBackend:
         if 3 in c.versions:
             if not _helper_running("rpcbind"):
                 await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
+                self._lap("rpcbind")
             if not _helper_running("rpc.statd"):
                 await self._helper(["rpc.statd", "-F", "--no-notify"])
+                self._lap("statd")
         if not _helper_running("rpc.mountd"):
             await self._helper(["rpc.mountd", "-F", *skip])
+            self._lap("mountd")
         await run_checked(self.runner, ["unshare", "--uts", "sh", "-c", _SCOPED_NFSD, "sh", c.server_scope, *skip,
                                         str(c.threads)], timeout, "starting nfsd")
+        self._lap("rpc.nfsd")
 
     async def _helper(self, argv: list[str]) -> None:
         try:
