@@ -31,6 +31,7 @@ from tests.lab.uml_agents import StorageLab, UmlAgent
 
 STEPS = ("drbd", "mount", "nfs_state", "nfs", "vip")
 STEP_DONE = re.compile(r" INFO (\w+) acquire done in ([\d.]+) ms")
+NFS_PARTS = re.compile(r" nfs acquire done in [\d.]+ ms: .*\(ms: ([^)]*)\)")
 SERVING = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)")
 
 # Stop what a node's earlier serving left loaded (run in the guest; PIDs read from /proc, one by one)
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             lab.wait_idle(master, 30)
             got = acquire_of(b.log()[mark:])
             samples.append(got)
-            print(f"takeover {i + 1} ({master} -> {backup}): " + ", ".join(f"{k} {v:g}" for k, v in got.items()),
-                  flush=True)
+            parts = NFS_PARTS.findall(b.log()[mark:])
+            print(f"takeover {i + 1} ({master} -> {backup}): " + ", ".join(f"{k} {v:g}" for k, v in got.items())
+                  + (f"; nfs parts (ms): {parts[-1]}" if parts else ""), flush=True)
             master, backup = backup, master
     print(f"\nUML acquire chain, {args.mode} backup, {len(samples)} takeovers "
           f"({time.monotonic() - t0:.0f} s with the lab setup); ms from MASTER decided:")
