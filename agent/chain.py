@@ -131,6 +131,12 @@ class Chain:
             raise StepFailed(f"drbdsetup events2 --now {res} failed (exit {code}): {err.strip() or out.strip()}")
         return parse_events2(out).get(res)
 
+    async def prepare(self) -> str:
+        """Ahead of any takeover (the agent's start): what the NFS start can do without the data."""
+        if self.nfs is None:
+            return ""
+        return await self.nfs.prepare(self._inner_timeout())
+
     async def apply_nfs(self) -> str:
         """The `[nfs]` section changed (same backend and layout): the backend takes it, live if it serves."""
         if self.nfs is None or self.cfg.nfs is None:

@@ -168,8 +168,20 @@ class Instance:
             found = await self.chain.probe()
         except Exception as e:
             raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
+        self._spawn(self._prepare())
         self.feed(ev.Start(tuple(found), self.info.up, self._maintenance_kept()))
         await self._joined
+
+    async def _prepare(self) -> None:
+        """Ahead of any takeover, so it starts only what needs the data (a failure here is only logged:
+        the NFS step then does the same itself, and fails there if it must)."""
+        try:
+            done = await self.chain.prepare()
+        except Exception as e:
+            log.warning("preparing the NFS server ahead of a takeover failed (the takeover will try again): %s", e)
+            return
+        if done:
+            log.info("prepared for a takeover: %s", done)
 
     def _maintenance_kept(self) -> bool:
         on, error = load_maintenance(self.cfg.agent.state_file)

@@ -75,6 +75,7 @@ class KernelBackend:
         self.helpers: list[asyncio.subprocess.Process] = []  # rpc.mountd, rpc.statd in the foreground
         self.spawn = spawn or _spawn_quiet
         self._laps: list[str] = []  # how long each part of the last start took
+        self._setup = asyncio.Lock()  # prepare and start never load, mount or start rpcbind at once
         self._lap_at = 0.0
 
     def threads(self) -> int:
@@ -107,11 +108,32 @@ class KernelBackend:
         self._laps.append(f"{what} {(now - self._lap_at) * 1000:.0f}")
         self._lap_at = now
 
+    async def prepare(self, timeout: float) -> str:
+        """Ahead of a takeover, on a backup: the nfsd module, /proc/fs/nfsd and rpcbind.
+
+        None of it touches the data or the NFS state that moves with it (/var/lib/nfs stays
+        unbound; rpcbind keeps its warm-start files in /run): that is why it may run while the
+        peer serves. What must see the replicated state stays in `start`: rpc.statd (its
+        monitor list), rpc.mountd (the export table), the export itself and nfsd's threads,
+        whose start reads the NFSv4 client records and opens the grace period.
+        """
+        t0 = time.monotonic()
+        done = []
+        async with self._setup:
+            if not (self.nfsd / "threads").exists():
+                await asyncio.wait_for(self._ensure_nfsd_fs(), timeout)
+                done.append(f"nfsd module loaded, {self.nfsd} mounted")
+            if self.cfg.service == "direct" and 3 in self.cfg.versions and not _helper_running("rpcbind"):
+                await run_checked(self.runner, ["rpcbind", "-w"], timeout, "starting rpcbind")
+                done.append("rpcbind started")
+        return f"{'; '.join(done) or 'nothing left to prepare'} ({(time.monotonic() - t0) * 1000:.0f} ms)"
+
     async def start(self, timeout: float) -> str:
         t0 = self._lap_at = time.monotonic()
         self._laps = []
         c = self.cfg
-        await self._ensure_nfsd_fs()
+        async with self._setup:
+            await self._ensure_nfsd_fs()
         self._lap("nfsd fs")
         if self.running():
             raise NfsError(f"kernel nfsd already runs with {self.threads()} threads, started outside the agent "
@@ -154,9 +176,10 @@ class KernelBackend:
         c = self.cfg
         skip = [arg for v in (3, 4) if v not in c.versions for arg in ("-N", str(v))]
         if 3 in c.versions:
-            if not _helper_running("rpcbind"):
-                await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
-                self._lap("rpcbind")
+            async with self._setup:
+                if not _helper_running("rpcbind"):
+                    await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
+                    self._lap("rpcbind")
             if not _helper_running("rpc.statd"):
                 await self._helper(["rpc.statd", "-F", "--no-notify"])
                 self._lap("statd")

@@ -201,3 +201,36 @@ def test_kernel_reconfigure_while_stopped_only_keeps_the_settings_for_the_next_s
     backend, runner = kernel(tmp_path)
     detail = asyncio.run(backend.reconfigure(replace(backend.cfg, threads=4), 5.0))
     assert runner.calls == [] and backend.cfg.threads == 4 and "when it starts" in detail
+
+
+def test_kernel_prepare_loads_mounts_and_starts_rpcbind_ahead_and_start_does_not_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    running: set[str] = set()
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: name in running)
+    backend, runner = kernel(tmp_path)
+    backend.cfg = replace(backend.cfg, versions=(3, 4))
+    nfsd = tmp_path / "nfsd"
+    (nfsd / "threads").unlink()  # a backup after boot: nfsd not loaded, its filesystem not mounted
+
+    async def kernel_side(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        runner.calls.append(list(argv))
+        if argv[:3] == ["mount", "-t", "nfsd"]:
+            (nfsd / "threads").write_text("0\n")
+        if argv[0] == "rpcbind":
+            running.add("rpcbind")
+        return 0, "", ""
+
+    backend.runner = kernel_side
+    detail = asyncio.run(backend.prepare(5.0))
+    assert runner.calls == [["modprobe", "nfsd"], ["mount", "-t", "nfsd", "nfsd", str(nfsd)], ["rpcbind", "-w"]]
+    assert "nfsd module loaded" in detail and "rpcbind started" in detail
+    assert not (tmp_path / "exports").exists(), "nothing exported ahead: the data is not there"
+    assert (nfsd / "nfsv4gracetime").read_text() == "90\n", "grace and lease are the start's to write"
+    assert "nothing left" in asyncio.run(backend.prepare(5.0))
+    runner.calls.clear()
+    with pytest.raises(NfsError):
+        asyncio.run(backend.start(1.5))  # nothing answers NFS here; what it ran is what counts
+    assert ["modprobe", "nfsd"] not in runner.calls and ["rpcbind", "-w"] not in runner.calls
+    assert runner.calls[0] == ["exportfs", "-r"]
