@@ -144,8 +144,19 @@ class Chain:
         return await self.nfs.reconfigure(self.cfg.nfs, self._inner_timeout())
 
     async def promote(self) -> None:
-        assert self.drbd is not None
-        await self.drbd.promote()
+        """`drbdadm primary`; the role read back from the follower when it runs (no second drbdadm)."""
+        drbd, follower = self.drbd, self.follower
+        assert drbd is not None
+        if follower is None or not follower.live:
+            await drbd.promote()
+            return
+
+        async def role_now() -> str:
+            if await follower.wait_for(lambda st: st is not None and st.primary, 2.0):
+                return "Primary"
+            return await drbd.role()  # no event in time: ask DRBD itself
+
+        await drbd.promote(role_now)
 
     async def _drbd_release(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None

@@ -83,6 +83,20 @@ class Follower:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
 
+    async def wait_for(self, predicate: Callable[[Status | None], bool], timeout: float) -> bool:
+        """Until the live state satisfies `predicate` (False after `timeout`): e.g. our own promotion
+        seen by the kernel, without another process to ask it."""
+        deadline = time.monotonic() + timeout
+        while not (self.live and predicate(self._status)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
     async def wait_live(self, timeout: float) -> bool:
         """For tests and startup: until the initial state is in (False on timeout)."""
         deadline = time.monotonic() + timeout
@@ -147,6 +161,9 @@ class Follower:
         if not first and status == self._status:
             return
         self._status, self._reported = status, True
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
         try:
             self.on_change(status)
         except Exception:  # the caller's bug must not stop the following

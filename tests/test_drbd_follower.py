@@ -258,3 +258,15 @@ async def test_the_chain_answers_from_the_follower_while_it_is_live_else_reads_o
         for _ in range(5):
             st = await chain.drbd_status()
         assert st is not None and st.connection == "Connected" and len(calls) == 1
+
+
+@sync
+async def test_wait_for_a_state_returns_when_the_kernel_reports_it(fake: Fake) -> None:
+    f = Follower("r0", command=(str(fake.program),))
+    async with running(f):
+        assert await f.wait_live(5)
+        assert not await f.wait_for(lambda st: st is not None and not st.primary, 0.1)
+        t0 = time.monotonic()
+        fake.send("change resource name:r0 role:Secondary")
+        assert await f.wait_for(lambda st: st is not None and not st.primary, 5)
+        assert time.monotonic() - t0 < 1.0
