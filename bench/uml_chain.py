@@ -41,6 +41,7 @@ for p in /proc/[0-9]*; do
 done
 sleep 0.3
 umount /proc/fs/nfsd 2>/dev/null
+umount /run/rpc_pipefs 2>/dev/null
 modprobe -r nfsd 2>/dev/null
 grep -q '^nfsd ' /proc/modules && echo "nfsd still loaded" >&2
 exit 0

@@ -8,9 +8,15 @@ What makes kernel nfsd fail over cleanly, and why each step is here:
   their opens and locks on the new node. nfsd takes the scope from the UTS host name of the
   process that starts its threads (nfs-utils 2.6 has no option for it), so `rpc.nfsd` runs in
   a UTS namespace of its own whose host name is the scope;
-* rpc.mountd and rpc.statd run as our children (foreground), because they keep files open
-  in /var/lib/nfs, which is the state folder on the replicated filesystem: on stop they are
-  stopped by PID, or the filesystem could not be unmounted;
+* rpc.mountd, rpc.statd and nfsdcld run as our children (foreground), because they keep files
+  open in /var/lib/nfs, which is the state folder on the replicated filesystem: on stop they are
+  stopped by PID, or the filesystem could not be unmounted. nfsdcld keeps the NFSv4 client
+  records there (/var/lib/nfs/nfsdcld; at its first start it imports what nfsdcltrack or the
+  legacy v4recovery folder recorded): nfsd waits up to a second for it at every start and only
+  then falls back to the nfsdcltrack upcall, so it is started whenever it is installed;
+* what needs no data runs ahead, on the backup (`prepare`, at the agent's start): the nfsd
+  module, /proc/fs/nfsd, rpc_pipefs and rpcbind. A takeover then exports, starts the helpers
+  above on the replicated state and starts nfsd's threads (which opens the grace period);
 * on stop, nfsd is stopped, the exports withdrawn and the filesystem's locks dropped
   (`unlock_filesystem`), or the unmount that follows would fail with the device busy;
 * after start, `sm-notify -f -v VIP` tells NFSv3 clients to reclaim their locks (the VIP
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +45,7 @@ from nfs.settings import NfsConfig
 
 NFSD = Path("/proc/fs/nfsd")
 UNIT = "nfs-server.service"
+PIPEFS = "/run/rpc_pipefs"  # where rpc_pipefs goes if it is mounted nowhere (Debian's nfs.conf default)
 # set the UTS host name (nfsd's server scope) in a fresh UTS namespace, then become rpc.nfsd;
 # a fixed script, the values come as arguments
 _SCOPED_NFSD = 'printf %s "$1" >/proc/sys/kernel/hostname && shift && exec rpc.nfsd "$@"'
@@ -49,6 +57,19 @@ Spawn = Callable[[list[str]], Awaitable[asyncio.subprocess.Process]]
 async def _spawn_quiet(argv: list[str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+def _pipefs() -> str | None:
+    """Where rpc_pipefs is mounted in our mount namespace, if anywhere."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split()[:1] == ["rpc_pipefs"] and len(left.split()) > 4:
+            return left.split()[4]
+    return None
 
 
 def _helper_running(name: str) -> bool:
@@ -74,6 +95,8 @@ class KernelBackend:
         self.nfsd = nfsd
         self.helpers: list[asyncio.subprocess.Process] = []  # rpc.mountd, rpc.statd in the foreground
         self.spawn = spawn or _spawn_quiet
+        self.which: Callable[[str], str | None] = shutil.which
+        self.pipefs_dir = PIPEFS
         self._laps: list[str] = []  # how long each part of the last start took
         self._setup = asyncio.Lock()  # prepare and start never load, mount or start rpcbind at once
         self._lap_at = 0.0
@@ -126,7 +149,21 @@ class KernelBackend:
             if self.cfg.service == "direct" and 3 in self.cfg.versions and not _helper_running("rpcbind"):
                 await run_checked(self.runner, ["rpcbind", "-w"], timeout, "starting rpcbind")
                 done.append("rpcbind started")
+            if self._cld_wanted() and _pipefs() is None:
+                await self._mount_pipefs(timeout)
+                done.append(f"rpc_pipefs mounted on {self.pipefs_dir}")
         return f"{'; '.join(done) or 'nothing left to prepare'} ({(time.monotonic() - t0) * 1000:.0f} ms)"
+
+    def _cld_wanted(self) -> bool:
+        """nfsdcld keeps the NFSv4 client records (and imports nfsdcltrack's or the legacy folder's at its
+        first start). Without it running, nfsd's start waits a whole second for it before falling back
+        to the nfsdcltrack upcall: the largest part of a takeover on a small machine."""
+        return self.cfg.service == "direct" and 4 in self.cfg.versions and self.which("nfsdcld") is not None
+
+    async def _mount_pipefs(self, timeout: float) -> None:
+        Path(self.pipefs_dir).mkdir(parents=True, exist_ok=True)
+        await run_checked(self.runner, ["mount", "-t", "rpc_pipefs", "sunrpc", self.pipefs_dir], timeout,
+                          "mounting rpc_pipefs")
 
     async def start(self, timeout: float) -> str:
         t0 = self._lap_at = time.monotonic()
@@ -175,31 +212,47 @@ class KernelBackend:
     async def _start_direct(self, timeout: float) -> None:
         c = self.cfg
         skip = [arg for v in (3, 4) if v not in c.versions for arg in ("-N", str(v))]
+        helpers = []
         if 3 in c.versions:
             async with self._setup:
                 if not _helper_running("rpcbind"):
                     await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
                     self._lap("rpcbind")
             if not _helper_running("rpc.statd"):
-                await self._helper(["rpc.statd", "-F", "--no-notify"])
-                self._lap("statd")
+                helpers.append(["rpc.statd", "-F", "--no-notify"])
         if not _helper_running("rpc.mountd"):
-            await self._helper(["rpc.mountd", "-F", *skip])
-            self._lap("mountd")
+            helpers.append(["rpc.mountd", "-F", *skip])
+        if self._cld_wanted() and not _helper_running("nfsdcld"):
+            async with self._setup:
+                pipefs = _pipefs()
+                if pipefs is None:
+                    await self._mount_pipefs(30.0)
+            helpers.append(["nfsdcld", "-F", "-p", pipefs or self.pipefs_dir])
+        await self._helpers(helpers)
+        self._lap(" + ".join(argv[0] for argv in helpers) or "helpers")
         await run_checked(self.runner, ["unshare", "--uts", "sh", "-c", _SCOPED_NFSD, "sh", c.server_scope, *skip,
                                         str(c.threads)], timeout, "starting nfsd")
         self._lap("rpc.nfsd")
 
-    async def _helper(self, argv: list[str]) -> None:
-        try:
-            proc = await self.spawn(argv)
-        except OSError as e:
-            raise NfsError(f"starting {argv[0]}: {e.strerror or e}") from None
-        self.helpers.append(proc)
-        with contextlib.suppress(TimeoutError):  # still running after a moment: started
-            await asyncio.wait_for(proc.wait(), 0.05)
-        if proc.returncode is not None:
-            raise NfsError(f"{argv[0]} exited with {proc.returncode} at startup")
+    async def _helpers(self, argvs: list[list[str]]) -> None:
+        """Start the daemons side by side; each must still run after a moment (one moment for all)."""
+        started = []
+        for argv in argvs:
+            try:
+                proc = await self.spawn(argv)
+            except OSError as e:
+                raise NfsError(f"starting {argv[0]}: {e.strerror or e}") from None
+            self.helpers.append(proc)
+            started.append((argv, proc))
+        if not started:
+            return
+        waits = [asyncio.ensure_future(proc.wait()) for _, proc in started]
+        await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        for argv, proc in started:
+            if proc.returncode is not None:
+                raise NfsError(f"{argv[0]} exited with {proc.returncode} at startup")
 
     async def _stop_helpers(self) -> list[str]:
         stopped = []

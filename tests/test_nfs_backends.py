@@ -234,3 +234,27 @@ def test_kernel_prepare_loads_mounts_and_starts_rpcbind_ahead_and_start_does_not
         asyncio.run(backend.start(1.5))  # nothing answers NFS here; what it ran is what counts
     assert ["modprobe", "nfsd"] not in runner.calls and ["rpcbind", "-w"] not in runner.calls
     assert runner.calls[0] == ["exportfs", "-r"]
+
+
+def test_kernel_start_runs_nfsdcld_on_the_state_folder_when_installed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: False)
+    monkeypatch.setattr(nfs.kernel, "_pipefs", lambda: None)
+    helpers = Helpers()
+    backend, runner = kernel(tmp_path, helpers=helpers)
+    backend.which = lambda name: f"/usr/sbin/{name}"
+    backend.pipefs_dir = str(tmp_path / "pipefs")
+    assert "rpc_pipefs mounted on" in asyncio.run(backend.prepare(5.0))
+    assert ["mount", "-t", "rpc_pipefs", "sunrpc", str(tmp_path / "pipefs")] in runner.calls
+    with pytest.raises(NfsError):
+        asyncio.run(backend.start(1.5))  # nothing answers NFS here; what it started is what counts
+    assert ["nfsdcld", "-F", "-p", str(tmp_path / "pipefs")] in helpers.started
+    assert ["rpc.mountd", "-F", "-N", "3"] in helpers.started
+    assert all(p.returncode is not None for p in helpers.procs), "stopped with nfsd: they hold the state folder"
+    backend.which = lambda name: None  # not installed: nfsd falls back to nfsdcltrack by itself
+    helpers.started.clear()
+    with pytest.raises(NfsError):
+        asyncio.run(backend.start(1.5))
+    assert helpers.started == [["rpc.mountd", "-F", "-N", "3"]]
