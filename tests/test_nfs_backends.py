@@ -258,3 +258,27 @@ def test_kernel_start_runs_nfsdcld_on_the_state_folder_when_installed(tmp_path: 
     with pytest.raises(NfsError):
         asyncio.run(backend.start(1.5))
     assert helpers.started == [["rpc.mountd", "-F", "-N", "3"]]
+
+
+def test_kernel_start_serves_without_nfsdcld_if_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: False)
+    monkeypatch.setattr(nfs.kernel, "_pipefs", lambda: "/run/rpc_pipefs")
+    started: list[list[str]] = []
+
+    async def spawn(argv: list[str]) -> asyncio.subprocess.Process:
+        started.append(argv)
+        if argv[0] != "nfsdcld":
+            return await asyncio.create_subprocess_exec("sleep", "30")
+        proc = await asyncio.create_subprocess_exec("false")  # an nfsdcld that gave up at once
+        await proc.wait()
+        return proc
+
+    backend, _ = kernel(tmp_path, {"unshare --uts": (1, "stop here")})
+    backend.spawn = spawn
+    backend.which = lambda name: f"/usr/sbin/{name}"
+    with pytest.raises(NfsError, match="stop here"):  # got as far as starting nfsd's threads
+        asyncio.run(backend.start(5.0))
+    assert ["nfsdcld", "-F", "-p", "/run/rpc_pipefs"] in started
+    assert "nfsdcld exited with 1" in ", ".join(backend._laps)
