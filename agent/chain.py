@@ -258,3 +258,5 @@ class Chain:
     def cancel(self) -> None:
         if self._garp_task:
             self._garp_task.cancel()
+        if isinstance(self.nfs, KernelBackend):
+            self.nfs.disarm()

@@ -49,6 +49,14 @@ PIPEFS = "/run/rpc_pipefs"  # where rpc_pipefs goes if it is mounted nowhere (De
 # set the UTS host name (nfsd's server scope) in a fresh UTS namespace, then become rpc.nfsd;
 # a fixed script, the values come as arguments
 _SCOPED_NFSD = 'printf %s "$1" >/proc/sys/kernel/hostname && shift && exec rpc.nfsd "$@"'
+# the same, started ahead on a backup: it becomes rpc.nfsd only when a line arrives on its stdin;
+# end of input (the agent gone, or `disarm`) ends it without starting anything
+_SCOPED_NFSD_LATER = 'printf %s "$1" >/proc/sys/kernel/hostname && shift && read -r _ && exec rpc.nfsd "$@"'
+
+
+async def _spawn_waiting(argv: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 
 
 Spawn = Callable[[list[str]], Awaitable[asyncio.subprocess.Process]]
@@ -97,6 +105,8 @@ class KernelBackend:
         self.spawn = spawn or _spawn_quiet
         self.which: Callable[[str], str | None] = shutil.which
         self.pipefs_dir = PIPEFS
+        self.spawn_waiting: Spawn = _spawn_waiting
+        self._armed: tuple[list[str], asyncio.subprocess.Process] | None = None  # rpc.nfsd, started ahead
         self._laps: list[str] = []  # how long each part of the last start took
         self._setup = asyncio.Lock()  # prepare and start never load, mount or start rpcbind at once
         self._lap_at = 0.0
@@ -152,6 +162,8 @@ class KernelBackend:
             if self._cld_wanted() and _pipefs() is None:
                 await self._mount_pipefs(timeout)
                 done.append(f"rpc_pipefs mounted on {self.pipefs_dir}")
+            if await self._arm():
+                done.append("rpc.nfsd waiting in the server scope's UTS namespace")
         return f"{'; '.join(done) or 'nothing left to prepare'} ({(time.monotonic() - t0) * 1000:.0f} ms)"
 
     def _cld_wanted(self) -> bool:
@@ -230,9 +242,55 @@ class KernelBackend:
             helpers.append(["nfsdcld", "-F", "-p", pipefs or self.pipefs_dir])
         await self._helpers(helpers)
         self._lap(" + ".join(argv[0] for argv in helpers) or "helpers")
-        await run_checked(self.runner, ["unshare", "--uts", "sh", "-c", _SCOPED_NFSD, "sh", c.server_scope, *skip,
-                                        str(c.threads)], timeout, "starting nfsd")
+        armed, self._armed = self._armed, None
+        if armed is not None and armed[0] == self._nfsd_argv(True) and armed[1].returncode is None:
+            proc = armed[1]
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(b"go\n"), timeout)
+            except TimeoutError:
+                proc.kill()
+                raise NfsError(f"starting nfsd: rpc.nfsd did not finish within {timeout:g} s") from None
+            if proc.returncode != 0:
+                text = " ".join(err.decode(errors="replace").split()) or "no message"
+                raise NfsError(f"starting nfsd: rpc.nfsd (started ahead) failed (exit {proc.returncode}): {text[:400]}")
+            self._lap("rpc.nfsd (started ahead)")
+            return
+        if armed is not None:
+            self._disarm(armed[1])
+        await run_checked(self.runner, self._nfsd_argv(), timeout, "starting nfsd")
         self._lap("rpc.nfsd")
+
+    def _nfsd_argv(self, later: bool = False) -> list[str]:
+        """rpc.nfsd in a UTS namespace named after the server scope (`later`: waiting for a line first)."""
+        c = self.cfg
+        skip = [arg for v in (3, 4) if v not in c.versions for arg in ("-N", str(v))]
+        return ["unshare", "--uts", "sh", "-c", _SCOPED_NFSD_LATER if later else _SCOPED_NFSD, "sh", c.server_scope,
+                *skip, str(c.threads)]
+
+    async def _arm(self) -> bool:
+        """Start rpc.nfsd's process ahead (a backup's takeover then only tells it to go): its two execs
+        (unshare, sh) cost tens of ms on a small machine. False if one waits already or none is wanted."""
+        if self.cfg.service != "direct" or (self._armed is not None and self._armed[1].returncode is None):
+            return False
+        argv = self._nfsd_argv(True)
+        try:
+            self._armed = (argv, await self.spawn_waiting(argv))
+        except OSError:
+            self._armed = None  # `start` runs it the ordinary way
+            return False
+        return True
+
+    def disarm(self) -> None:
+        """The agent leaves: the process started ahead ends without starting anything."""
+        armed, self._armed = self._armed, None
+        if armed is not None:
+            self._disarm(armed[1])
+
+    @staticmethod
+    def _disarm(proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     async def _helpers(self, argvs: list[list[str]]) -> None:
         """Start the daemons side by side; each must still run after a moment (one moment for all).
@@ -291,9 +349,11 @@ class KernelBackend:
                     notes.append(f"exportfs -u {e.clients}:{e.path}: {err.strip()[:200]}")
         helpers = await self._stop_helpers()
         if helpers:
-            notes.append(f"rpc.mountd/rpc.statd (pid {', '.join(helpers)}) stopped")
+            notes.append(f"rpc.mountd/rpc.statd/nfsdcld (pid {', '.join(helpers)}) stopped")
         if self.running():
             raise NfsError(f"kernel nfsd still has {self.threads()} threads after stopping")
+        with contextlib.suppress(OSError):
+            await self._arm()  # a backup again: ready for the next takeover
         if (self.nfsd / "unlock_filesystem").exists():
             self._write("unlock_filesystem", self.mountpoint)
         if self.notify_name and (self.nfsd / "unlock_ip").exists():

@@ -134,8 +134,14 @@ def kernel(tmp_path: Path, answers: dict[str, tuple[int, str]] | None = None,
     cfg = parse(text)
     assert cfg.nfs is not None
     runner = Recorder(nfsd, answers)
-    return KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd,
-                         spawn=helpers or Helpers()), runner
+    backend = KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd,
+                            spawn=helpers or Helpers())
+    backend.spawn_waiting = no_waiting  # rpc.nfsd started ahead: only where a test asks for it
+    return backend, runner
+
+
+async def no_waiting(argv: list[str]) -> asyncio.subprocess.Process:
+    raise FileNotFoundError(2, "not in this test")
 
 
 def test_kernel_start_failure_undoes_what_it_started_and_names_the_command(tmp_path: Path) -> None:
@@ -282,3 +288,44 @@ def test_kernel_start_serves_without_nfsdcld_if_it_cannot_run(tmp_path: Path, mo
         asyncio.run(backend.start(5.0))
     assert ["nfsdcld", "-F", "-p", "/run/rpc_pipefs"] in started
     assert "nfsdcld exited with 1" in ", ".join(backend._laps)
+
+
+def test_kernel_rpc_nfsd_started_ahead_runs_only_when_told_with_the_same_arguments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: True)
+    backend, runner = kernel(tmp_path)
+    ran = tmp_path / "ran"
+
+    async def waiting(argv: list[str]) -> asyncio.subprocess.Process:
+        # stands in for `unshare --uts sh -c SCRIPT ...`: waits for its line, then records its argv
+        return await asyncio.create_subprocess_exec(
+            "sh", "-c", 'read -r _ && echo "$@" >"$0" && echo 8 >"$1"', str(ran), str(tmp_path / "nfsd" / "threads"),
+            *argv[4:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+    async def scenario() -> None:
+        backend.spawn_waiting = waiting
+        assert "rpc.nfsd waiting" in await backend.prepare(5.0)
+        await asyncio.sleep(0.2)
+        assert not ran.exists(), "started ahead, but nothing may run before the takeover says so"
+        with contextlib.suppress(NfsError):  # nothing answers NFS here
+            await backend.start(1.5)
+        assert ran.exists() and "sh ha -N 3 8" in ran.read_text()
+        assert not any(c[0] == "unshare" for c in runner.calls), "the process started ahead was used"
+        # stopped: a backup again, armed again; a reload that changes the threads makes it stale
+        assert backend._armed is not None and backend._armed[1].returncode is None
+        backend.cfg = replace(backend.cfg, threads=4)
+        ran.unlink()
+        (tmp_path / "nfsd" / "threads").write_text("0\n")
+        with contextlib.suppress(NfsError):
+            await backend.start(1.5)
+        assert ["unshare", "--uts", "sh", "-c", ANY, "sh", "ha", "-N", "3", "4"] in runner.calls
+        assert not ran.exists()
+        armed = backend._armed
+        backend.disarm()
+        if armed is not None:
+            await armed[1].wait()  # killed: ends without running rpc.nfsd
+        assert not ran.exists()
+
+    asyncio.run(scenario())
