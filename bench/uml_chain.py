@@ -31,7 +31,7 @@ from tests.lab.uml_agents import StorageLab, UmlAgent
 
 STEPS = ("drbd", "mount", "nfs_state", "nfs", "vip")
 STEP_DONE = re.compile(r" INFO (\w+) acquire done in ([\d.]+) ms")
-NFS_PARTS = re.compile(r" nfs acquire done in [\d.]+ ms: .*\(ms: ([^)]*)\)")
+NFS_PARTS = re.compile(r" nfs acquire done in [\d.]+ ms: .*\(ms: (.*)\)$", re.M)
 SERVING = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)")
 
 # Stop what a node's earlier serving left loaded (run in the guest; PIDs read from /proc, one by one)
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             parts = NFS_PARTS.findall(b.log()[mark:])
             print(f"takeover {i + 1} ({master} -> {backup}): " + ", ".join(f"{k} {v:g}" for k, v in got.items())
                   + (f"; nfs parts (ms): {parts[-1]}" if parts else ""), flush=True)
+            if i == 0:  # how nfsd started, in the kernel's words (client tracking, grace)
+                print("  " + b.node.sh("dmesg | grep -i -e NFSD -e nfsdcld | tail -4").stdout.strip().replace(
+                    "\n", "\n  "), flush=True)
             master, backup = backup, master
     print(f"\nUML acquire chain, {args.mode} backup, {len(samples)} takeovers "
           f"({time.monotonic() - t0:.0f} s with the lab setup); ms from MASTER decided:")
