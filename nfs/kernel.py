@@ -80,6 +80,16 @@ def _pipefs() -> str | None:
     return None
 
 
+def _has_inotify(pid: int) -> bool:
+    """Does the process hold an inotify descriptor (nfsdcld's last startup step)?"""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                    return True
+    return False
+
+
 def _helper_running(name: str) -> bool:
     """Is an nfs-utils daemon (rpcbind, rpc.mountd, rpc.statd) running in our mount namespace?"""
     ours = os.readlink("/proc/self/ns/mnt")
@@ -192,13 +202,14 @@ class KernelBackend:
         exports = Path(c.exports_file)
         exports.parent.mkdir(parents=True, exist_ok=True)
         exports.write_text(render_kernel(c.exports))
-        await run_checked(self.runner, ["exportfs", "-r"], 30.0, "exporting")
-        self._lap("exportfs")
         try:
+            cld = await self._start_cld()  # first: its database work overlaps the export and the helpers
+            await run_checked(self.runner, ["exportfs", "-r"], 30.0, "exporting")
+            self._lap("exportfs")
             if c.service == "systemd":
                 await run_checked(self.runner, ["systemctl", "start", UNIT], timeout, "starting nfsd")
             else:
-                await self._start_direct(timeout)
+                await self._start_direct(timeout, cld)
             why = "not asked yet"
             while time.monotonic() - t0 < timeout:
                 why = await nfs_answers(c.versions, timeout=1.0)
@@ -221,7 +232,35 @@ class KernelBackend:
         return (f"kernel nfsd serving {len(c.exports)} export(s) with {self.threads()} threads{notes} "
                 f"(ms: {', '.join(self._laps)})")
 
-    async def _start_direct(self, timeout: float) -> None:
+    async def _start_cld(self) -> asyncio.subprocess.Process | None:
+        """nfsdcld on the state folder, if wanted and not running (None: nfsd finds its own way)."""
+        if not self._cld_wanted() or _helper_running("nfsdcld"):
+            return None
+        async with self._setup:
+            pipefs = _pipefs()
+            if pipefs is None:
+                await self._mount_pipefs(30.0)
+        try:
+            proc = await self.spawn(["nfsdcld", "-F", "-p", pipefs or self.pipefs_dir])
+        except OSError as e:
+            self._laps.append(f"nfsdcld not started: {e.strerror or e}")
+            return None
+        self.helpers.append(proc)
+        return proc
+
+    async def _cld_ready(self, proc: asyncio.subprocess.Process, limit: float = 2.0) -> None:
+        """Until nfsdcld watches rpc_pipefs for nfsd's pipe (its inotify descriptor is its last startup
+        step, after its database): nfsd gives it one second from the thread start, and its database
+        work on the replicated disk can take longer on a small machine. Gives up quietly after `limit`."""
+        deadline = time.monotonic() + limit
+        while proc.returncode is None and time.monotonic() < deadline:
+            if _has_inotify(proc.pid):
+                self._lap("nfsdcld ready")
+                return
+            await asyncio.sleep(0.01)
+        self._lap("nfsdcld exited" if proc.returncode is not None else "nfsdcld not ready")
+
+    async def _start_direct(self, timeout: float, cld: asyncio.subprocess.Process | None = None) -> None:
         c = self.cfg
         skip = [arg for v in (3, 4) if v not in c.versions for arg in ("-N", str(v))]
         helpers = []
@@ -234,14 +273,10 @@ class KernelBackend:
                 helpers.append(["rpc.statd", "-F", "--no-notify"])
         if not _helper_running("rpc.mountd"):
             helpers.append(["rpc.mountd", "-F", *skip])
-        if self._cld_wanted() and not _helper_running("nfsdcld"):
-            async with self._setup:
-                pipefs = _pipefs()
-                if pipefs is None:
-                    await self._mount_pipefs(30.0)
-            helpers.append(["nfsdcld", "-F", "-p", pipefs or self.pipefs_dir])
         await self._helpers(helpers)
         self._lap(" + ".join(argv[0] for argv in helpers) or "helpers")
+        if cld is not None:
+            await self._cld_ready(cld)
         armed, self._armed = self._armed, None
         if armed is not None and armed[0] == self._nfsd_argv(True) and armed[1].returncode is None:
             proc = armed[1]
@@ -293,18 +328,12 @@ class KernelBackend:
                 proc.kill()
 
     async def _helpers(self, argvs: list[list[str]]) -> None:
-        """Start the daemons side by side; each must still run after a moment (one moment for all).
-
-        nfsdcld alone may fail: nfsd then falls back to the nfsdcltrack upcall after its wait, as
-        it would without nfsdcld installed (slower, the same records), rather than refusing to serve."""
+        """Start the daemons side by side; each must still run after a moment (one moment for all)."""
         started = []
         for argv in argvs:
             try:
                 proc = await self.spawn(argv)
             except OSError as e:
-                if argv[0] == "nfsdcld":
-                    self._laps.append(f"nfsdcld not started: {e.strerror or e}")
-                    continue
                 raise NfsError(f"starting {argv[0]}: {e.strerror or e}") from None
             self.helpers.append(proc)
             started.append((argv, proc))
@@ -315,9 +344,7 @@ class KernelBackend:
         for w in waits:
             w.cancel()
         for argv, proc in started:
-            if proc.returncode is not None and argv[0] == "nfsdcld":
-                self._laps.append(f"nfsdcld exited with {proc.returncode}")
-            elif proc.returncode is not None:
+            if proc.returncode is not None:
                 raise NfsError(f"{argv[0]} exited with {proc.returncode} at startup")
 
     async def _stop_helpers(self) -> list[str]:
