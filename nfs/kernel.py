@@ -20,7 +20,8 @@ What makes kernel nfsd fail over cleanly, and why each step is here:
 * on stop, nfsd is stopped, the exports withdrawn and the filesystem's locks dropped
   (`unlock_filesystem`), or the unmount that follows would fail with the device busy;
 * after start, `sm-notify -f -v VIP` tells NFSv3 clients to reclaim their locks (the VIP
-  should resolve, e.g. through /etc/hosts, or sm-notify refuses it).
+  should resolve, e.g. through /etc/hosts, or sm-notify refuses it); it runs in the background
+  while the chain adds the VIP, and its result is logged.
 With `service = "systemd"` the start and stop go through nfs-server.service instead; the scope
 then is the node's host name unless the unit is given the same one on both nodes.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -42,6 +44,8 @@ from nfs.backend import NfsError, run_checked
 from nfs.exports import render_kernel
 from nfs.rpc import nfs_answers
 from nfs.settings import NfsConfig
+
+log = logging.getLogger("failover-agent")
 
 NFSD = Path("/proc/fs/nfsd")
 UNIT = "nfs-server.service"
@@ -117,6 +121,7 @@ class KernelBackend:
         self.pipefs_dir = PIPEFS
         self.spawn_waiting: Spawn = _spawn_waiting
         self._armed: tuple[list[str], asyncio.subprocess.Process] | None = None  # rpc.nfsd, started ahead
+        self._notify: asyncio.Task[None] | None = None  # sm-notify after a start
         self._laps: list[str] = []  # how long each part of the last start took
         self._setup = asyncio.Lock()  # prepare and start never load, mount or start rpcbind at once
         self._lap_at = 0.0
@@ -203,13 +208,15 @@ class KernelBackend:
         exports.parent.mkdir(parents=True, exist_ok=True)
         exports.write_text(render_kernel(c.exports))
         try:
-            cld = await self._start_cld()  # first: its database work overlaps the export and the helpers
+            # the daemons first: their startup (nfsdcld's database work above all) overlaps the export
+            cld = await self._start_cld()
+            helpers = await self._spawn_helpers() if c.service == "direct" else []
             await run_checked(self.runner, ["exportfs", "-r"], 30.0, "exporting")
             self._lap("exportfs")
             if c.service == "systemd":
                 await run_checked(self.runner, ["systemctl", "start", UNIT], timeout, "starting nfsd")
             else:
-                await self._start_direct(timeout, cld)
+                await self._start_direct(timeout, cld, helpers)
             why = "not asked yet"
             while time.monotonic() - t0 < timeout:
                 why = await nfs_answers(c.versions, timeout=1.0)
@@ -226,11 +233,18 @@ class KernelBackend:
             raise
         notes = ""
         if 3 in c.versions and self.notify_name:
-            code, _, err = await self.runner(["sm-notify", "-f", "-v", self.notify_name], 10.0)
-            notes = "; sm-notify sent" if code == 0 else f"; sm-notify failed (exit {code}): {err.strip()[:200]}"
-            self._lap("sm-notify")
+            # NFSv3 clients reclaim their locks at the VIP, which the next step adds: not worth its wait
+            self._notify = asyncio.create_task(self._sm_notify(), name="sm-notify")
+            notes = "; sm-notify started"
         return (f"kernel nfsd serving {len(c.exports)} export(s) with {self.threads()} threads{notes} "
                 f"(ms: {', '.join(self._laps)})")
+
+    async def _sm_notify(self) -> None:
+        code, _, err = await self.runner(["sm-notify", "-f", "-v", self.notify_name], 10.0)
+        if code == 0:
+            log.info("sm-notify sent: NFSv3 clients reclaim their locks at %s", self.notify_name)
+        else:
+            log.warning("sm-notify -f -v %s failed (exit %d): %s", self.notify_name, code, err.strip()[:200])
 
     async def _start_cld(self) -> asyncio.subprocess.Process | None:
         """nfsdcld on the state folder, if wanted and not running (None: nfsd finds its own way)."""
@@ -260,21 +274,34 @@ class KernelBackend:
             await asyncio.sleep(0.01)
         self._lap("nfsdcld exited" if proc.returncode is not None else "nfsdcld not ready")
 
-    async def _start_direct(self, timeout: float, cld: asyncio.subprocess.Process | None = None) -> None:
+    async def _spawn_helpers(self) -> list[tuple[list[str], asyncio.subprocess.Process]]:
+        """rpc.statd (after rpcbind: it registers there) and rpc.mountd, started side by side, not waited for."""
         c = self.cfg
         skip = [arg for v in (3, 4) if v not in c.versions for arg in ("-N", str(v))]
-        helpers = []
+        argvs = []
         if 3 in c.versions:
             async with self._setup:
                 if not _helper_running("rpcbind"):
                     await run_checked(self.runner, ["rpcbind", "-w"], 30.0, "starting rpcbind")
                     self._lap("rpcbind")
             if not _helper_running("rpc.statd"):
-                helpers.append(["rpc.statd", "-F", "--no-notify"])
+                argvs.append(["rpc.statd", "-F", "--no-notify"])
         if not _helper_running("rpc.mountd"):
-            helpers.append(["rpc.mountd", "-F", *skip])
-        await self._helpers(helpers)
-        self._lap(" + ".join(argv[0] for argv in helpers) or "helpers")
+            argvs.append(["rpc.mountd", "-F", *skip])
+        started = []
+        for argv in argvs:
+            try:
+                proc = await self.spawn(argv)
+            except OSError as e:
+                raise NfsError(f"starting {argv[0]}: {e.strerror or e}") from None
+            self.helpers.append(proc)
+            started.append((argv, proc))
+        return started
+
+    async def _start_direct(self, timeout: float, cld: asyncio.subprocess.Process | None = None,
+                            helpers: list[tuple[list[str], asyncio.subprocess.Process]] | None = None) -> None:
+        await self._helpers_alive(helpers or [])
+        self._lap(" + ".join(argv[0] for argv, _ in helpers or []) or "helpers")
         if cld is not None:
             await self._cld_ready(cld)
         armed, self._armed = self._armed, None
@@ -327,16 +354,8 @@ class KernelBackend:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
 
-    async def _helpers(self, argvs: list[list[str]]) -> None:
-        """Start the daemons side by side; each must still run after a moment (one moment for all)."""
-        started = []
-        for argv in argvs:
-            try:
-                proc = await self.spawn(argv)
-            except OSError as e:
-                raise NfsError(f"starting {argv[0]}: {e.strerror or e}") from None
-            self.helpers.append(proc)
-            started.append((argv, proc))
+    async def _helpers_alive(self, started: list[tuple[list[str], asyncio.subprocess.Process]]) -> None:
+        """Each daemon must still run a moment after its start (one moment for all of them)."""
         if not started:
             return
         waits = [asyncio.ensure_future(proc.wait()) for _, proc in started]
@@ -364,6 +383,8 @@ class KernelBackend:
     async def stop(self, timeout: float) -> str:
         c = self.cfg
         notes = []
+        if self._notify is not None and not self._notify.done():
+            self._notify.cancel()  # its clients would reclaim at a server that is going away
         Path(c.exports_file).unlink(missing_ok=True)
         if c.service == "systemd":
             await run_checked(self.runner, ["systemctl", "stop", UNIT], timeout, "stopping nfsd")
