@@ -211,6 +211,7 @@ class KernelBackend:
             # the daemons first: their startup (nfsdcld's database work above all) overlaps the export
             cld = await self._start_cld()
             helpers = await self._spawn_helpers() if c.service == "direct" else []
+            self._lap("daemons spawned")
             await run_checked(self.runner, ["exportfs", "-r"], 30.0, "exporting")
             self._lap("exportfs")
             if c.service == "systemd":
@@ -301,7 +302,7 @@ class KernelBackend:
     async def _start_direct(self, timeout: float, cld: asyncio.subprocess.Process | None = None,
                             helpers: list[tuple[list[str], asyncio.subprocess.Process]] | None = None) -> None:
         await self._helpers_alive(helpers or [])
-        self._lap(" + ".join(argv[0] for argv, _ in helpers or []) or "helpers")
+        self._lap(" + ".join(argv[0] for argv, _ in helpers or []) + " alive" if helpers else "helpers")
         if cld is not None:
             await self._cld_ready(cld)
         armed, self._armed = self._armed, None
