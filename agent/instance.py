@@ -57,7 +57,7 @@ class Instance:
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
-        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, lambda: self.feed(ev.Doorbell()))
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._doorbell)
         self.garp = Garp(v.interface, info.mac)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
@@ -122,6 +122,15 @@ class Instance:
     def _on_timer(self) -> None:
         self._timer = None
         self.feed(ev.Timer())
+
+    def _doorbell(self) -> None:
+        """The doorbell rang: a timer that is due goes first (under a flood of packets that ring,
+        the bell is always ready, and the loop would otherwise run the advert timer only after it)."""
+        timer = self._timer
+        if timer is not None and timer.when() <= self.loop.time():
+            timer.cancel()
+            self._on_timer()
+        self.feed(ev.Doorbell())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

@@ -149,11 +149,17 @@ class VrrpSocket:
         return ok
 
     def drain(self, limit: int = 4096) -> list[tuple[bytes, float]]:
-        """Every queued datagram with its arrival time on the monotonic clock, oldest first."""
+        """Every datagram queued when the drain began, with its arrival time on the monotonic clock, oldest first.
+
+        It stops after the first datagram that arrived while it was reading: under a flood the queue
+        refills as fast as it is read, and a drain that followed it would keep the loop (and the
+        advert timer) waiting for as long as the flood lasts. What came later is the next drain's.
+        """
         out: list[tuple[bytes, float]] = []
         if self._queue is None:
             return out
-        offset = time.time() - time.monotonic()
+        began = time.monotonic()
+        offset = time.time() - began
         for _ in range(limit):
             try:
                 data, anc, _flags, _addr = self._queue.recvmsg(65535, 64)
@@ -168,6 +174,8 @@ class VrrpSocket:
                     sec, nsec = struct.unpack_from("=qq", payload)
                     at = sec + nsec / 1e9 - offset
             out.append((data, time.monotonic() if at is None else min(at, time.monotonic())))
+            if at is not None and at > began:
+                break
         return out
 
     def _ring(self) -> None:
