@@ -29,6 +29,7 @@ from agent.probes import Pinger, run_check
 from agent.statefile import load_maintenance, save_maintenance
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, established, parse_connections
+from agent.timer import PreciseTimer
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
@@ -68,7 +69,7 @@ class Instance:
         self.tickler: Tickler | None = None
         self._pending: deque[ev.Event] = deque()
         self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PreciseTimer(self.loop, self._on_timer)  # the node's one timer (agent.timer: why not call_at)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = iter(range(1, 1 << 62))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,22 +114,21 @@ class Instance:
         finally:
             self._busy = False
         deadline = self.node.deadline()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        if deadline != self._timer.when():
+            if deadline is None:
+                self._timer.cancel()
+            else:
+                self._timer.arm(deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.feed(ev.Timer())
 
     def _doorbell(self) -> None:
         """The doorbell rang: a timer that is due goes first (under a flood of packets that ring,
         the bell is always ready, and the loop would otherwise run the advert timer only after it)."""
-        timer = self._timer
-        if timer is not None and timer.when() <= self.loop.time():
-            timer.cancel()
+        when = self._timer.when()
+        if when is not None and when <= self.loop.time():
+            self._timer.cancel()
             self._on_timer()
         self.feed(ev.Doorbell())
 
@@ -204,6 +204,7 @@ class Instance:
         self.chain.cancel()
         self.sock.close()
         self.garp.close()
+        self._timer.close()
 
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))

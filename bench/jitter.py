@@ -17,12 +17,14 @@ the advert interval|, and the table gives its median, 99th percentile and maximu
   VRRP packets at a fixed rate (20,000/s by default), one kind per drop reason of
   vrrp.packet.Validator that a packet on the wire can have: bad checksum, other VRID, other
   VRRP version, unknown version, not an advert (type), TTL != 255, too short, address count
-  that does not match the length, other advert interval and wrong password (v2), and our
-  master's own advert replayed from another MAC (dropped as "own" by the master; the backup
-  takes it for the master's advert). Every packet that has a priority says 200, so a packet
-  that got through would make the master step down. Not on the list: malformed IP (the kernel
-  drops those before any socket) and "not a unicast peer" (these pairs use multicast). The
-  rate is counted by the flooder and checked on the wire (the flooder's bridge port counters).
+  that does not match the length, other advert interval and wrong password (v2), and the
+  master's own advert replayed to it by unicast from another MAC (the master's eth0 gets
+  accept_local=1 for this: otherwise its kernel drops a packet with one of its own addresses as
+  source before any socket sees it; the backup does not get these, it would take them for the
+  master's adverts). Every other packet says priority 200, so one that got through would make
+  the master step down. Not on the list: malformed IP (the kernel drops those before any
+  socket) and "not a unicast peer" (these pairs use multicast). The rate is counted by the
+  flooder and checked on the wire (the flooder's bridge port counters).
 
 Each node's VRRP state is checked before and after every window (agent: its transition log and
 status counters, which also show the drops per reason; keepalived: its "Entering ... STATE"
@@ -131,8 +133,9 @@ def bogus_packets(version: int, interval: float, master: IPv4Address, src: IPv4A
     if version == 2:
         out["interval"] = encode(adv(interval=interval + 1), src, GROUP, 0)
         out["auth"] = encode(adv(auth_data=auth_bytes("wrong")), src, GROUP, 0)
-    # the master's own advert, replayed: same source address, priority and content
-    out["own"] = encode(adv(priority=MASTER_PRIORITY), master, GROUP, 0)
+    # the master's own advert, replayed to the master alone (unicast: the backup would take it for
+    # the master's advert, which would hide a silent master): same source address and content
+    out["own"] = encode(adv(priority=MASTER_PRIORITY), master, master, 0)
     return out
 
 
@@ -156,7 +159,7 @@ threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).sta
 print("READY", flush=True)
 sent = errors = skipped = 0
 n, i = len(packets), 0
-dst = ("224.0.0.18", 0)
+dsts = [(socket.inet_ntoa(p[16:20]), 0) for p in packets]  # the group, or one node (unicast)
 send = s.sendto
 t0 = time.monotonic()
 while not stop.is_set():
@@ -166,7 +169,7 @@ while not stop.is_set():
         sent = due
     while sent < due:
         try:
-            send(packets[i], dst)
+            send(packets[i], dsts[i])
         except OSError:
             errors += 1
         i = (i + 1) % n
@@ -391,12 +394,13 @@ class Run:
         self.idle: dict[str, dict[str, float]] = {}
 
     def _open(self, pairs: IdleSet, impls: tuple[str, ...], condition: str) -> dict[str, Any]:
+        # the status request (a failoverctl process, and work in the agent) before the capture starts
+        marks = {impl: state_marks(pairs.pairs[impl]) for impl in impls}
+        time.sleep(0.5)
         opened = {}
         for impl in impls:
-            lab = pairs.labs[impl]
-            pair = pairs.pairs[impl]
-            opened[impl] = (Capture(lab, self.work / f"{self.mode}-{condition}-{impl}.pcap"), state_marks(pair),
-                            pair_cpu(pair), time.monotonic())
+            capture = Capture(pairs.labs[impl], self.work / f"{self.mode}-{condition}-{impl}.pcap")
+            opened[impl] = (capture, marks[impl], pair_cpu(pairs.pairs[impl]), time.monotonic())
         return opened
 
     def _close(self, pairs: IdleSet, opened: dict[str, Any], condition: str) -> list[Window]:
@@ -417,6 +421,8 @@ class Run:
         version, interval = MODES[self.mode]
         auth = AUTH if version == 2 else ""
         with IdleSet(self.mode, self.work / "pairs", prefix="fj", client=True, auth_pass=auth) as pairs:
+            for impl in IMPLS:  # so the flood's own-address packets reach the daemon (see the module doc)
+                pairs.labs[impl].run("a", ["sysctl", "-q", "-w", "net.ipv4.conf.eth0.accept_local=1"])
             time.sleep(max(2.0, 2 * interval))
             # idle: both pairs captured at once, the idle CPU of all three pairs measured meanwhile
             opened = self._open(pairs, IMPLS, "idle")

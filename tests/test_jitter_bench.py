@@ -38,10 +38,12 @@ def test_each_bogus_packet_is_dropped_for_the_reason_it_names(version: int, inte
         assert isinstance(verdict, Drop), name
         assert verdict.reason.value == name.split("_")[0], (name, verdict)
         seen = backup.check(datagram)
-        if name == "own":  # the master's own advert, replayed: the backup takes it for the master's
+        if name == "own":  # the master's own advert, replayed to the master alone: the backup would take it
             assert isinstance(seen, Advertisement) and seen.priority == MASTER_PRIORITY and seen.src == MASTER
+            assert seen.dst == MASTER
         else:
             assert isinstance(seen, Drop), name
+            assert datagram[16:20] == bytes([224, 0, 0, 18])
 
 
 def test_percentile_is_nearest_rank() -> None:
