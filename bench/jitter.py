@@ -559,6 +559,7 @@ def report(runs: list[Run]) -> dict[str, Any]:
 def plot(result: dict[str, Any], path: Path) -> None:
     """Jitter histograms, agent next to keepalived: one row per advert interval, one column per condition."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -570,19 +571,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for row, run in enumerate(runs):
         for col, cond in enumerate(CONDITIONS):
             ax = axes[row][col]
-            windows = [w for w in run["windows"] if w["condition"] == cond]
+            windows = sorted((w for w in run["windows"] if w["condition"] == cond), key=lambda w: w["impl"])
             top = max([max(w["jitter_ms"], default=0.0) for w in windows] + [0.5])
             bins = [top * 1.02 * i / 40 for i in range(41)]
             for w in windows:
                 st = w["stats"]
-                label = (f"{w['impl']}: p99 {st['p99']:.2f} ms" if st["p99"] is not None else w["impl"])
+                label = (f"{w['impl']}: p50 {st['p50']:.2f}, p99 {st['p99']:.2f}, max {st['max']:.2f} ms"
+                         if st["p99"] is not None else f"{w['impl']}: no adverts")
                 ax.hist(w["jitter_ms"], bins=bins, histtype="step", linewidth=1.5, color=colours[w["impl"]],
                         label=label)
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             title = f"{run['interval']:g} s adverts, {cond}"
-            flood = next((w["flood"] for w in windows if w["flood"]), None)
+            flood = next((w["flood"] for w in windows if w["flood"] and w["impl"] == "agent"), None)
             if flood:
-                title += f" ({flood['wire_rate'] / 1000:.1f}k pps)"
+                title += f" ({flood['wire_rate'] / 1000:.1f}k bogus pps)"
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("|interval - nominal| (ms)")
             if col == 0:
