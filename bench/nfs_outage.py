@@ -444,7 +444,9 @@ def plot_timelines(result: dict[str, Any], path: Path) -> None:
             chosen[impl] = min(runs, key=lambda s: abs(s["outage"] - med))
     if not chosen:
         raise ValueError("no crash run with a timeline to draw")
-    fig, axes = plt.subplots(1, len(chosen), figsize=(7.5 * len(chosen), 4.2), squeeze=False, sharex=True)
+    lanes = max(len([st for st in s["timeline"]["steps"] if st[0] == "b"]) for s in chosen.values()) or 1
+    fig, axes = plt.subplots(1, len(chosen), figsize=(7.5 * len(chosen), 3.2 + 0.32 * lanes), squeeze=False,
+                             sharex=True)
     colours = {"MASTER": "tab:green", "BACKUP": "tab:blue", "FAULT": "tab:red", "INITIALIZE": "tab:gray",
                "STOP": "tab:gray"}
     span = max(s["timeline"]["end"] for s in chosen.values())
@@ -452,8 +454,7 @@ def plot_timelines(result: dict[str, Any], path: Path) -> None:
     right = max(right, max(s["first_ack"] or 0.0 for s in chosen.values()) + 0.4)
     for ax, (impl, sample) in zip(axes[0], chosen.items(), strict=False):
         tl = sample["timeline"]
-        rows = ["client writes", "a: VRRP", "b: VRRP", "b: chain"]
-        y = {name: len(rows) - i for i, name in enumerate(rows)}
+        y = {"client writes": lanes + 3.0, "a: VRRP": lanes + 2.0, "b: VRRP": lanes + 1.0}
         ax.vlines(tl["acks"], y["client writes"] - 0.3, y["client writes"] + 0.3, color="black", linewidth=0.8)
         if tl["write_errors"]:
             ax.plot(tl["write_errors"], [y["client writes"]] * len(tl["write_errors"]), "x", color="tab:red",
@@ -478,17 +479,23 @@ def plot_timelines(result: dict[str, Any], path: Path) -> None:
             if node == "a":
                 ax.barh(row, right, left=0.0, height=0.5, color="black", alpha=0.25)
                 ax.text(0.01, row, "power cut", va="center", fontsize=7)
-        chain = [st for st in tl["steps"] if st[0] == "b" and st[3] >= -1.0]
+        chain = sorted((st for st in tl["steps"] if st[0] == "b" and st[3] >= -1.0), key=lambda st: st[2])
+        if impl == "keepalived":  # keepalived adds the VIP itself on entering MASTER, before any script
+            master = next((t for n, st, t in tl["states"] if n == "b" and st == "MASTER" and t >= -1.0), None)
+            if master is not None:
+                chain.insert(0, ["b", "VIP (keepalived, at MASTER)", master, master, True])
         for i, (_node, label, t1, t2, ok) in enumerate(chain):
-            lane = y["b: chain"] + (0.22 if i % 2 else -0.22)
-            ax.barh(lane, max(t2 - t1, 0.004), left=t1, height=0.36, color="tab:olive" if ok else "tab:red")
-            ax.text(t2 + 0.005, lane, label, va="center", fontsize=6)
-        ax.set_yticks([y[r] for r in rows], rows, fontsize=8)
+            lane = lanes - i
+            ax.barh(lane, max(t2 - t1, 0.003), left=t1, height=0.6, color="tab:olive" if ok else "tab:red")
+            ax.text(t2 + 0.01, lane, f"{label} {1000 * (t2 - t1):.0f} ms", va="center", fontsize=6.5)
+        ticks = [(y[r], r) for r in y] + [(lanes - i, "b: chain" if i == 0 else "") for i in range(len(chain))]
+        ax.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)
+        ax.set_ylim(lanes - max(len(chain), 1) + 0.4, lanes + 3.6)
         ax.set_xlim(-1.0, right)
         ax.set_xlabel("seconds after the power cut of master a")
         title = "failover-agent" if impl == "agent" else "keepalived + notify scripts"
         ax.set_title(f"{title}: crash run {sample['run'] + 1} (median outage)", fontsize=10)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     fig.suptitle(f"NFS failover timeline, VRRPv3 {ADVERT:g} s adverts ({result.get('date', '')[:10]})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
