@@ -388,8 +388,10 @@ def measure(lab: NetnsLab, pair: tuple[Daemon, Daemon], impl: str, mode: str, co
 class Run:
     """One advert interval: the IdleSet of bench.takeover, and the three conditions in turn."""
 
-    def __init__(self, mode: str, seconds: float, rate: float, work: Path, order: tuple[str, ...]) -> None:
+    def __init__(self, mode: str, seconds: float, rate: float, work: Path, order: tuple[str, ...],
+                 conditions: tuple[str, ...] = CONDITIONS) -> None:
         self.mode, self.seconds, self.rate, self.work, self.order = mode, seconds, rate, work, order
+        self.conditions = conditions
         self.windows: list[Window] = []
         self.idle: dict[str, dict[str, float]] = {}
 
@@ -424,18 +426,20 @@ class Run:
             for impl in IMPLS:  # so the flood's own-address packets reach the daemon (see the module doc)
                 pairs.labs[impl].run("a", ["sysctl", "-q", "-w", "net.ipv4.conf.eth0.accept_local=1"])
             time.sleep(max(2.0, 2 * interval))
-            # idle: both pairs captured at once, the idle CPU of all three pairs measured meanwhile
-            opened = self._open(pairs, IMPLS, "idle")
-            windows = max(1, round(self.seconds / 20))
-            self.idle = pairs.measure(self.seconds / windows, windows)
-            self._close(pairs, opened, "idle")
-            # busy: one burner per CPU, both pairs captured at once
-            with burners(pairs.labs["agent"], _cpus()):
-                opened = self._open(pairs, IMPLS, "busy")
-                time.sleep(self.seconds)
-                self._close(pairs, opened, "busy")
+            if "idle" in self.conditions:
+                # both pairs captured at once, the idle CPU of all three pairs measured meanwhile
+                opened = self._open(pairs, IMPLS, "idle")
+                windows = max(1, round(self.seconds / 20))
+                self.idle = pairs.measure(self.seconds / windows, windows)
+                self._close(pairs, opened, "idle")
+            if "busy" in self.conditions:
+                # one burner per CPU, both pairs captured at once
+                with burners(pairs.labs["agent"], _cpus()):
+                    opened = self._open(pairs, IMPLS, "busy")
+                    time.sleep(self.seconds)
+                    self._close(pairs, opened, "busy")
             # flood: one lab at a time, so the flood is the only extra load
-            for impl in self.order:
+            for impl in self.order if "flood" in self.conditions else ():
                 lab = pairs.labs[impl]
                 opened = self._open(pairs, (impl,), "flood")
                 flooder = Flooder(lab, version, interval, self.rate)
@@ -606,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds-v3", type=float, default=30.0, help="seconds per condition at 0.1 s adverts")
     parser.add_argument("--rate", type=float, default=RATE, help="bogus packets per second in the flood")
     parser.add_argument("--quick", action="store_true", help="CI size: 6 s (v2) and 3 s (v3) per condition")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma list of idle, busy, flood")
     parser.add_argument("--json", type=Path, help="write the results (every interval) here")
     parser.add_argument("--png", type=Path, help="write the jitter histograms here (needs matplotlib: .[bench])")
     args = parser.parse_args(argv)
@@ -614,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes: choose from {', '.join(MODES)}")
+    conditions = tuple(c for c in CONDITIONS if c in args.conditions.split(","))
+    if not conditions or set(args.conditions.split(",")) - set(CONDITIONS):
+        parser.error(f"--conditions: choose from {', '.join(CONDITIONS)}")
     hold_lab_lock("bench.jitter")  # nothing else may load the machine while it measures
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so labs are torn down on kill
     runs: list[Run] = []
@@ -622,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = args.seconds_v2 if mode == "v2" else args.seconds_v3
             work = Path(tmp) / mode
             work.mkdir()
-            run = Run(mode, seconds, args.rate, work, IMPLS if i % 2 == 0 else IMPLS[::-1])
+            run = Run(mode, seconds, args.rate, work, IMPLS if i % 2 == 0 else IMPLS[::-1], conditions)
             run.run()
             runs.append(run)
     result = report(runs)

@@ -68,8 +68,8 @@ def test_quick_jitter_bench_runs_and_the_flood_changes_nothing(tmp_path: Path) -
         windows = {(w["impl"], w["condition"]): w for w in run["windows"]}
         assert set(windows) == {(i, c) for i in ("agent", "keepalived") for c in ("idle", "busy", "flood")}
         for (impl, cond), w in windows.items():
-            assert w["adverts"] >= 2, (impl, cond, w["adverts"])
-            if impl == "agent":
+            if impl == "agent":  # (keepalived's master may fall silent under the flood: reported, not ours)
+                assert w["adverts"] >= 2, (cond, w["adverts"])
                 assert not w["disturbed"], (cond, w["state_changes"], w["backup_adverts"], w["states_after"])
         flood = windows[("agent", "flood")]
         assert flood["flood"]["wire_rate"] >= 0.8 * run["rate"], flood["flood"]

@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 IP_MULTICAST_ALL = 49
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
-QUEUE_BUFFER = 1 << 20
+# The queue holds what arrives between two drains: a backup drains every Master_Down_Interval -
+# interval, a few adverts of its master. More is only backlog under a flood of packets, which
+# the next drain would have to work through while the advert timer waits (256 KiB of kernel
+# memory is ~300 small datagrams, ~4 ms of validation); beyond that the kernel drops them.
+QUEUE_BUFFER = 1 << 17
+# The doorbell only has to be readable: its datagrams are read and thrown away (the queue has
+# them), so a small buffer (the kernel's minimum, a few datagrams) saves reading each one.
+BELL_BUFFER = 1024
 WAKE_NEVER = 256  # a priority threshold no advert reaches
 
 
@@ -108,6 +115,7 @@ class VrrpSocket:
             queue.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             queue.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, QUEUE_BUFFER)
             self._first_byte, self._vrid = first_byte, vrid
+            bell.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BELL_BUFFER)
             attach_filter(bell, doorbell_program(first_byte, vrid, WAKE_NEVER))
         except OSError:
             queue.close()
