@@ -56,6 +56,8 @@ class PreciseTimer:
         self._when: float | None = None
         self._handle: asyncio.TimerHandle | None = None  # the fallback without timerfd
         self._fd = -1
+        self._spec = _Itimerspec()
+        self._spec_ref = ctypes.byref(self._spec)
         if _LIBC is not None:
             fd = _LIBC.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
             if fd >= 0:
@@ -92,11 +94,11 @@ class PreciseTimer:
 
     def _settime(self, when: float) -> None:
         assert _LIBC is not None
-        spec = _Itimerspec()
-        if when > 0:  # an absolute time of 0 would disarm: a time in the past fires at once
-            sec = int(when)
-            spec.it_value.tv_sec, spec.it_value.tv_nsec = sec, max(1, int((when - sec) * 1e9))
-        if _LIBC.timerfd_settime(self._fd, TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        spec = self._spec  # one structure for every call: this runs at each advert
+        sec = int(when)
+        # an absolute time of 0 disarms; any other, even in the past (fires at once), arms
+        spec.it_value.tv_sec, spec.it_value.tv_nsec = (sec, max(1, int((when - sec) * 1e9))) if when > 0 else (0, 0)
+        if _LIBC.timerfd_settime(self._fd, TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
 
