@@ -569,11 +569,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = result["runs"]
-    fig, axes = plt.subplots(len(runs), len(CONDITIONS), figsize=(4.2 * len(CONDITIONS), 3.0 * len(runs)),
+    shown = [c for c in CONDITIONS if any(w["condition"] == c for r in runs for w in r["windows"])]
+    fig, axes = plt.subplots(len(runs), len(shown), figsize=(4.2 * max(len(shown), 2), 3.0 * len(runs)),
                              squeeze=False)
     colours = {"agent": "tab:blue", "keepalived": "tab:orange"}
     for row, run in enumerate(runs):
-        for col, cond in enumerate(CONDITIONS):
+        for col, cond in enumerate(shown):
             ax = axes[row][col]
             windows = sorted((w for w in run["windows"] if w["condition"] == cond), key=lambda w: w["impl"])
             top = max([max(w["jitter_ms"], default=0.0) for w in windows] + [0.5])
