@@ -115,23 +115,15 @@ class Instance:
                         log.exception("carrying out %s failed", type(action).__name__)
         finally:
             self._busy = False
-        deadline = self.node.deadline()
-        if deadline != self._timer.when():
-            if deadline is None:
-                self._timer.cancel()
-            else:
-                self._timer.arm(deadline)
+        self._timer.set(self.node.deadline())
 
     def _on_timer(self) -> None:
         self.feed(ev.Timer())
 
     def _doorbell(self) -> None:
-        """The doorbell rang: a timer that is due goes first (under a flood of packets that ring,
-        the bell is always ready, and the loop would otherwise run the advert timer only after it)."""
-        when = self._timer.when()
-        if when is not None and when <= self.loop.time():
-            self._timer.cancel()
-            self._on_timer()
+        """A due timer goes first: under a flood that rings, the bell is always ready and the loop
+        would run the advert timer only after it."""
+        self._timer.fire_if_due()
         self.feed(ev.Doorbell())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -77,6 +77,21 @@ class PreciseTimer:
                 self._handle.cancel()
             self._handle = self.loop.call_at(when, self._fallback)
 
+    def set(self, when: float | None) -> None:
+        """Armed for `when` (None: disarmed); nothing to do when it is already."""
+        if when == self._when:
+            return
+        if when is None:
+            self.cancel()
+        else:
+            self.arm(when)
+
+    def fire_if_due(self) -> None:
+        """Run the callback now if its time has come (for a caller about to do other work first)."""
+        if self._when is not None and self._when <= self.loop.time():
+            self.cancel()
+            self.callback()
+
     def cancel(self) -> None:
         self._when = None
         if self._fd >= 0:
