@@ -29,7 +29,9 @@ from agent.probes import Pinger, run_check
 from agent.statefile import load_maintenance, save_maintenance
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, client_connections, parse_connections
+from agent.timer import PreciseTimer
 from drbd.drbdadm import DrbdError
+from drbd.follower import Follower
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Templates, auth_bytes
@@ -57,18 +59,20 @@ class Instance:
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
-        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, lambda: self.feed(ev.Doorbell()))
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._doorbell)
         self.garp = Garp(v.interface, info.mac)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
                                 lambda address: self.feed(ev.VipDeleted(address)))
         self.chain = Chain(cfg, self.vips, self.garp)
+        if cfg.drbd is not None:  # one `drbdsetup events2` for the instance's life: state changes as events
+            self.chain.follower = Follower(cfg.drbd.resource, lambda st: self.feed(ev.DrbdChanged(st)))
         self.peer_channel: PeerChannel | None = None
         self.pinger: Pinger | None = None
         self.tickler: Tickler | None = None
         self._pending: deque[ev.Event] = deque()
         self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PreciseTimer(self.loop, self._on_timer)  # the node's one timer (agent.timer: why not call_at)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = iter(range(1, 1 << 62))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,16 +118,16 @@ class Instance:
                         log.exception("carrying out %s failed", type(action).__name__)
         finally:
             self._busy = False
-        deadline = self.node.deadline()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer.set(self.node.deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.feed(ev.Timer())
+
+    def _doorbell(self) -> None:
+        """A due timer goes first: under a flood that rings, the bell is always ready and the loop
+        would run the advert timer only after it."""
+        self._timer.fire_if_due()
+        self.feed(ev.Doorbell())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -160,13 +164,27 @@ class Instance:
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
+        if self.chain.follower is not None:
+            self._spawn(self.chain.follower.run())
         self._open_pinger()
         try:
             found = await self.chain.probe()
         except Exception as e:
             raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
+        self._spawn(self._prepare())
         self.feed(ev.Start(tuple(found), self.info.up, self._maintenance_kept()))
         await self._joined
+
+    async def _prepare(self) -> None:
+        """Ahead of any takeover, so it starts only what needs the data (a failure here is only logged:
+        the NFS step then does the same itself, and fails there if it must)."""
+        try:
+            done = await self.chain.prepare()
+        except Exception as e:
+            log.warning("preparing the NFS server ahead of a takeover failed (the takeover will try again): %s", e)
+            return
+        if done:
+            log.info("prepared for a takeover: %s", done)
 
     def _maintenance_kept(self) -> bool:
         on, error = load_maintenance(self.cfg.agent.state_file)
@@ -197,6 +215,7 @@ class Instance:
         self.chain.cancel()
         self.sock.close()
         self.garp.close()
+        self._timer.close()
 
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
@@ -257,7 +276,7 @@ class Instance:
         try:
             if drop_peer and self.chain.drbd is not None:
                 await self.chain.drbd.reconnect()
-            self.feed(ev.DrbdRead(await self.chain.drbd_status()))
+            self.feed(ev.DrbdRead(await self.chain.drbd_status(fresh=drop_peer)))
         except Exception as e:
             self.feed(ev.DrbdRead(None, str(e) or type(e).__name__))
 

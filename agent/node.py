@@ -62,6 +62,7 @@ from agent.events import (
     AdvertsHeard,
     CheckResult,
     Doorbell,
+    DrbdChanged,
     DrbdRead,
     Event,
     LinkChanged,
@@ -277,6 +278,7 @@ class Node:
         self._outdate_cycled_at: float | None = None
         self._peer_heard_at: float | None = None
         self._nfs_changed = False  # a reload changed [nfs]: applied once no NFS step runs
+        self._drbd_seen = ""  # DRBD's state as last logged (DrbdChanged)
         self._now = 0.0
         # the peer's heartbeats (agent.peer): last heard per path, gone when silent on all
         self._beat_at: float | None = None  # when our next heartbeat is due
@@ -311,6 +313,8 @@ class Node:
             self._step_done(event.step, event.op, event.ok, event.detail, event.ms, now)
         elif isinstance(event, DrbdRead):
             self._drbd_read(event, now)
+        elif isinstance(event, DrbdChanged):
+            self._drbd_changed(event, now)
         elif isinstance(event, Promoted):
             self._promoted(event, now)
         elif isinstance(event, ProbeResult):
@@ -649,6 +653,25 @@ class Node:
             self._emit(Kind.STEP, f"{detail}: restarting the vip step", WARNING, STEP="vip_check", RESULT="lost",
                        VIPS=str(event.address))
         self._machine(actions, now)
+
+    def _drbd_changed(self, event: DrbdChanged, now: float) -> None:
+        """DRBD told us unasked (drbd.follower): log it; a held resource no longer Primary is lost at
+        once, like a failed check; a peer that demoted (or a lost link) ends the acquire's peer-wait."""
+        st, resource = event.status, self.cfg.drbd.resource if self.cfg.drbd else "?"
+        words = st.summary() if st is not None else f"{resource}: not up"
+        if words != self._drbd_seen:
+            self._drbd_seen = words
+            self._out.append(Emit(None, "DRBD %s", INFO, args=(words,)))
+        if Step.DRBD in self.machine.held and (st is None or not st.primary):
+            detail = f"DRBD is no longer Primary: {words}"
+            actions = self.machine.lost(Step.DRBD, detail, now)
+            if actions:
+                self._emit(Kind.STEP, f"{detail}: restarting from the drbd step", WARNING, STEP="drbd_check",
+                           RESULT="lost")
+            self._machine(actions, now)
+        plan = self._acquire
+        if plan is not None and plan.stage == "peer-wait" and not (st is not None and st.peer_primary and st.connected):
+            plan.wait_until = now  # `_due` re-reads at once instead of at the next poll
 
     # -- the DRBD acquire plan (the split-brain guard's inputs gathered one at a time) ---------
     def _begin_acquire(self, step: RunStep, now: float) -> None:

@@ -601,3 +601,40 @@ def test_a_shared_disk_still_held_by_a_live_peer_waits_for_its_release() -> None
     d.feed(ev.PeerHeard("192.0.2.2", "FAULT", False, True, 0.0), d.now + 0.05)
     d.until(d.now + 0.11)
     assert of(act.RunStep, d.log) == [RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)]
+
+
+def test_a_peer_that_demotes_ends_the_peer_wait_at_once_not_at_the_next_poll() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    acquire(d)
+    t0 = d.now
+    d.feed(ev.DrbdRead(PEER_PRIMARY))
+    assert d.node._acquire is not None and d.node._acquire.stage == "peer-wait"
+    out = d.feed(ev.DrbdChanged(PEER_PRIMARY), at=t0 + 0.02)  # still Primary: keep waiting
+    assert not of(act.ReadDrbd, out)
+    out = d.feed(ev.DrbdChanged(CONNECTED), at=t0 + 0.03)  # the follower saw it demote
+    assert of(act.ReadDrbd, out), "read again now, 70 ms before the poll would have"
+    out = d.feed(ev.DrbdRead(CONNECTED))
+    assert of(act.Promote, out)
+
+
+def test_drbd_taken_away_while_serving_is_lost_at_once_and_restarted() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    acquire(d)
+    d.feed(ev.DrbdRead(CONNECTED))
+    d.feed(ev.Promoted(True, ""))
+    d.answer_steps()
+    assert d.node.machine.phase == Phase.SERVING
+    primary = Status("r0", "Primary", "UpToDate", "Connected", "Secondary", "UpToDate")
+    out = d.feed(ev.DrbdChanged(primary))
+    assert not of(act.RunStep, out)
+    logged = [a for a in out if isinstance(a, act.Emit) and a.kind is None and a.message == "DRBD %s"]
+    assert logged and logged[0].args == (primary.summary(),)
+    out = d.feed(ev.DrbdChanged(CONNECTED))  # demoted behind our back
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    assert any(isinstance(a, act.Emit) and "DRBD is no longer Primary" in a.message for a in out)
+    assert d.node.machine.restarts == {Step.DRBD: 1}
+    # a state change while nothing is held only logs
+    d2 = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    d2.feed(ev.Start())
+    out = d2.feed(ev.DrbdChanged(None))
+    assert not of(act.RunStep, out) and d2.node.machine.phase == Phase.IDLE
