@@ -20,6 +20,7 @@ from agent import events as ev
 from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
+from agent.healer import Healer
 from agent.journal import Event as Kind
 from agent.journal import emit
 from agent.node import Counters, Node, addrs
@@ -63,6 +64,7 @@ class Instance:
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
                                 lambda address: self.feed(ev.VipDeleted(address)))
         self.chain = Chain(cfg, self.vips, self.garp)
+        self.healer = Healer(cfg, self.chain.drbd_status, self.vips.remove, self._holds_vips) if cfg.drbd else None
         self.peer_channel: PeerChannel | None = None
         self.pinger: Pinger | None = None
         self.tickler: Tickler | None = None
@@ -158,6 +160,8 @@ class Instance:
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
+        if self.healer is not None:
+            self._spawn(self.healer.run())
         self._open_pinger()
         try:
             found = await self.chain.probe()
@@ -199,6 +203,15 @@ class Instance:
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
 
+    async def fence_peer(self, waited: float) -> dict[str, Any]:
+        """DRBD's fence-peer handler asks (again after `waited` s): the node's answer, then the verdict."""
+        answer = await self.admin(ev.Admin.FENCE_PEER)
+        return answer if self.healer is None else await self.healer.fence_peer(answer, waited)
+
+    def _holds_vips(self) -> tuple[bool, bool]:
+        snap = self.node.snapshot()
+        return "vip" in snap.held, snap.maintenance
+
     async def handover(self) -> str:
         return str((await self.admin(ev.Admin.HANDOVER))["message"])
 
@@ -219,6 +232,8 @@ class Instance:
                     await self._start_peer_channel(self.cfg)
                 raise
         self.cfg = self.chain.cfg = new
+        if self.healer is not None:
+            self.healer.cfg = new
         self.alerts.configure(new)
         self.templates = self._templates()
         self.vips.vips = new.vrrp.vips
@@ -345,4 +360,4 @@ class Instance:
         wire = Wire(self.info.name, str(self.info.primary), self.counters.adverts_sent, self.sock.wakeups,
                     self.garp.sent, rejected)
         return {**as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time()),
-                "notify": self.alerts.stats()}
+                "notify": self.alerts.stats(), "heal": self.healer.note if self.healer else ""}

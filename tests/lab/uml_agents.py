@@ -147,20 +147,17 @@ exit $rc
 
 
 def fencing_resource(**changes: Any) -> DrbdResource:
-    """r0 with DRBD's resource-level fencing through the agents, and automatic split-brain policies.
+    """r0 with DRBD's fencing through the agents; split-brain policies left at ``disconnect``.
 
-    DRBD 8.4 syntax: ``fencing`` belongs to the disk section (9.x moved it to net), the
-    after-sb policies to net.  The handler is the agent's ``failoverctl fence-peer``
-    (FENCE_PEER_HANDLER, written into the nodes by StorageLab).
+    DRBD 8.4 syntax: ``fencing`` belongs to the disk section (9.x moved it to net).
+    ``resource-and-stonith``: a Primary that loses its peer freezes its I/O until the handler
+    (the agent's ``failoverctl fence-peer``, FENCE_PEER_HANDLER, written into the nodes by
+    StorageLab) says the peer is Outdated (4) or dead (5); its answer 6 keeps it frozen
+    (agent.heal).  The after-sb policies stay ``disconnect`` (DrbdResource's): DRBD never picks
+    a victim by itself, the agents' heal does, or the admin.
     """
     base = DrbdResource()
-    net = (
-        *((k, v) for k, v in base.net if not k.startswith("after-sb")),
-        ("after-sb-0pri", "discard-zero-changes"),
-        ("after-sb-1pri", "discard-secondary"),
-        ("after-sb-2pri", "disconnect"),
-    )
-    return DrbdResource(net=net, disk_options=(*base.disk_options, ("fencing", "resource-only")),
+    return DrbdResource(disk_options=(*base.disk_options, ("fencing", "resource-and-stonith")),
                         handlers=(("fence-peer", FENCE_PEER_HANDLER),), **changes)  # fmt: skip
 
 
@@ -760,6 +757,26 @@ class StorageLab:
             t0 = time.monotonic()
             self.agents[name].start()
             steps["agent_start"] = time.monotonic() - t0
+        return steps
+
+    def power_on(self, name: str) -> dict[str, float]:
+        """A node that powered itself off (self-fence) comes back as after a power cycle: boot,
+        ``drbdadm up`` and the agent (what its init and systemd would start), without waiting for
+        DRBD to connect (its links may still be cut)."""
+        steps: dict[str, float] = {}
+        node = self.nodes[name]
+        self.agents[name].log()  # keep what the agent said before it went
+        node.crash()  # reap the exited UML process and its channel
+        t0 = time.monotonic()
+        node.boot()
+        steps["boot"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        drbd_up(node, self.resource, self.lab)
+        self._prepare(node)
+        steps["drbd_up"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        self.agents[name].start()
+        steps["agent_start"] = time.monotonic() - t0
         return steps
 
     def master(self) -> list[str]:
