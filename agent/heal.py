@@ -74,8 +74,9 @@ def fence_verdict(answer: Mapping[str, Any], waited: float) -> FenceVerdict:
     if answer.get("isolated") or horizon is None or waited >= horizon:
         why = "the tracker counts us isolated" if answer.get("isolated") else (
             "no witnesses to ask" if horizon is None else f"no witness answered within {horizon:g} s")
-        return FenceVerdict(ACTIVE, True, f"the peer does not answer and {why} ({detail}): we may be the isolated "
-                            "node; not fencing it")
+        said = detail if detail.startswith(why) else f"{why} ({detail})"
+        return FenceVerdict(ACTIVE, True, f"the peer does not answer and {said}: we may be the isolated node; not "
+                            "fencing it")
     return FenceVerdict(ACTIVE, False, f"the peer does not answer, no witness answered yet ({detail}); asking again "
                         f"until the tracker decides (at most {horizon:g} s)", min(RETRY_AFTER, horizon - waited))
 

@@ -40,8 +40,13 @@ def evidence_path(cfg: Config) -> Path | None:
     return Path(cfg.agent.state_file).parent / f"heal-{cfg.drbd.resource}.json"
 
 
-def sysrq(action: str) -> None:
-    """The kernel's reboot or power-off, at once and without sync (a frozen DRBD device would block it)."""
+def sysrq(action: str, why: str) -> None:
+    """The kernel's reboot or power-off, at once and without sync (a frozen DRBD device would block it).
+
+    The reason goes to the kernel log first: a console or netconsole keeps it, the journal may not.
+    """
+    with contextlib.suppress(OSError):
+        Path("/dev/kmsg").write_text(f"failover-agent: self-fence ({action}): {why}\n")
     Path("/proc/sysrq-trigger").write_text(SYSRQ[action])
 
 
@@ -50,7 +55,7 @@ class Healer:
 
     def __init__(self, cfg: Config, status: Callable[[], Awaitable[Status | None]],
                  remove_vips: Callable[[], Awaitable[object]], serving: Callable[[], tuple[bool, bool]],
-                 runner: Runner = run, fence: Callable[[str], None] = sysrq) -> None:
+                 runner: Runner = run, fence: Callable[[str, str], None] = sysrq) -> None:
         """`serving()`: (this node holds its VIPs, maintenance on), from the node's snapshot."""
         self.cfg = cfg
         self.status = status
@@ -88,7 +93,7 @@ class Healer:
         if action.record and status is not None:
             await self._record(status, verdict, action.self_fence or "none")
         if action.self_fence:
-            self.fence(action.self_fence)
+            self.fence(action.self_fence, action.message)
         elif action.record:
             self.note = action.message
         return body

@@ -190,7 +190,8 @@ class World:
         self.fenced: list[str] = []
         self.vips_removed = 0
         cfg = parse(CONF.format(state=tmp / "state.json"))
-        self.healer = Healer(cfg, self._status, self._remove, lambda: (serving, False), self._run, self.fenced.append)
+        self.healer = Healer(cfg, self._status, self._remove, lambda: (serving, False), self._run,
+                              lambda action, why: self.fenced.append(action))
 
     async def _status(self) -> Status | None:
         return self.status

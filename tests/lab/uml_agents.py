@@ -65,6 +65,7 @@ GUEST_CONF = "/etc/failover-agent/agent.toml"
 GUEST_RUN = "/run/failover-agent"
 GUEST_SOCKET = f"{GUEST_RUN}/control.sock"
 GUEST_LOG = f"{GUEST_RUN}/agent.log"
+GUEST_STATE = "/var/lib/failover-agent/state.json"
 NFSLOAD = f"{GUEST_SRC}/tests/lab/uml_nfsload.py"
 PRIORITIES = {"a": 150, "b": 100}
 WITNESS = "192.0.2.10"  # the client node
@@ -102,7 +103,10 @@ def storage_conf(
     [peer] section (address, secret_file...).
     """
     res = resource or DrbdResource()
-    text = render_agent_conf({"control_socket": GUEST_SOCKET}, priority=priority, **{**VRRP, **(vrrp or {})})
+    # the state file (and the heal evidence next to it, agent.healer) on the root disk, as in
+    # production: a node that fences itself must find them after its reboot
+    text = render_agent_conf({"control_socket": GUEST_SOCKET, "state_file": GUEST_STATE}, priority=priority,
+                             **{**VRRP, **(vrrp or {})})
     # Without fencing in DRBD, after a crash of the Primary the survivor can only tell "dead"
     # from "cut off" by a witness beyond its peer (the client node; unknown_peer = witness).
     text += _table("drbd", {"resource": res.name, "unknown_peer": "witness", **(drbd or {})})
@@ -760,9 +764,9 @@ class StorageLab:
         return steps
 
     def power_on(self, name: str) -> dict[str, float]:
-        """A node that powered itself off (self-fence) comes back as after a power cycle: boot,
-        ``drbdadm up`` and the agent (what its init and systemd would start), without waiting for
-        DRBD to connect (its links may still be cut)."""
+        """A node that fenced itself (sysrq reboot or power-off) comes back as after a power cycle:
+        its UML process killed, then boot, ``drbdadm up`` and the agent (what its init and systemd
+        would start), without waiting for DRBD to connect (its links may still be cut)."""
         steps: dict[str, float] = {}
         node = self.nodes[name]
         self.agents[name].log()  # keep what the agent said before it went
