@@ -121,6 +121,8 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(f"VIPs      {', '.join(i['vips'])} {'held here' if i['vips_held'] else 'not held here'}")
     lines.append(f"link      {'up' if i['link_up'] else 'DOWN'}" + (f"; FAULT because {faults}" if faults else ""))
     lines += _storage_lines(s) + _track_lines(i) + _peer_lines(i)
+    if i.get("heal"):  # agent.healer: a StandAlone resource the agents cannot reconnect with proof
+        lines.append(f"heal      {i['heal']}")
     lines.append(f"counters  adverts sent {c['adverts_sent']}, received {c['adverts_received']}; "
                  f"transitions {c['transitions']}, became master {c['became_master']}, faults {c['faults']}; "
                  f"reloads {a['reloads']} ({a['reload_failures']} refused)")

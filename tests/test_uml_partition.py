@@ -468,6 +468,10 @@ def test_1_replication_link_cut_outdates_the_peer_and_resyncs(part: Partition) -
             if resync > 5:
                 for name, node in ((mst, M), (peer, P)):
                     run.note(f"{name} DRBD: {drbd_kernel_log(node, f'scenario 1 run {i}', 'drbd')}")
+            frozen = drbd_kernel_log(M, f"scenario 1 run {i}", r"susp\(|fence-peer helper")
+            run.note(f"{mst}'s I/O while it fenced the peer: {frozen}")
+            split = [x for n in (M, P) for x in drbd_kernel_log(n, f"scenario 1 run {i}", "Split-Brain|helper broken")]
+            assert not split, split
             for name in (mst, peer):
                 assert transitions(p.agent(name), m[name]) == [], (
                     f"{name} changed VRRP state:\n{p.agent(name).log()[m[name] :]}"
