@@ -3,8 +3,8 @@
 Two entry points. `fence_peer` completes DRBD's fence-peer request: it turns the node's answer
 into a verdict (agent.heal.fence_verdict) and, when that verdict keeps a disconnected Primary's
 I/O frozen, takes the only way out that writes nothing: VIPs off, the evidence written to the
-root disk, then the self-fence through sysrq (not systemctl: its sync() would block on the
-frozen device). `run` is a slow periodic check: a StandAlone resource is reconnected, or
+root disk, then the self-fence (agent.fence: SysRq, not systemctl, whose sync() would block on
+the frozen device). `run` is a slow periodic check: a StandAlone resource is reconnected, or
 discarded, or left to the admin as agent.heal.heal decides; a healed pair clears the record.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from agent import heal
 from agent.config import Config
+from agent.fence import self_fence
 from agent.journal import Event as Kind
 from agent.journal import emit
 from drbd.runner import Runner, run
@@ -30,7 +31,6 @@ log = logging.getLogger("failover-agent")
 
 HEAL_INTERVAL = 5.0  # seconds between checks of a StandAlone resource (DRBD events are the lead's events2 work)
 RETRY_HOLD = 30.0  # the same connect or discard is not repeated within this
-SYSRQ = {"reboot": "b", "poweroff": "o"}
 
 
 def evidence_path(cfg: Config) -> Path | None:
@@ -40,14 +40,10 @@ def evidence_path(cfg: Config) -> Path | None:
     return Path(cfg.agent.state_file).parent / f"heal-{cfg.drbd.resource}.json"
 
 
-def sysrq(action: str, why: str) -> None:
-    """The kernel's reboot or power-off, at once and without sync (a frozen DRBD device would block it).
-
-    The reason goes to the kernel log first: a console or netconsole keeps it, the journal may not.
-    """
+def kernel_log(message: str) -> None:
+    """A line in the kernel log: a console or netconsole keeps it across the self-fence, the journal may not."""
     with contextlib.suppress(OSError):
-        Path("/dev/kmsg").write_text(f"failover-agent: self-fence ({action}): {why}\n")
-    Path("/proc/sysrq-trigger").write_text(SYSRQ[action])
+        Path("/dev/kmsg").write_text(f"failover-agent: {message}\n")
 
 
 class Healer:
@@ -55,16 +51,21 @@ class Healer:
 
     def __init__(self, cfg: Config, status: Callable[[], Awaitable[Status | None]],
                  remove_vips: Callable[[], Awaitable[object]], serving: Callable[[], tuple[bool, bool]],
-                 runner: Runner = run, fence: Callable[[str, str], None] = sysrq) -> None:
+                 runner: Runner = run, fence: Callable[[str, str], None] | None = None) -> None:
         """`serving()`: (this node holds its VIPs, maintenance on), from the node's snapshot."""
         self.cfg = cfg
         self.status = status
         self.remove_vips = remove_vips
         self.serving = serving
         self.runner = runner
-        self.fence = fence
+        self.fence = fence or self._self_fence
         self.note = ""  # what the admin must know now ("" when nothing), for failoverctl status
         self._last: dict[str, float] = {}
+
+    def _self_fence(self, action: str, why: str) -> None:
+        """agent.fence: SysRq at once (no sync: it would block on the frozen device), or the lab's record."""
+        kernel_log(f"self-fence ({action}): {why}")
+        self_fence(self.cfg, action, why)
 
     @property
     def path(self) -> Path | None:

@@ -96,6 +96,7 @@ def storage_conf(
     drbd: dict[str, Any] | None = None,
     track: dict[str, Any] | None = None,
     peer: dict[str, Any] | None = None,
+    guard: dict[str, Any] | None = None,
 ) -> str:
     """The agent's whole config for a storage node (``nfs=False``: DRBD + mount + VIP only).
 
@@ -133,6 +134,8 @@ def storage_conf(
     text += _table("track", {"witnesses": [WITNESS], **(track or {})})
     if peer is not None:
         text += _table("peer", peer)
+    if guard is not None:
+        text += _table("guard", guard)
     return text
 
 
@@ -648,6 +651,7 @@ class StorageLab:
         drbd: dict[str, Any] | None = None,
         track: dict[str, Any] | None = None,
         peer: bool = False,
+        guard: dict[str, Any] | None = None,
     ) -> None:
         """``resource``: e.g. fencing_resource(); ``drbd``/``track``: extra keys of those agent
         sections; ``peer``: a [peer] section on both agents, with a fresh shared secret."""
@@ -670,6 +674,7 @@ class StorageLab:
                 drbd=drbd,
                 track=track,
                 peer=peer_section,
+                guard=guard,
             )
             self.agents[name] = UmlAgent(self.lab[name], conf)
         self.drbd_timings: DrbdTimings | None = None
@@ -700,6 +705,8 @@ class StorageLab:
         node.sh('grep -q " nfs-vip$" /etc/hosts || echo "$1 nfs-vip" >>/etc/hosts', VIP)
         if self.peer_secret is not None:  # root-owned (install runs as root), 0600: as load_secret demands
             node.write_file(PEER_SECRET, self.peer_secret, mode=0o600)
+        # what agent.fence.can_fence asks of a node whose demote_escalation ends in reboot/poweroff
+        node.write_sysfs("/proc/sys/kernel/sysrq", "1")
         if any(value == FENCE_PEER_HANDLER for _, value in self.resource.handlers):
             node.write_file(FENCE_PEER_HANDLER, _FENCE_PEER_SCRIPT, mode=0o755)
         node.run(["sync"])  # a power cut must not take them
