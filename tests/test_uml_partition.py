@@ -62,7 +62,7 @@ import pytest
 from agent.heal import Gi
 from tests.lab.agent import TRANSITION
 from tests.lab.netns import LabError, wait_until
-from tests.lab.uml import REPLICATION, SERVICE, DrbdState, UmlNode, connected_uptodate, drbd_state, wait_drbd
+from tests.lab.uml import REPLICATION, SERVICE, UmlNode, connected_uptodate, drbd_state, wait_drbd
 from tests.lab.uml_agents import (
     FENCE_PEER_LOG,
     PRIORITIES,
@@ -401,29 +401,6 @@ def no_second_failover(p: Partition, master: str, m: dict[str, int], backup_even
     return check
 
 
-def await_drbd_after_heal(p: Partition, run: Run, timeout: float = 60.0) -> dict[str, DrbdState]:
-    """Both sides back to Connected UpToDate, or StandAlone (split brain DRBD did not resolve)."""
-    states: dict[str, DrbdState] = {}
-
-    def settled() -> bool:
-        for name, node in p.lab.nodes.items():
-            st = drbd_state(node)
-            if st is None:
-                return False
-            states[name] = st
-        return all(connected_uptodate(s) for s in states.values()) or any(s.cs == "StandAlone" for s in states.values())
-
-    if not wait_until(settled, timeout, 0.2):
-        pytest.fail(f"DRBD neither resynced nor went StandAlone {timeout:g} s after the heal: "
-                    f"{ {n: s.summary for n, s in states.items()} }")  # fmt: skip
-    return states
-
-
-# --------------------------------------------------------------------------------------------
-# Scenarios
-# --------------------------------------------------------------------------------------------
-
-
 def test_1_replication_link_cut_outdates_the_peer_and_resyncs(part: Partition) -> None:
     p = part
     for i in range(RUNS):
@@ -674,22 +651,6 @@ def console_since(node: UmlNode, marker: str, pattern: str) -> list[str]:
     text = node.console_path.read_text(errors="replace")
     at = text.rfind(f"lab-marker: {marker}")
     return [line.strip() for line in text[max(at, 0) :].splitlines() if re.search(pattern, line)]
-
-
-def split_brain_recovery(p: Partition, run: Run, victim: str, survivor: str) -> None:
-    """DRBD left a split brain unresolved: the victim's agent must not serve; README's manual recovery."""
-    facts = p.lab.facts()
-    assert facts[survivor].serving and facts[victim].idle, describe(p)
-    v = p.agent(victim)
-    run.note(f"{victim} agent: {v.log()[-600:]}")
-    v.ctl("maintenance", "on")
-    node = p.node(victim)
-    node.run(["drbdadm", "secondary", "r0"], check=False)
-    node.run(["drbdadm", "connect", "--discard-my-data", "r0"], check=False)
-    p.node(survivor).run(["drbdadm", "connect", "r0"], check=False)
-    for n in p.lab.nodes.values():
-        wait_drbd(n, connected_uptodate, 60, "UpToDate after the manual split-brain recovery")
-    v.ctl("maintenance", "off")
 
 
 def test_4_agent_killed_on_the_master_then_restarted(part: Partition) -> None:
