@@ -30,6 +30,7 @@ from agent.probes import Pinger, run_check
 from agent.statefile import load_maintenance, save_maintenance
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, client_connections, parse_connections
+from agent.timer import PreciseTimer
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
@@ -58,7 +59,7 @@ class Instance:
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
-        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, lambda: self.feed(ev.Doorbell()))
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._doorbell)
         self.garp = Garp(v.interface, info.mac)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
@@ -70,7 +71,7 @@ class Instance:
         self.tickler: Tickler | None = None
         self._pending: deque[ev.Event] = deque()
         self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PreciseTimer(self.loop, self._on_timer)  # the node's one timer (agent.timer: why not call_at)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = iter(range(1, 1 << 62))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,16 +117,16 @@ class Instance:
                         log.exception("carrying out %s failed", type(action).__name__)
         finally:
             self._busy = False
-        deadline = self.node.deadline()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer.set(self.node.deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.feed(ev.Timer())
+
+    def _doorbell(self) -> None:
+        """A due timer goes first: under a flood that rings, the bell is always ready and the loop
+        would run the advert timer only after it."""
+        self._timer.fire_if_due()
+        self.feed(ev.Doorbell())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -201,6 +202,7 @@ class Instance:
         self.chain.cancel()
         self.sock.close()
         self.garp.close()
+        self._timer.close()
 
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
