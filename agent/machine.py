@@ -162,6 +162,15 @@ class Machine:
             actions += self._advance(now, "monitor")
         return actions
 
+    def abandon(self, step: Step, now: float) -> list[Action]:
+        """The running acquire of `step` was held back and never carried out, and VRRP no longer
+        wants it: nothing to roll back for it and no failure; the release goes on from there."""
+        run = self.running
+        if run is None or run.step != step or run.op != Op.ACQUIRE or self.want:
+            return []
+        self.running = None
+        return self._advance(now, f"{step} acquire abandoned: no longer master")
+
     def reset(self, now: float) -> list[Action]:
         """The admin fixed the cause of a FAULT: end the hold-down now and forget past failures."""
         self.failures = 0

@@ -295,12 +295,18 @@ class Node:
         # and a peer silent to us may have gone on serving (and been isolated only later)
         self._pings: dict[str, bool] = {}
         self._unsure_at: float | None = None
+        # since when this process has run without a stall (SIGSTOP, a frozen VM): what arrived
+        # during a stall is read only now, so silence and the peer's "deaf" count from here
+        self._awake_since = 0.0
         self._self_fenced = False
 
     # -- the one entry point ------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
         self._out = out
+        beat = self._beats()
+        if beat and now - self._now > 2 * beat:  # our own timer fires every heartbeat: we were stalled
+            self._awake_since = now
         self._now = now
         if self.stopped:
             return out
@@ -431,7 +437,9 @@ class Node:
                 self._start_until = None
                 self._out.append(StartFailed(f"startup reconciliation could not release "
                                              f"{', '.join(self.machine.held)}"))
-        for w in [w for w in self._waiters if quiet or now >= w.until]:
+        superseded = self.router.state == State.MASTER  # a handover the peer did not take is over
+        for w in [w for w in self._waiters if quiet or now >= w.until
+                  or (superseded and w.command == Admin.HANDOVER)]:
             self._waiters.remove(w)
             self._answer_waiter(w, quiet)
         running = self.machine.running
@@ -524,6 +532,8 @@ class Node:
                 self._out.append(Emit(None, "dropped VRRP packet: %s (%s)", DEBUG, args=(result.reason, result.detail)))
                 continue
             self.counters.adverts_received += 1
+            if router.state == State.MASTER and at < self._master_since:
+                continue  # queued before we took over (the peer went silent since): its next advert counts
             self._vrrp(router.receive(Heard(result.src, result.priority, result.interval), at), at)
         self.counters.drops = dict(self.validator.drops)
         if self.joined:
@@ -938,7 +948,8 @@ class Node:
     def _last_contact(self) -> float:
         """What the peer's silence counts from: its last sign of life, or the latest moment from
         which on we could have heard it (listening again, witnesses answering again)."""
-        return max(self._last_heard(), self._listening_since, self._unsure_at or self._listening_since)
+        return max(self._last_heard(), self._listening_since, self._unsure_at or self._listening_since,
+                   self._awake_since)
 
     def _next_silence(self) -> float | None:
         """When a path or the peer as a whole next counts as silent (for `deadline`)."""
@@ -972,6 +983,9 @@ class Node:
                        PEER_STATE="alive", PATH=event.path)
             self._out.append(StatusChanged())
         deaf = not event.hears_us
+        peer = self.cfg.peer
+        if deaf and peer is not None and now < self._awake_since + peer.detection + peer.heartbeat:
+            deaf = self._peer_deaf  # sent while we were stalled: our heartbeats since have not reached it yet
         if deaf != self._peer_deaf:
             self._peer_deaf = deaf
             reason = ("the peer hears nothing from us on any path: it will take over, so this node releases "
@@ -1021,6 +1035,10 @@ class Node:
 
     def _check_gate(self, now: float) -> None:
         gate = self._gate
+        if gate is not None and not self.machine.want:  # VRRP moved on: the mount was never started
+            self._gate = None
+            self._machine(self.machine.abandon(Step.MOUNT, now), now)
+            return
         if gate is None or (gate.until is not None and now < gate.until):
             return
         wait, why = self._shared_disk_wait(now)
@@ -1157,7 +1175,8 @@ class Node:
     def _answer_waiter(self, w: _Waiter, released: bool) -> None:
         if w.command == Admin.HANDOVER:
             message = "released; the peer takes over after its Skew_Time" if released else \
-                f"release still in progress: {', '.join(self.machine.held)} held"
+                "the peer did not take over: this node is master again" if self.router.state == State.MASTER \
+                else f"release still in progress: {', '.join(self.machine.held)} held"
         else:
             on = w.command == Admin.MAINTENANCE_ON
             word = "on: this node stays BACKUP and never takes over" if on else "off: normal VRRP rules again"

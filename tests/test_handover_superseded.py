@@ -16,8 +16,6 @@ node is MASTER again, saying that the peer did not take over.
 
 from __future__ import annotations
 
-import pytest
-
 from agent import actions as act
 from agent import events as ev
 from agent.machine import Op, Step
@@ -27,7 +25,6 @@ from vrrp.router import State
 MOUNT = VIP_ONLY + '[filesystem]\ndevice = "/dev/loop0"\nmountpoint = "/srv/nfs"\n'
 
 
-@pytest.mark.xfail(strict=True, reason="agent/node.py answers a superseded handover only at the release budget")
 def test_a_handover_the_peer_could_not_take_is_answered_when_this_node_serves_again() -> None:
     d = Drive(MOUNT)
     d.master()

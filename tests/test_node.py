@@ -640,3 +640,60 @@ def test_drbd_taken_away_while_serving_is_lost_at_once_and_restarted() -> None:
     d2.feed(ev.Start())
     out = d2.feed(ev.DrbdChanged(None))
     assert not of(act.RunStep, out) and d2.node.machine.phase == Phase.IDLE
+
+
+def test_after_a_stall_silence_counts_from_when_the_node_runs_again() -> None:
+    """SIGSTOP of the backup for 2 s: the heartbeats that queued meanwhile are read after the timer;
+    the peer is not declared gone on silence the node could not have observed."""
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    d.feed(ev.Timer(), d.now + 2.0)  # the first thing the thawed process does
+    assert d.node.router.state == State.BACKUP and not d.node.snapshot().peer_gone
+    beat(d, d.now + 0.001)  # the queued heartbeats
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    beating_until(d, d.now + 1.0)
+    assert d.node.router.state == State.BACKUP and not d.node.snapshot().peer_gone
+
+
+def test_a_deaf_report_sent_while_we_were_stalled_does_not_make_a_master_release() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    serving(d)
+    beat(d, d.now)
+    d.feed(ev.Timer(), d.now + 0.8)  # thawed after 0.8 s
+    beat(d, d.now + 0.001, hears_us=False)  # queued during the freeze
+    assert d.node.router.state == State.MASTER and "peer" not in d.node.faults
+    for _ in range(6):  # the peer still hears nothing from us well after it could have: real
+        beat(d, d.now + 0.1, hears_us=False)
+    assert d.node.router.state == State.FAULT and "peer" in d.node.faults
+
+
+def test_a_held_back_mount_is_abandoned_when_vrrp_moves_on() -> None:
+    d = Drive(SHARED)
+    d.feed(ev.Start())
+    for t in range(1, 11):
+        d.feed(ev.PeerHeard("192.0.2.2", "MASTER", True, True, 0.0), t * 0.1)
+    d.until(d.now + 0.31)
+    assert d.node.router.state == State.MASTER and d.node.machine.running is not None
+    # the peer is back and wins: its advert makes us backup while the mount is still held back
+    d.feed(ev.PeerHeard("192.0.2.2", "MASTER", True, True, 0.0), d.now + 0.05)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now + 0.01),)), d.now + 0.02)
+    d.until(d.now + 0.2)
+    assert d.node.router.state == State.BACKUP
+    assert d.node.machine.running is None and d.node.machine.phase == Phase.IDLE
+    assert not of(act.RunStep, d.log)
+    assert not any(isinstance(a, act.SendHeartbeat) and a.holding for a in d.log[-3:])
+
+
+def test_adverts_queued_before_a_heartbeat_takeover_do_not_undo_it() -> None:
+    d = Drive(HB.format(policy="refuse", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    queued_at = d.now
+    d.until(d.now + 0.31)
+    assert d.node.router.state == State.MASTER
+    d.feed(ev.AdvertsHeard(((advert(200), queued_at),)))  # drained only now, from before the cut
+    assert d.node.router.state == State.MASTER
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))  # a fresh one: the RFC decides
+    assert d.node.router.state == State.BACKUP
