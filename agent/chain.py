@@ -95,7 +95,7 @@ class Chain:
 
     # -- probing (startup reconciliation) ------------------------------------------------
     async def probe(self) -> list[Step]:
-        """Steps a crashed agent left held (the VIP is handled separately, before this)."""
+        """Steps an earlier run left held: released at startup, or adopted if that is the whole chain."""
         held = []
         if self.drbd and (st := await self.drbd_status()) is not None and st.primary:
             held.append(Step.DRBD)
@@ -109,10 +109,12 @@ class Chain:
         spec = self.mount_spec
         if spec is not None and fs.mounted(spec):
             held.append(Step.MOUNT)
-        if self.state is not None and self.state.bound():
+        if self.state is not None and self.state.held(Step.MOUNT in held):
             held.append(Step.NFS_STATE)
         if self.nfs is not None and self.nfs.running():
             held.append(Step.NFS)
+        if await self.vips.present():
+            held.append(Step.VIP)
         return held
 
     # -- DRBD ----------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class Start:
     found: tuple[Step, ...] = ()
     link_up: bool = True
     maintenance: bool = False  # the admin's maintenance mode, kept across restarts (state file)
+    # seconds since the previous run's last advert, when it stopped for a restart and left its
+    # chain held for us (agent.handoff); None: no such hand-off (a first start, or after a kill)
+    handoff_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class Admin(enum.StrEnum):
     FENCE_PEER = "fence-peer"
     RESET = "reset"
     STOP = "stop"
+    RESTART = "restart"  # stop for a restart: a serving node keeps its chain for the next agent
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,16 @@ from typing import Any
 
 from agent import actions as act
 from agent import events as ev
+from agent import handoff
 from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
-from agent.journal import Event as Kind
 from agent.journal import emit
 from agent.node import Counters, Node, addrs
 from agent.peer import PeerChannel, PeerSetupError, open_channel
 from agent.peerwire import Message
 from agent.probes import Pinger, run_check
-from agent.statefile import load_maintenance, save_maintenance
+from agent.statefile import maintenance_kept, save_state
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, established, parse_connections
 from drbd.drbdadm import DrbdError
@@ -74,6 +74,8 @@ class Instance:
         self._tasks: set[asyncio.Task[None]] = set()
         self._joined: asyncio.Future[None] = self.loop.create_future()
         self._stopped: asyncio.Future[None] = self.loop.create_future()
+        self.last_advert: float | None = None  # loop time (monotonic) of our last advert
+        self.kept: tuple[str, ...] = ()  # what a stop for a restart left held for the next agent
         self.templates = self._templates()
         self._do: dict[type, Callable[[Any], None]] = {
             act.SendAdvert: self._send_advert, act.Garp: lambda _: self.garp.send(self.cfg.vrrp.vips),
@@ -90,10 +92,11 @@ class Instance:
             act.ApplyNfs: lambda _: self._spawn(self._apply_nfs()),
             act.Tickle: self._tickle,
             act.ChangeVips: lambda a: self._spawn(self._change_vips(a)),
-            act.Emit: self._emit, act.SaveState: self._save_state, act.StatusChanged: lambda _: self.on_state(self),
+            act.Emit: self._emit, act.StatusChanged: lambda _: self.on_state(self),
+            act.SaveState: lambda a: save_state(self.cfg.agent.state_file, a.maintenance),
             act.Joined: lambda _: self._settle(self._joined, None),
             act.StartFailed: lambda a: self._settle(self._joined, ReconcileError(a.reason)),
-            act.Stopped: lambda _: self._settle(self._stopped, None),
+            act.Stopped: self._on_stopped,
         }
 
     # -- the event queue and the one timer --------------------------------------------------
@@ -150,40 +153,29 @@ class Instance:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        stale = await self.vips.remove()
-        if stale:
-            emit(Kind.CLEANUP, f"removed VIP(s) {addrs(stale)} left on {self.info.name} by an earlier run",
-                 logging.WARNING, VIPS=addrs(stale))
         await self._start_peer_channel(self.cfg)
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
         self._open_pinger()
+        record = handoff.take(self.cfg.agent.state_file)
         try:
             found = await self.chain.probe()
         except Exception as e:
             raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
-        self.feed(ev.Start(tuple(found), self.info.up, self._maintenance_kept()))
+        age = record.advert_age() if record is not None and record.interface == self.info.name else None
+        self.feed(ev.Start(tuple(found), self.info.up, maintenance_kept(self.cfg.agent.state_file), age))
         await self._joined
-
-    def _maintenance_kept(self) -> bool:
-        on, error = load_maintenance(self.cfg.agent.state_file)
-        if error:
-            log.error("%s", error)
-        return on
-
-    def _save_state(self, a: act.SaveState) -> None:
-        if error := save_maintenance(self.cfg.agent.state_file, a.maintenance):
-            log.error("%s", error)
 
     def _open_pinger(self) -> None:
         if self.cfg.track and self.cfg.track.witnesses and self.pinger is None:
             self.pinger = Pinger(self.info.name, self.loop)
 
-    async def stop(self, reason: str) -> None:
-        """Ordered leave: everything released in reverse, then the priority-0 advert, then sockets close."""
+    async def stop(self, reason: str, restart: bool = False) -> None:
+        """Ordered leave: everything released in reverse, then the priority-0 advert, then sockets close.
+        `restart`: a serving master keeps its chain for the next agent instead (agent.handoff)."""
         if not self.node.stopped:
-            self.feed(ev.AdminRequest(next(self._ids), ev.Admin.STOP, reason))
+            self.feed(ev.AdminRequest(next(self._ids), ev.Admin.RESTART if restart else ev.Admin.STOP, reason))
         await self._stopped  # the node's deadline is None from now on: no timer left
         for closer in (self.peer_channel, self.tickler, self.pinger):
             if closer is not None:
@@ -195,6 +187,13 @@ class Instance:
         self.chain.cancel()
         self.sock.close()
         self.garp.close()
+        if self.kept:
+            handoff.record(self.cfg.agent.state_file, self.last_advert, self.info.name,
+                           [str(v) for v in self.cfg.vrrp.vips], self.kept)
+
+    def _on_stopped(self, a: act.Stopped) -> None:
+        self.kept = a.held if a.kept else ()
+        self._settle(self._stopped, None)
 
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
@@ -236,6 +235,7 @@ class Instance:
     def _send_advert(self, a: act.SendAdvert) -> None:
         before = self.sock.sent
         self.sock.send(lambda dst: self.templates.datagram(a.priority, dst, a.interval))
+        self.last_advert = self.loop.time()
         self.counters.adverts_sent += self.sock.sent - before
 
     def _templates(self) -> Templates:
