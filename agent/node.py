@@ -413,6 +413,12 @@ class Node:
         interval = self.cfg.vrrp.advert_interval
         if handoff_age is not None and handoff_age <= ADOPT_FRESH * interval:
             listen, how = 0.0, f"handed over by the previous agent {handoff_age:.2f} s after its last advert"
+        elif handoff_age is not None and handoff_age > 3 * interval:
+            # the backup's Master_Down_Interval may be over: it may hold the VIP already, so do not
+            # add a second listening delay to a restart that was too slow
+            self._release_found(found, now, f"the restart took {handoff_age:.2f} s from the previous agent's last "
+                                f"advert, more than 3 advert intervals: the backup may have taken over")
+            return
         else:
             listen = ADOPT_LISTEN * interval
             how = ("the previous agent's hand-off is " + (f"{handoff_age:.2f} s old" if handoff_age is not None

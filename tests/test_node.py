@@ -536,3 +536,10 @@ def test_a_restart_keeps_a_serving_chain_without_priority_zero_and_a_stop_still_
     d.master()
     out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
     assert not of(act.Stopped, out) and d.node._stop is not None
+
+
+def test_a_hand_off_older_than_three_advert_intervals_is_released_at_once() -> None:
+    d = Drive()
+    out = d.feed(ev.Start(found=(Step.VIP,), handoff_age=3.5))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    assert any("the backup may have taken over" in e.message for e in emitted(d, Kind.CLEANUP))
