@@ -235,6 +235,9 @@ class Chain:
             v = self.cfg.vrrp
             self.garp.send(v.vips)
 
-    def cancel(self) -> None:
+    def cancel(self, keep: bool = False) -> None:
+        """The agent exits; `keep`: its chain stays held for the next agent (agent.handoff)."""
         if self._garp_task:
             self._garp_task.cancel()
+        if keep and isinstance(self.nfs, GaneshaBackend):
+            self.nfs.detach()

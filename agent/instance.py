@@ -184,7 +184,7 @@ class Instance:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        self.chain.cancel()
+        self.chain.cancel(keep=bool(self.kept))
         self.sock.close()
         self.garp.close()
         if self.kept:
