@@ -1039,6 +1039,9 @@ class Node:
 
     # -- admin requests ---------------------------------------------------------------------------
     def _admin(self, req: AdminRequest, now: float) -> None:
+        if self._adopt is not None and req.command in (Admin.STOP, Admin.RESTART):
+            self._adopt.why_not = self._adopt.why_not or "the agent is stopping"
+            self._adopt_progress(now)  # released like any leftover, before the stop below waits for it
         budget = self._release_budget(self.machine.held)
         if req.command == Admin.HANDOVER:
             if self.router.state != State.MASTER:

@@ -543,3 +543,12 @@ def test_a_hand_off_older_than_three_advert_intervals_is_released_at_once() -> N
     out = d.feed(ev.Start(found=(Step.VIP,), handoff_age=3.5))
     assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
     assert any("the backup may have taken over" in e.message for e in emitted(d, Kind.CLEANUP))
+
+
+def test_a_stop_while_verifying_releases_what_was_found() -> None:
+    d = Drive()
+    d.feed(ev.Start(found=(Step.VIP,)))
+    out = d.feed(ev.AdminRequest(1, ev.Admin.STOP, "SIGTERM"))
+    assert of(act.RunStep, out)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0) and not of(act.Stopped, out)
+    out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
+    assert of(act.Stopped, out) == [act.Stopped(())] and not emitted(d, Kind.ADOPTED)
