@@ -32,7 +32,9 @@ __all__ = [
     "RunOutdate",
     "RunStep",
     "SaveState",
+    "SelfFence",
     "SendAdvert",
+    "SendHeartbeat",
     "SendProbe",
     "SetWakeThreshold",
     "StartFailed",
@@ -74,6 +76,10 @@ class SetWakeThreshold:
 class ReadDrbd:
     """Read DRBD's state of the resource: answered by `DrbdRead`."""
 
+    # first `drbdadm disconnect` + `connect`: the peer is gone on every path, replication
+    # included, and DRBD still waits for its ping timeout to notice
+    drop_peer: bool = False
+
 
 @dataclass(frozen=True)
 class Promote:
@@ -105,6 +111,24 @@ class AskPeer:
     id: int
     kind: str  # "state" | "outdate"
     timeout: float
+
+
+@dataclass(frozen=True)
+class SendHeartbeat:
+    """One heartbeat to the peer on every path; what the peer learns from it (agent.events.PeerHeard)."""
+
+    vrrp: str
+    holding: bool  # anything of the chain held or being acquired
+    hears_peer: bool
+    bound: float
+
+
+@dataclass(frozen=True)
+class SelfFence:
+    """Reboot or power off through the kernel now: this node could not stop serving in time."""
+
+    action: str  # "reboot" | "poweroff" (agent.config.FENCE_ACTIONS)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -196,5 +220,5 @@ class Stopped:
 
 
 Action = (SendAdvert | Garp | DrainAdverts | SetWakeThreshold | RunStep | ReadDrbd | Promote | SendProbe | RunCheck
-          | AskPeer | AnswerPeer | RunOutdate | ApplyNfs | Tickle | ChangeVips | Emit | SaveState | StatusChanged
-          | AdminAnswer | Joined | StartFailed | Stopped)
+          | AskPeer | SendHeartbeat | SelfFence | AnswerPeer | RunOutdate | ApplyNfs | Tickle | ChangeVips | Emit
+          | SaveState | StatusChanged | AdminAnswer | Joined | StartFailed | Stopped)

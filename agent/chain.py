@@ -10,14 +10,12 @@ is the node's plan (`agent.node`), which asks for one read or `promote` at a tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from agent import fs
 from agent.config import Config
-from agent.journal import Event, emit
+from agent.fence import self_fence
 from agent.machine import Op, RunStep, Step
 from drbd import drbdadm
 from drbd.runner import Runner, run
@@ -29,12 +27,6 @@ from nfs.statedir import StateDir
 from vrrp.vip import Garp, VipHolder
 
 log = logging.getLogger("failover-agent")
-
-FENCE_COMMANDS = {
-    "reboot": ["systemctl", "reboot", "--force", "--force"],
-    "poweroff": ["systemctl", "poweroff", "--force", "--force"],
-}
-SYSRQ = {"reboot": "b", "poweroff": "o"}
 
 
 class StepFailed(Exception):
@@ -145,7 +137,7 @@ class Chain:
             await self.drbd.demote(self.cfg.drbd.demote_escalation, notes)
         except drbdadm.DemoteFailed as e:
             if e.fence != "none":
-                await self._self_fence(e.fence, str(e))
+                self_fence(self.cfg, e.fence, str(e))
             raise
         return f"{self.cfg.drbd.resource} Secondary" + (f" ({'; '.join(notes)})" if notes else "")
 
@@ -154,14 +146,6 @@ class Chain:
         if status is None or not status.primary:
             raise StepFailed(f"DRBD is no longer Primary: {status.summary() if status else 'resource down'}")
         return status.summary()
-
-    async def _self_fence(self, action: str, why: str) -> None:
-        emit(Event.FAULT, f"self-fence ({action}): {why}", logging.CRITICAL, REASON=why, FENCE=action)
-        code, _, err = await self.runner(FENCE_COMMANDS[action], 10.0)
-        if code != 0:
-            log.critical("%s failed (%s); using sysrq", " ".join(FENCE_COMMANDS[action]), err.strip())
-            with contextlib.suppress(OSError):
-                Path("/proc/sysrq-trigger").write_text(SYSRQ[action])
 
     # -- filesystem ----------------------------------------------------------------------
     async def _mount_acquire(self) -> str:

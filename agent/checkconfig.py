@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from agent.config import Config
-from agent.guard import isolation_time
+from agent.guard import CLOCK_ERROR, isolation_bound
 from agent.peerwire import load_secret
 from agent.track import Tracker
 from drbd.runner import Runner
@@ -203,24 +203,47 @@ def takeover_time(cfg: Config) -> list[str]:
     lowered = f", lowered from {v.priority} by failing weighted checks" if priority != v.priority else ""
     why = (f"Master_Down_Interval {_seconds(mdi)} (3 x advert_interval {_seconds(v.advert_interval)} "
            f"+ Skew_Time {_seconds(router.skew_time)} at priority {priority}{lowered})")
+    if cfg.peer is not None and cfg.peer.heartbeat and cfg.drbd is None:
+        return [f"takeover: worst case {_seconds(cfg.peer.detection)} after the peer's last heartbeat on any path "
+                f"(dead_after {cfg.peer.dead_after} x heartbeat {_seconds(cfg.peer.heartbeat)}; a keepalived peer: "
+                f"{why})" + ("; a shared disk is mounted only after the peer's isolation bound "
+                             f"{_seconds(isolation_bound(cfg, v.advert_interval))}" if cfg.filesystem else "")]
     if cfg.drbd is None:
         return [f"takeover: worst case {_seconds(mdi)} after the master's last advert: {why}"]
     if cfg.drbd.unknown_peer == "refuse":
         return [f"takeover: worst case {_seconds(mdi)} after the master's last advert while DRBD sees the peer: {why};",
                 "          a peer DRBD cannot see (e.g. crashed with its replication link) is never taken over "
                 "automatically (drbd.unknown_peer = \"refuse\"): outdate it or power it off, the next retry promotes"]
-    track, drbd = cfg.track, cfg.drbd
+    track, drbd, peer = cfg.track, cfg.drbd, cfg.peer
     assert track is not None  # config.parse: "witness" needs [track] witnesses
-    isolation = isolation_time(track, drbd)
-    lines = [f"takeover: worst case {_seconds(mdi + isolation)} after the master's last advert when DRBD cannot "
-             "see the peer (e.g. it crashed):",
-             f"          {why}",
-             f"          + isolation wait {_seconds(isolation)} (track.fall {track.fall} x track.interval "
-             f"{_seconds(track.interval)} + track.timeout {_seconds(track.timeout)} + drbd.witness_grace "
-             f"{_seconds(drbd.witness_grace)}; drbd.unknown_peer = \"witness\")"]
+    bound = isolation_bound(cfg, v.advert_interval)
+    beat = peer is not None and peer.heartbeat > 0
+    detection = peer.detection if beat and peer is not None else mdi
+    wait = max(detection, bound)
+    if beat and peer is not None:
+        gap, notice = f"heartbeat {_seconds(peer.heartbeat)}", max(track.fall * track.interval + track.timeout,
+                                                                    peer.heartbeat + peer.detection)
+        detected = (f"the peer counts as gone after {_seconds(detection)} of silence on every path "
+                    f"({', '.join(str(a) for a in peer.paths)}): dead_after {peer.dead_after} x heartbeat "
+                    f"{_seconds(peer.heartbeat)}; VRRP takes over then, without waiting for {why}")
+    else:
+        gap, notice = f"advert_interval {_seconds(v.advert_interval)}", track.fall * track.interval + track.timeout
+        detected = f"the master counts as down after {why} (no peer heartbeats: [peer] heartbeat)"
+    grace = f" + drbd.witness_grace {_seconds(drbd.witness_grace)}" if drbd.witness_grace else ""
+    lines = [f"takeover: worst case {_seconds(wait)} after the peer's last sign of life when DRBD cannot see it "
+             "(e.g. it crashed), plus the acquire chain:",
+             f"          {detected};",
+             f"          promotion waits for the bound by which an isolated peer has stopped serving: "
+             f"{_seconds(bound)} = ({gap} + noticing {_seconds(notice)} + guard.release_deadline "
+             f"{_seconds(cfg.guard.release_deadline)}{grace}) x {(1 + CLOCK_ERROR) / (1 - CLOCK_ERROR):.3f} for clock "
+             "rate error; the two waits overlap, they do not add",
+             f"          the bound relies on the peer's self-fence: drbd.demote_escalation ends with "
+             f"{drbd.demote_escalation[-1]!r}" + (" (NONE: an isolated peer that cannot stop serving in time is not "
+                                                  "fenced, and two nodes may serve)"
+                                                  if drbd.demote_escalation[-1] == "none" else "")]
     inner = max(1.0, cfg.monitor.step_timeout - 2.0)
-    if isolation >= inner:
-        lines.append(f"          note: the isolation wait exceeds what one promotion attempt waits "
+    if wait >= inner:
+        lines.append(f"          note: the wait exceeds what one promotion attempt waits "
                      f"(monitor.step_timeout - 2 s = {_seconds(inner)}): the first attempt gives up and a "
                      f"retry after monitor.hold_down promotes, later than this")
     return lines

@@ -94,7 +94,14 @@ def _peer_lines(i: dict[str, Any]) -> list[str]:
     ago = i.get("peer_heard_ago")
     heard = "never heard" if ago is None else f"last heard {ago:g} s ago"
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(p["rejected"].items())) or "none"
-    return [f"peer      {p['address']}:{p['port']}, {heard}; rejected messages: {rejected}"]
+    lines = [f"peer      {p['address']}:{p['port']}, {heard}; rejected messages: {rejected}"]
+    if p.get("heartbeat"):
+        paths = ", ".join(f"{a} {'never' if t is None else f'{t:g} s ago'}" for a, t in p.get("paths", {}).items())
+        alive = "GONE (silent on every path)" if p.get("gone") else "alive"
+        lines.append(f"          heartbeats every {p['heartbeat']:g} s: {alive}; last heard per path: {paths}")
+    if i.get("release_left") is not None:
+        lines.append(f"          ISOLATED: must stop serving within {i['release_left']:g} s or fence itself")
+    return lines
 
 
 def format_status(s: dict[str, Any]) -> str:

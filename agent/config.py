@@ -231,7 +231,9 @@ class DrbdConfig:
     resource: str
     demote_escalation: tuple[str, ...] = ("retry", "force", "none")
     unknown_peer: str = "refuse"
-    witness_grace: float = 5.0
+    # extra seconds on top of the peer's isolation bound (agent.guard.isolation_bound), for a
+    # peer that cannot be trusted to meet [guard] release_deadline; 0 with self-fencing
+    witness_grace: float = 0.0
 
 
 _DRBD_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -398,7 +400,16 @@ _TRACK_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _check_track(file: str, values: dict[str, Any], vrrp: VrrpConfig) -> TrackConfig:
+#: witness timing with a [peer] channel, unless the admin sets interval or timeout: the isolation
+#: bound (agent.guard) is built from them, so the defaults are the fast ones (1.8 s with fall 3,
+#: the peer's heartbeat 0.1 s and [guard] release_deadline 1.0 s); without a peer the slower,
+#: more tolerant ones stay
+FAST_TRACK = {"interval": 0.2, "timeout": 0.1}
+
+
+def _check_track(file: str, values: dict[str, Any], vrrp: VrrpConfig, fast: bool = False) -> TrackConfig:
+    if fast and not any(k in values for k in FAST_TRACK):  # one of them set: the admin times it
+        values = {**FAST_TRACK, **values}
     raw_checks = values.pop("check", [])
     if not isinstance(raw_checks, list):
         raise ConfigError(file, "track.check", "must be [[track.check]] tables")
@@ -465,19 +476,71 @@ def _check_notify(file: str, raw: Any) -> tuple[NotifyConfig, ...]:
 
 @dataclass(frozen=True)
 class PeerConfig:
-    address: IPv4Address
+    address: IPv4Address  # the peer's service address: requests go here first
     port: int = 7801
     secret_file: str = "/etc/failover-agent/peer.key"
     timeout: float = 1.0
     window: float = 5.0
+    # the peer's address on every network (service, replication): heartbeats go to each, and the
+    # peer counts as gone only when it is silent on all of them
+    addresses: tuple[IPv4Address, ...] = ()
+    heartbeat: float = 0.1  # seconds between heartbeats on each path; 0: no heartbeats
+    dead_after: int = 3  # heartbeats missed on every path before the peer counts as gone
+
+    @property
+    def paths(self) -> tuple[IPv4Address, ...]:
+        return self.addresses or (self.address,)
+
+    @property
+    def detection(self) -> float:
+        """Seconds of silence on every path after which the peer counts as gone (0: heartbeats off)."""
+        return self.heartbeat * self.dead_after
 
 
 _PEER_KEYS: dict[str, Callable[[Any], Any]] = {
     "address": _ipv4,
+    "addresses": _list_of(_ipv4, min_len=1),
     "port": _int(1, 65535),
     "secret_file": _abs_path,
     "timeout": _float(0.05, 30),
     "window": _float(1, 300),
+    "heartbeat": lambda v: _float(0, 10)(v) if v == 0 else _float(0.02, 10)(v),
+    "dead_after": _int(2, 100),
+}
+
+
+def _check_peer(file: str, values: dict[str, Any]) -> PeerConfig:
+    addresses = values.get("addresses", ())
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(file, "peer.addresses", "the same address is listed twice")
+    if "address" not in values:
+        if not addresses:
+            raise ConfigError(file, "peer.address", "is required (or peer.addresses, the peer's address on each "
+                              "network)")
+        values["address"] = addresses[0]
+    elif addresses and values["address"] not in addresses:
+        raise ConfigError(file, "peer.address", f"{values['address']} must be one of peer.addresses "
+                          f"({', '.join(str(a) for a in addresses)})")
+    cfg = PeerConfig(**values)
+    if cfg.heartbeat and cfg.detection >= cfg.window:
+        raise ConfigError(file, "peer.dead_after", f"heartbeat x dead_after ({cfg.detection:g} s) must be shorter "
+                          f"than peer.window ({cfg.window:g} s)")
+    return cfg
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """How fast an isolated master must stop serving; the peer's takeover waits on this bound."""
+
+    release_deadline: float = 1.0
+    # a lab's stand-in for rebooting: self-fencing appends a line here and the agent exits
+    # (agent.fence); never set on a real node
+    fence_record: str = ""
+
+
+_GUARD_KEYS: dict[str, Callable[[Any], Any]] = {
+    "release_deadline": _float(0.1, 60),
+    "fence_record": _abs_path,
 }
 
 
@@ -509,6 +572,7 @@ class Config:
     track: TrackConfig | None = None
     peer: PeerConfig | None = None
     notify: tuple[NotifyConfig, ...] = ()
+    guard: GuardConfig = GuardConfig()
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -525,13 +589,13 @@ class Config:
 
 
 def _section(file: str, name: str, table: Any, specs: Mapping[str, Callable[[Any], Any]],
-             cls: type[Any]) -> dict[str, Any]:
+             cls: type[Any], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(file, name, "must be a table")
     for key in table:
         if key not in specs:
             raise ConfigError(file, f"{name}.{key}", f"unknown key (known: {', '.join(specs)})")
-    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} - optional
     values: dict[str, Any] = {}
     for key, check in specs.items():
         if key not in table:
@@ -575,7 +639,7 @@ def parse(text: str, file: str = "<config>") -> Config:
     huge = _beyond_64_bits(doc)
     if huge is not None:
         raise ConfigError(file, huge, "integer out of TOML's 64-bit range")
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "notify"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "notify", "guard"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -591,14 +655,17 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError(file, "filesystem.device", f"{fs.device} is not a DRBD device (/dev/drbdN) "
                           "although [drbd] is configured")
     nfs = _check_nfs(file, _section(file, "nfs", doc["nfs"], _NFS_KEYS, NfsConfig), fs) if "nfs" in doc else None
-    track = (_check_track(file, _section(file, "track", doc["track"], _TRACK_KEYS, TrackConfig), vrrp)
+    track = (_check_track(file, _section(file, "track", doc["track"], _TRACK_KEYS, TrackConfig), vrrp,
+                          fast="peer" in doc)
              if "track" in doc else None)
     if drbd and drbd.unknown_peer == "witness" and not (track and track.witnesses):
         raise ConfigError(file, "drbd.unknown_peer", "'witness' needs [track] witnesses to ask")
-    peer = PeerConfig(**_section(file, "peer", doc["peer"], _PEER_KEYS, PeerConfig)) if "peer" in doc else None
+    peer = _check_peer(file, _section(file, "peer", doc["peer"], _PEER_KEYS, PeerConfig,
+                                                frozenset({"address"}))) if "peer" in doc else None
     notify = _check_notify(file, doc.get("notify", []))
+    guard = GuardConfig(**_section(file, "guard", doc.get("guard", {}), _GUARD_KEYS, GuardConfig))
     return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs,
-                  track=track, peer=peer, notify=notify)
+                  track=track, peer=peer, notify=notify, guard=guard)
 
 
 def _beyond_64_bits(doc: dict[str, Any]) -> str | None:
@@ -635,7 +702,7 @@ def loads(data: bytes, file: str = "<config>") -> Config:
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
     out = []
-    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer"):
+    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "guard"):
         before, after = getattr(old, section), getattr(new, section)
         if before is None or after is None:
             if before != after:

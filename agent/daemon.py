@@ -27,6 +27,7 @@ from agent.alerts import Alerts
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
 from agent.events import Admin
+from agent.fence import can_fence
 from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging, under_journal
 from agent.metrics import MetricsServer
@@ -212,6 +213,12 @@ class Agent:
         if info.primary is None:
             raise SetupError(f"{cfg.file}: vrrp.interface: {v.interface} has no IPv4 address of its own "
                              "(adverts need a source address that is not a VIP)")
+        problem = can_fence(cfg)
+        if problem and cfg.drbd is not None and cfg.drbd.unknown_peer == "witness":
+            raise SetupError(f"{cfg.file}: drbd.demote_escalation: {problem}; the peer's takeover (unknown_peer = "
+                             "\"witness\") relies on this node fencing itself when isolated")
+        if problem:
+            log.warning("%s", problem)
         inst = Instance(cfg, self._ipr, info, self.counters, on_state=self._state_changed, alerts=self.alerts)
         try:
             await inst.start()

@@ -20,8 +20,8 @@ from drbd.status import Status
 
 __all__ = [
     "Admin", "AdminRequest", "AdvertsHeard", "CheckResult", "Doorbell", "DrbdRead", "Event", "LinkChanged",
-    "NfsApplied", "OutdateDone", "PeerAnswer", "PeerRequest", "ProbeResult", "Promoted", "Reconfigure", "Start",
-    "StepDone", "Timer", "VipDeleted",
+    "NfsApplied", "OutdateDone", "PeerAnswer", "PeerHeard", "PeerRequest", "ProbeResult", "Promoted", "Reconfigure",
+    "Start", "StepDone", "Timer", "VipDeleted",
 ]
 
 
@@ -124,6 +124,17 @@ class PeerRequest:
 
 
 @dataclass(frozen=True)
+class PeerHeard:
+    """An authenticated heartbeat of the peer arrived on `path` (the peer's address it came from)."""
+
+    path: str
+    vrrp: str = ""  # the peer's VRRP state
+    holding: bool = True  # the peer holds (or is acquiring) part of the chain; unknown counts as yes
+    hears_us: bool = True  # False: the peer has heard nothing from us on any path for its detection time
+    bound: float = 0.0  # the peer's own isolation bound (agent.guard.isolation_bound), 0: not given
+
+
+@dataclass(frozen=True)
 class PeerAnswer:
     """Answer to `AskPeer`: the peer's reply body, or None when none came in time."""
 
@@ -177,5 +188,5 @@ class Reconfigure:
 
 
 Event = (Start | Timer | Doorbell | AdvertsHeard | LinkChanged | VipDeleted | StepDone | DrbdRead | Promoted
-         | ProbeResult | CheckResult | PeerRequest | PeerAnswer | OutdateDone | NfsApplied | AdminRequest
+         | ProbeResult | CheckResult | PeerRequest | PeerHeard | PeerAnswer | OutdateDone | NfsApplied | AdminRequest
          | Reconfigure)

@@ -12,23 +12,27 @@ decision to DRBD. The rules, in order:
 * connected, or the peer's disk known Outdated: yes;
 * replication link down and the peer's state unknown: first the peer is asked over the peer
   channel to outdate itself (agent.peer); if it did, yes; if it says it is Primary, no. A peer
-  that does not answer may still be Primary. The default
-  `unknown_peer = "refuse"` says no, with what the admin can do. `unknown_peer = "witness"`
-  says yes only when a witness beyond our service NIC answers us (so we are not the isolated
-  one) and the peer's adverts have been absent for Master_Down_Interval plus the time an
-  isolated peer needs to notice it (its tracking) and release (`witness_grace`): availability
-  bought with the risk that a peer alive behind a broken service network that fails to
-  release in time still writes.
+  that does not answer may still be Primary. The default `unknown_peer = "refuse"` says no,
+  with what the admin can do. `unknown_peer = "witness"` says yes only when a witness beyond
+  our service NIC answers us (so we are not the isolated one) and the peer has been silent on
+  every path for max(detection, the peer's isolation bound), both counted from the last contact:
+  an isolated peer has stopped serving by then, or fenced itself ([guard] release_deadline).
+  The timing argument is in the README ("Split brain").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config import DrbdConfig, TrackConfig
+from agent.config import Config
 from drbd.status import OUTDATED, Status
 
-__all__ = ["UNKNOWN_PEER_POLICIES", "Decision", "PeerView", "may_promote", "witness_wait"]
+__all__ = ["CLOCK_ERROR", "UNKNOWN_PEER_POLICIES", "Decision", "PeerView", "isolation_bound", "may_promote",
+           "takeover_wait", "witness_wait"]
+
+#: how far apart the two nodes' clocks may run in rate: a wait measured here covers a bound
+#: measured there only when stretched by (1 + e) / (1 - e)
+CLOCK_ERROR = 0.01
 
 UNKNOWN_PEER_POLICIES = ("refuse", "witness")
 
@@ -45,20 +49,43 @@ class PeerView:
 
     unknown_peer: str = "refuse"
     witness_reachable: bool | None = None  # None: no witnesses configured
-    peer_silent_for: float = 0.0  # seconds since the peer's last VRRP advert (or since we started)
-    master_down_interval: float = 3.0
-    # how long an isolated peer needs to notice (track fall x interval + timeout) and release
-    # (witness_grace): promoting earlier could overlap with its Primary
-    isolation_time: float = 0.0
+    # seconds since the peer's last sign of life on any path (heartbeat, peer message, VRRP advert)
+    peer_silent_for: float = 0.0
+    # how long silence must last before the peer counts as gone: dead_after x heartbeat, or
+    # Master_Down_Interval without heartbeats
+    detection: float = 3.0
+    # by when after the last contact an isolated peer has stopped serving (isolation_bound):
+    # promoting earlier could overlap with its Primary
+    isolation_bound: float = 0.0
     # the peer's answer to "outdate yourself" over the peer channel: outdated | primary | unreachable | failed ...
     peer_answer: str = ""
 
 
-def isolation_time(track: TrackConfig | None, drbd: DrbdConfig | None) -> float:
-    """How long an isolated peer needs to notice (its tracking: fall x interval + timeout) and
-    release (witness_grace); the peer is assumed to run the same [track] as this node."""
-    return (track.fall * track.interval + track.timeout if track is not None else 0.0) \
-        + (drbd.witness_grace if drbd is not None else 0.0)
+def isolation_bound(cfg: Config, advert_interval: float) -> float:
+    """Seconds after the last contact by which an isolated peer running `cfg`'s timing has stopped serving.
+
+    The cut came at most one heartbeat (one advert interval without heartbeats) after the last
+    message heard from the peer. From the cut the peer notices within its witnesses' fall x
+    interval + timeout, or within one message delay (allowed one heartbeat) + dead_after x
+    heartbeat when our heartbeats tell it we hear nothing; then it stops serving within
+    release_deadline or fences itself. `witness_grace` adds a margin; the sum is stretched for
+    the clocks' rate error. 0 without witnesses (no witness rule to time).
+    """
+    track, peer = cfg.track, cfg.peer
+    if track is None or not track.witnesses:
+        return 0.0
+    beat = peer.heartbeat if peer is not None and peer.heartbeat else 0.0
+    notice = track.fall * track.interval + track.timeout
+    if beat and peer is not None:
+        notice = max(notice, beat + peer.detection)
+    grace = cfg.drbd.witness_grace if cfg.drbd is not None else 0.0
+    raw = (beat or advert_interval) + notice + cfg.guard.release_deadline + grace
+    return raw * (1 + CLOCK_ERROR) / (1 - CLOCK_ERROR)
+
+
+def takeover_wait(view: PeerView) -> float:
+    """Silence after which the witness rule may promote: detection and the bound overlap, never add."""
+    return max(view.detection, view.isolation_bound)
 
 
 def witness_wait(status: Status | None, view: PeerView) -> float:
@@ -66,7 +93,7 @@ def witness_wait(status: Status | None, view: PeerView) -> float:
     if (status is None or view.unknown_peer != "witness" or view.witness_reachable is not True
             or status.connected or status.primary or status.standalone or view.peer_answer in ("outdated", "primary")):
         return 0.0
-    return max(0.0, view.master_down_interval + view.isolation_time - view.peer_silent_for)
+    return max(0.0, takeover_wait(view) - view.peer_silent_for)
 
 
 def may_promote(status: Status | None, resource: str, view: PeerView = PeerView()) -> Decision:
@@ -100,13 +127,15 @@ def may_promote(status: Status | None, resource: str, view: PeerView = PeerView(
         if view.witness_reachable is not True:
             return Decision(False, f"{unknown}, and no witness answers us: we may be the isolated node, so no "
                                    "promotion (unknown_peer = witness)")
-        needed = view.master_down_interval + view.isolation_time
+        needed = takeover_wait(view)
         if view.peer_silent_for < needed:
-            return Decision(False, f"{unknown}; the peer advertised {view.peer_silent_for:.2f} s ago, less than "
-                                   f"Master_Down_Interval + the time an isolated peer needs to step down "
-                                   f"({needed:.2f} s) (unknown_peer = witness)")
-        return Decision(True, f"{unknown}, but a witness answers us and the peer has been silent for "
-                              f"{view.peer_silent_for:.2f} s: taken as dead (unknown_peer = witness)")
+            return Decision(False, f"{unknown}; the peer was last heard {view.peer_silent_for:.2f} s ago, less "
+                                   f"than max(detection {view.detection:.2f} s, the bound by which an isolated "
+                                   f"peer has stopped serving {view.isolation_bound:.2f} s) (unknown_peer = "
+                                   "witness)")
+        return Decision(True, f"{unknown}, but a witness answers us and the peer has been silent on every path "
+                              f"for {view.peer_silent_for:.2f} s (bound {needed:.2f} s): it has stopped serving "
+                              "or fenced itself (unknown_peer = witness)")
     return Decision(False, f"{unknown}: it may still be Primary, so this node refuses to promote (unknown_peer = "
                            "refuse). If the peer is really down, outdate it (drbdadm outdate on the peer) or "
                            "power it off; the next retry after the hold-down then promotes")

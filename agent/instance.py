@@ -12,7 +12,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from agent import actions as act
@@ -21,6 +20,7 @@ from agent import handoff
 from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
+from agent.fence import self_fence
 from agent.journal import emit
 from agent.node import Counters, Node, addrs
 from agent.peer import PeerChannel, PeerSetupError, open_channel
@@ -28,7 +28,7 @@ from agent.peerwire import Message
 from agent.probes import Pinger, run_check
 from agent.statefile import maintenance_kept, save_state
 from agent.status import Wire, as_json
-from agent.tickle import Tickler, established, parse_connections
+from agent.tickle import Tickler, client_connections, parse_connections
 from drbd.drbdadm import DrbdError
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
@@ -82,11 +82,13 @@ class Instance:
             act.DrainAdverts: lambda _: self._pending.append(ev.AdvertsHeard(tuple(self.sock.drain()))),
             act.SetWakeThreshold: lambda a: self.sock.wake_at_or_above(a.threshold),
             act.RunStep: lambda a: self._spawn(self._run_step(a)),
-            act.ReadDrbd: lambda _: self._spawn(self._read_drbd()),
+            act.ReadDrbd: lambda a: self._spawn(self._read_drbd(a.drop_peer)),
             act.Promote: lambda _: self._spawn(self._promote()),
             act.SendProbe: lambda a: self._spawn(self._probe(a)),
             act.RunCheck: lambda a: self._spawn(self._check(a)),
             act.AskPeer: lambda a: self._spawn(self._ask_peer(a)),
+            act.SendHeartbeat: lambda a: self.peer_channel.beat(a) if self.peer_channel else None,
+            act.SelfFence: lambda a: self_fence(self.cfg, a.action, a.reason),
             act.AnswerPeer: self._answer_peer, act.AdminAnswer: lambda a: self._reply(a.id, dict(a.body)),
             act.RunOutdate: lambda a: self._spawn(self._outdate(a)),
             act.ApplyNfs: lambda _: self._spawn(self._apply_nfs()),
@@ -251,8 +253,10 @@ class Instance:
         ok, detail = await self.chain.run(step)
         self.feed(ev.StepDone(step.step, step.op, ok, detail, (time.monotonic() - t0) * 1000))
 
-    async def _read_drbd(self) -> None:
+    async def _read_drbd(self, drop_peer: bool) -> None:
         try:
+            if drop_peer and self.chain.drbd is not None:
+                await self.chain.drbd.reconnect()
             self.feed(ev.DrbdRead(await self.chain.drbd_status()))
         except Exception as e:
             self.feed(ev.DrbdRead(None, str(e) or type(e).__name__))
@@ -291,7 +295,7 @@ class Instance:
 
     # -- the peer channel ----------------------------------------------------------------------
     async def _start_peer_channel(self, cfg: Config) -> None:
-        self.peer_channel = await open_channel(cfg, str(self.info.primary), self._peer_request)
+        self.peer_channel = await open_channel(cfg, str(self.info.primary), self._peer_request, self.feed)
         if self.peer_channel is None or self.tickler is not None:
             return
         try:
@@ -306,15 +310,8 @@ class Instance:
     def _answer_peer(self, a: act.AnswerPeer) -> None:
         body = dict(a.body)
         if a.connections:
-            body["connections"] = self._client_connections()
+            body["connections"] = client_connections(v.ip for v in self.cfg.vrrp.vips)
         self._reply(a.id, body)
-
-    def _client_connections(self) -> list[list[str | int]]:
-        try:
-            text = Path("/proc/net/tcp").read_text()
-        except OSError:
-            return []
-        return [list(c) for c in established(text, (v.ip for v in self.cfg.vrrp.vips))]
 
     async def _ask_peer(self, a: act.AskPeer) -> None:
         reply = None if self.peer_channel is None else await self.peer_channel.ask(a.kind, a.timeout)

@@ -25,6 +25,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from agent.actions import (
+    CRITICAL,
     DEBUG,
     ERROR,
     INFO,
@@ -44,7 +45,9 @@ from agent.actions import (
     RunCheck,
     RunOutdate,
     SaveState,
+    SelfFence,
     SendAdvert,
+    SendHeartbeat,
     SendProbe,
     SetWakeThreshold,
     StartFailed,
@@ -65,6 +68,7 @@ from agent.events import (
     NfsApplied,
     OutdateDone,
     PeerAnswer,
+    PeerHeard,
     PeerRequest,
     ProbeResult,
     Promoted,
@@ -74,7 +78,7 @@ from agent.events import (
     Timer,
     VipDeleted,
 )
-from agent.guard import PeerView, isolation_time, may_promote, witness_wait
+from agent.guard import PeerView, isolation_bound, may_promote, takeover_wait, witness_wait
 from agent.journal import Event as Kind
 from agent.machine import Action as MachineAction
 from agent.machine import Machine, Op, Phase, PhaseChange, RunStep, Settings, Step, VrrpFault, VrrpRecover
@@ -176,6 +180,9 @@ class NodeStatus:
     fault_reason: str = ""  # why the chain is in FAULT ("" when it is not)
     hold_left: float | None = None  # seconds of hold-down left
     peer_heard_at: float | None = None  # the node's clock when the peer channel last carried a message
+    peer_paths: Mapping[str, float] = field(default_factory=dict)  # path -> the node's clock when last heard
+    peer_gone: bool = False  # silent on every path for dead_after heartbeats
+    release_by: float | None = None  # isolated: the node's clock by which it must have stopped serving
 
 
 @dataclass
@@ -191,6 +198,18 @@ class _Acquire:
     waited: str = ""
     reason: str = ""
     wait_until: float | None = None
+    dropped: bool = False  # DRBD's connection to a peer gone on every path was dropped once
+
+
+@dataclass
+class _Gate:
+    """The first step of a chain without DRBD (a shared disk's mount), held back until the peer
+    has released it or its isolation bound has passed: nothing else keeps two mounts apart."""
+
+    step: RunStep
+    t0: float
+    until: float | None = None
+    waited: str = ""
 
 
 @dataclass
@@ -287,6 +306,21 @@ class Node:
         self._peer_heard_at: float | None = None
         self._nfs_changed = False  # a reload changed [nfs]: applied once no NFS step runs
         self._now = 0.0
+        # the peer's heartbeats (agent.peer): last heard per path, gone when silent on all
+        self._beat_at: float | None = None  # when our next heartbeat is due
+        self._heard: dict[str, float] = {}
+        self._path_silent: set[str] = set()
+        self._peer_gone = False
+        self._peer_deaf = False  # the peer says it hears nothing from us
+        self._peer_bound = 0.0  # the isolation bound the peer announces for itself
+        self._peer_holding = True  # its last heartbeat: holds part of the chain (unknown: yes)
+        self._gate: _Gate | None = None
+        self._release_by: float | None = None
+        # the last time too few witnesses answered us: we may have been cut off ourselves then,
+        # and a peer silent to us may have gone on serving (and been isolated only later)
+        self._pings: dict[str, bool] = {}
+        self._unsure_at: float | None = None
+        self._self_fenced = False
 
     # -- the one entry point ------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -316,6 +350,8 @@ class Node:
                                self._check_interval(event.name))
         elif isinstance(event, PeerRequest):
             self._peer_request(event, now)
+        elif isinstance(event, PeerHeard):
+            self._peer_heard(event, now)
         elif isinstance(event, PeerAnswer):
             self._peer_answer(event, now)
         elif isinstance(event, OutdateDone):
@@ -347,7 +383,8 @@ class Node:
                  max(adopt.listen_until, self._now) if not adopt.drained else None,
                  self._stop.until if self._stop else None,
                  self._acquire.wait_until if self._acquire else None,
-                 self._tickles[0] if self._tickles else None]
+                 self._tickles[0] if self._tickles else None, self._beat_at, self._release_by,
+                 self._next_silence(), self._gate.until if self._gate else None]
         if self.joined and not self._draining:
             times.append(self.router.deadline)
         times += self._probe_at.values()
@@ -381,6 +418,7 @@ class Node:
                        "BACKUP and never takes over (failoverctl maintenance off)", WARNING, MAINTENANCE="on")
         if self.cfg.peer is not None:
             self._poll_at = now
+            self._beat_at = now if self.cfg.peer.heartbeat else None
         found = tuple(s for s in self.cfg.steps if s in event.found)
         if found and found == self.cfg.steps and event.link_up and not event.maintenance:
             self._begin_adopt(found, event.handoff_age, now)
@@ -603,6 +641,9 @@ class Node:
                 ask = self._next_id()
                 self._asks[ask] = None
                 self._out.append(AskPeer(ask, "state", self.cfg.peer.timeout))
+        self._watch_peer(now)
+        self._watch_release(now)
+        self._check_gate(now)
         while self._tickles and self._tickles[0] <= now:
             self._tickles.pop(0)
             self._out.append(Tickle(self._tickle_conns))
@@ -717,6 +758,9 @@ class Node:
             if isinstance(action, RunStep):
                 if action.step == Step.DRBD and action.op == Op.ACQUIRE:
                     self._begin_acquire(action, now)
+                elif action.step == Step.MOUNT and action.op == Op.ACQUIRE and self.cfg.drbd is None:
+                    self._gate = _Gate(action, now)
+                    self._check_gate(now)
                 else:
                     self._out.append(action)
             elif isinstance(action, VrrpFault):
@@ -786,6 +830,17 @@ class Node:
             self._decide(plan, now)
             return
         if status is not None and status.peer_primary and status.connected and now - plan.t0 < plan.inner:
+            peer = self.cfg.peer
+            if self._peer_gone and peer is not None and len(peer.paths) > 1 and not plan.dropped:
+                # silent on the replication path too: the peer is dead, DRBD just has not noticed
+                # (ping timeout); drop its connection so the guard decides now
+                plan.dropped = True
+                plan.stage = "reread"
+                self._emit(Kind.FENCE, f"the peer is gone on every path but DRBD still shows it "
+                           f"{status.connection}/{status.peer_role}: dropping DRBD's connection (disconnect, "
+                           "connect)", WARNING, PEER_STATE="gone")
+                self._out.append(ReadDrbd(drop_peer=True))
+                return
             # we preempted, or the partition healed: the peer is releasing; wait for its demotion
             plan.stage, plan.wait_until = "peer-wait", now + PEER_DEMOTE_POLL
             return
@@ -833,20 +888,23 @@ class Node:
         self._step_done(Step.DRBD, Op.ACQUIRE, ok, detail, (now - plan.t0) * 1000, now)
 
     def _peer_view(self, now: float, answer: str = "") -> PeerView:
-        """For the guard: the witnesses' verdict and how long the peer has been silent on VRRP."""
-        heard = self.router.last_heard_at
-        silent = now - (heard if heard is not None else self._listening_since)
-        drbd, track = self.cfg.drbd, self.cfg.track
+        """For the guard: the witnesses' verdict and how long the peer has been silent on every path."""
+        drbd, track, peer = self.cfg.drbd, self.cfg.track, self.cfg.peer
         witness = None if self.tracker is None or track is None or not track.witnesses else not self.tracker.isolated
+        beats = self._beats() and self._heard  # heartbeats configured and ever heard: they time the detection
+        detection = peer.detection if beats and peer is not None else self.router.master_down_interval
+        # the peer is assumed to run our timing; a slower one it announced counts
+        bound = max(self.own_bound(), self._peer_bound)
         return PeerView(unknown_peer=drbd.unknown_peer if drbd else "refuse", witness_reachable=witness,
-                        peer_silent_for=silent, master_down_interval=self.router.master_down_interval,
-                        isolation_time=isolation_time(track, drbd), peer_answer=answer)
+                        peer_silent_for=now - self._last_contact(), detection=detection, isolation_bound=bound,
+                        peer_answer=answer)
 
     # -- asking the peer to outdate (for the acquire, or for DRBD's fence-peer handler) --------
     def _begin_fence(self, admin: int | None) -> None:
         fid = self._next_id()
         self._fences[fid] = _Fence(admin)
-        if self.cfg.peer is None:
+        if self.cfg.peer is None or self._peer_gone:
+            # gone: silent on every path, so asking would only cost peer.timeout to learn the same
             self._fenced(fid, "unreachable", 0.0)
             return
         self._ask(fid, "state", self.cfg.peer.timeout)
@@ -1001,6 +1059,164 @@ class Node:
                    f"({', '.join(clients[:8])}{' ...' if len(clients) > 8 else ''}) so they reconnect now",
                    CONNECTIONS=len(conns))
 
+    # -- the peer's heartbeats: alive on which path, gone when silent on all --------------------------
+    def _beats(self) -> float:
+        """Seconds between heartbeats (0: none: no [peer], or heartbeat = 0)."""
+        return self.cfg.peer.heartbeat if self.cfg.peer is not None else 0.0
+
+    def _last_heard(self) -> float:
+        """The latest sign of life of the peer on any path: heartbeat, peer message, advert."""
+        heard = [t for t in (*self._heard.values(), self._peer_heard_at, self.router.last_heard_at) if t is not None]
+        return max(heard, default=self._listening_since)
+
+    def _last_contact(self) -> float:
+        """What the peer's silence counts from: its last sign of life, or the latest moment from
+        which on we could have heard it (listening again, witnesses answering again)."""
+        return max(self._last_heard(), self._listening_since, self._unsure_at or self._listening_since)
+
+    def _next_silence(self) -> float | None:
+        """When a path or the peer as a whole next counts as silent (for `deadline`)."""
+        if not self._beats() or self.cfg.peer is None:
+            return None
+        detection = self.cfg.peer.detection
+        times = [t + detection for p, t in self._heard.items() if p not in self._path_silent]
+        if self._heard and not self._peer_gone:
+            times.append(self._last_contact() + detection)
+        return min(times, default=None)
+
+    def own_bound(self) -> float:
+        """How soon after its last contact with us the peer may take over if we are isolated."""
+        return isolation_bound(self.cfg, self.cfg.vrrp.advert_interval)
+
+    def _holding(self) -> bool:
+        run = self.machine.running
+        return bool(self.machine.held) or self._acquire is not None or (run is not None and run.op == Op.ACQUIRE)
+
+    def _peer_heard(self, event: PeerHeard, now: float) -> None:
+        self._heard[event.path] = now
+        self._peer_bound = min(max(event.bound, 0.0), 600.0)
+        self._peer_holding = event.holding
+        if event.path in self._path_silent:
+            self._path_silent.discard(event.path)
+            self._emit(Kind.FENCE, f"peer {event.path}: heartbeats again on this path", PATH=event.path,
+                       PEER_PATH="up")
+        if self._peer_gone:
+            self._peer_gone = False
+            self._emit(Kind.FENCE, f"the peer is back: heartbeat on {event.path} ({event.vrrp})", WARNING,
+                       PEER_STATE="alive", PATH=event.path)
+            self._out.append(StatusChanged())
+        deaf = not event.hears_us
+        if deaf != self._peer_deaf:
+            self._peer_deaf = deaf
+            reason = ("the peer hears nothing from us on any path: it will take over, so this node releases "
+                      "(and fences itself if it cannot stop serving in time)") if deaf else None
+            self._set_fault("peer", reason, now, farewell=True)
+            self._emit(Kind.FAULT, reason or "the peer hears us again", WARNING if deaf else INFO,
+                       REASON=reason or "peer hears us")
+
+    def _watch_peer(self, now: float) -> None:
+        peer = self.cfg.peer
+        if peer is None or not peer.heartbeat:
+            return
+        if self._beat_at is not None and self._beat_at <= now:
+            self._beat_at = now + peer.heartbeat
+            self._out.append(SendHeartbeat(str(self.router.state), self._holding(), not self._peer_gone,
+                                           round(self.own_bound(), 3)))
+        for path, at in self._heard.items():
+            if path not in self._path_silent and now >= at + peer.detection:  # as _next_silence adds
+                self._path_silent.add(path)
+                self._emit(Kind.FENCE, f"peer {path}: no heartbeat for {now - at:.2f} s on this path", WARNING,
+                           PATH=path, PEER_PATH="silent")
+        last = self._last_contact()
+        silent = now - last
+        if self._heard and not self._peer_gone and now >= last + peer.detection:
+            self._peer_gone = True
+            self._emit(Kind.FENCE, f"the peer is gone: silent on every path ({', '.join(self._heard)}) for "
+                       f"{silent:.2f} s", WARNING, PEER_STATE="gone")
+            self._out.append(StatusChanged())
+            master = self.router.master
+            if self.joined and (master is None or str(master) in self._heard or master == peer.address):
+                why = (f"the peer is gone: silent on every path for {silent:.2f} s (dead_after {peer.dead_after} x "
+                       f"heartbeat {peer.heartbeat:g} s)")
+                self._vrrp(self.router.peer_gone(now, why), now)
+
+    # -- a shared disk (no DRBD to refuse a second Primary): the mount waits for the peer ----------
+    def _shared_disk_wait(self, now: float) -> tuple[float, str]:
+        """Seconds to hold the mount back (0: go), and why."""
+        peer = self.cfg.peer
+        if peer is None or not peer.heartbeat or not self._heard or not self._peer_holding:
+            return 0.0, ""
+        if now < self._last_heard() + peer.detection:
+            return PEER_DEMOTE_POLL, "the peer's heartbeats say it still holds the disk"
+        view = self._peer_view(now)
+        wait = self._last_contact() + takeover_wait(view) - now
+        return max(0.0, wait), (f"the peer went silent while holding the disk: waiting {takeover_wait(view):.2f} s "
+                                "from the last contact, the bound by which an isolated peer has released it")
+
+    def _check_gate(self, now: float) -> None:
+        gate = self._gate
+        if gate is None or (gate.until is not None and now < gate.until):
+            return
+        wait, why = self._shared_disk_wait(now)
+        if wait <= 0:
+            self._gate = None
+            if gate.waited:
+                self._emit(Kind.FENCE, f"mounting after {now - gate.t0:.2f} s: {gate.waited}", WARNING)
+            self._out.append(gate.step)
+        elif now + wait > gate.t0 + gate.step.timeout:
+            self._gate = None
+            self._step_done(Step.MOUNT, Op.ACQUIRE, False, f"not mounting: {why}", (now - gate.t0) * 1000, now)
+        else:
+            gate.until, gate.waited = now + wait, why
+
+    # -- the bounded release: an isolated master stops serving within release_deadline -----------
+    def _isolated(self) -> str:
+        """Why this node must stop serving within release_deadline ('' when it need not)."""
+        if self._peer_deaf:
+            return "the peer hears nothing from us on any path"
+        silent = self.cfg.peer is not None and self._now >= self._last_heard() + self.cfg.peer.detection
+        if self.tracker is not None and self.tracker.isolated and (not self._beats() or silent):
+            return "no witness answers and the peer is silent on every path"
+        return ""
+
+    def _serving_parts(self) -> list[Step]:
+        """What must be released by the deadline: what lets clients write, and a shared disk's mount
+        (with DRBD the unmount may come later: fencing resource-and-stonith freezes the disk)."""
+        parts = (Step.VIP, Step.NFS, Step.NFS_STATE) if self.cfg.drbd is not None else (Step.VIP, Step.NFS,
+                                                                                        Step.NFS_STATE, Step.MOUNT)
+        return [s for s in self.machine.held if s in parts]
+
+    def _watch_release(self, now: float) -> None:
+        if (self.cfg.drbd is None and self.cfg.filesystem is None) or self._self_fenced:
+            return  # VIP only: no data to diverge, the release takes the time it takes
+        why = self._isolated()
+        parts = self._serving_parts() or ([Step.DRBD] if self._acquire is not None else [])
+        deadline = self.cfg.guard.release_deadline
+        if self._release_by is None:
+            if why and parts:
+                self._release_by = now + deadline
+                self._emit(Kind.FAULT, f"isolated ({why}): stopping to serve within {deadline:g} s "
+                           f"({', '.join(parts)} held)", WARNING, REASON=why)
+            return
+        if not parts:
+            self._emit(Kind.FAULT, f"stopped serving {now - self._release_by + deadline:.3f} s after noticing "
+                       f"isolation (release_deadline {deadline:g} s)", REASON="released in time")
+            self._release_by = None
+        elif not why:
+            self._release_by = None  # the peer hears us again: it will not take over now
+        elif now >= self._release_by:
+            action = self.cfg.drbd.demote_escalation[-1] if self.cfg.drbd is not None else "none"
+            reason = (f"isolated ({why}) and still holding {', '.join(parts)} {deadline:g} s later: the peer "
+                      f"takes over after its bound")
+            self._release_by = None
+            if action == "none":
+                self._emit(Kind.FAULT, f"{reason}; NO self-fence configured (drbd.demote_escalation ends with "
+                           "'none', or no [drbd]): two nodes may serve", CRITICAL, REASON=reason, FENCE="none")
+                return
+            self._self_fenced = True
+            self._emit(Kind.FAULT, f"self-fence ({action}): {reason}", CRITICAL, REASON=reason, FENCE=action)
+            self._out.append(SelfFence(action, reason))
+
     # -- reachability tracking ------------------------------------------------------------------
     def _schedule_tracking(self, now: float) -> None:
         track = self.cfg.track
@@ -1019,7 +1235,12 @@ class Node:
         if event.fresh is not None:
             self._fresh_ping(event)
             return
-        interval = self.cfg.track.interval if self.cfg.track else 0.0
+        track = self.cfg.track
+        if track is not None and event.target in self._probe_sent:
+            self._pings[event.target] = event.ok
+            if sum(self._pings.values()) < track.min_reachable:
+                self._unsure_at = now
+        interval = track.interval if track else 0.0
         self._track_result(event.target, event.ok, event.detail, now, self._probe_sent, self._probe_at, interval)
 
     def _track_result(self, name: str, ok: bool, detail: str, now: float, sent: dict[str, float],
@@ -1115,6 +1336,13 @@ class Node:
         self._nfs_changed = self._nfs_changed or new.nfs != old.nfs
         if (new.peer is None) != (old.peer is None):
             self._poll_at = None if new.peer is None else now  # the connections poll follows the channel
+        if new.peer is None or not new.peer.heartbeat:
+            self._beat_at, self._peer_gone, self._path_silent = None, False, set()
+            self._heard.clear()
+            self._set_fault("peer", None, now)
+            self._peer_deaf = False
+        elif self._beat_at is None:
+            self._beat_at = now
         if Step.VIP in self.machine.held:
             gone = tuple(x for x in old.vrrp.vips if x not in v.vips)
             added = tuple(x for x in v.vips if x not in old.vrrp.vips)
@@ -1130,6 +1358,7 @@ class Node:
                 self.tracker.configure(new.track)
             self._probe_sent.clear()
             self._check_sent.clear()
+            self._pings.clear()
             self._schedule_tracking(now)
             self._set_fault("track", self.tracker.fault_reason or None if self.tracker else None, now, farewell=True)
         self._apply_priority(now)
@@ -1150,5 +1379,6 @@ class Node:
             adverts_received=self.counters.adverts_received, drops=dict(self.validator.drops),
             fault_reason=self.machine.fault_reason if self.machine.phase == Phase.FAULT else "",
             hold_left=None if self.machine.hold_until is None else max(0.0, self.machine.hold_until - self._now),
-            peer_heard_at=self._peer_heard_at)
+            peer_heard_at=self._peer_heard_at, peer_paths=dict(self._heard), peer_gone=self._peer_gone,
+            release_by=self._release_by)
 

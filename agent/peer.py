@@ -1,10 +1,13 @@
-"""The peer channel's I/O: one UDP socket on the service address, requests and replies.
+"""The peer channel's I/O: one UDP socket, requests and replies, heartbeats on every path.
 
 Requests are answered by a handler the instance provides (state, outdate); `ask` sends one
-request to the configured peer and waits for the reply that names it. Anything that fails
+request to the peer, on the path it was last heard on, and waits for the reply that names it.
+`beat` sends one heartbeat to each of the peer's addresses (`[peer] addresses`); each one that
+arrives is handed on with the address it came from, so the node knows the peer is alive on
+which path. Anything that fails
 authentication, freshness or replay checks is dropped, counted by reason and logged (at
 most once a second per reason, so a flood cannot fill the journal). Replies are only
-accepted from the configured peer's address for a request we have outstanding.
+accepted from the configured peer's addresses for a request we have outstanding.
 """
 
 from __future__ import annotations
@@ -16,18 +19,33 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agent.actions import SendHeartbeat
 from agent.config import Config
+from agent.events import PeerHeard
 from agent.peerwire import Message, Rejected, ReplayGuard, decode, encode, load_secret, new_message
 
 log = logging.getLogger("failover-agent")
 
 Handler = Callable[[Message], Awaitable[dict[str, Any]]]
+OnBeat = Callable[[PeerHeard], None]
 REPLY = {"state": "state-reply", "outdate": "outdate-reply"}
 
 
+def heard(path: str, body: dict[str, Any]) -> PeerHeard:
+    """A heartbeat's body as the node's event; what is missing or mistyped reads as unknown."""
+    bound = body.get("bound")
+    seconds = float(bound) if isinstance(bound, float) or (type(bound) is int and abs(bound) < 1000) else 0.0
+    return PeerHeard(path, str(body.get("vrrp", ""))[:16], body.get("holding") is not False,
+                     body.get("hears") is not False, seconds if 0 <= seconds <= 600 else 0.0)
+
+
 class PeerChannel(asyncio.DatagramProtocol):
-    def __init__(self, own: str, peer: str, port: int, key: bytes, window: float, handler: Handler) -> None:
-        self.own, self.peer, self.port = own, peer, port
+    def __init__(self, own: str, peers: tuple[str, ...], port: int, key: bytes, window: float, handler: Handler,
+                 on_beat: OnBeat = lambda _: None) -> None:
+        self.own, self.peers, self.port = own, peers, port
+        self.peer = peers[0]  # the service address: requests go there unless another path is fresher
+        self.on_beat = on_beat
+        self.last_heard: dict[str, float] = {}
         self.key = key
         self.guard = ReplayGuard(window)
         self.handler = handler
@@ -39,7 +57,9 @@ class PeerChannel(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.own, self.port))
+        # one path: our service address; more: every address, so each network's heartbeats arrive
+        local = self.own if len(self.peers) == 1 else "0.0.0.0"
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(local, self.port))
         self.transport = transport
 
     def close(self) -> None:
@@ -60,13 +80,17 @@ class PeerChannel(asyncio.DatagramProtocol):
                         detail, self.rejected[reason])
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[0] != self.peer:
-            self._reject("not_peer", f"only {self.peer} may talk to us", addr)
+        if addr[0] not in self.peers:
+            self._reject("not_peer", f"only {', '.join(self.peers)} may talk to us", addr)
             return
         try:
             msg = decode(data, self.key, time.time(), self.guard)
         except Rejected as e:
             self._reject(e.reason, str(e).split(": ", 1)[-1], addr)
+            return
+        self.last_heard[addr[0]] = time.monotonic()
+        if msg.kind == "heartbeat":
+            self.on_beat(heard(addr[0], msg.body))
             return
         if msg.kind in REPLY:
             task = asyncio.ensure_future(self._answer(msg, addr))
@@ -91,13 +115,28 @@ class PeerChannel(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.sendto(encode(msg, self.key), addr)
 
+    def beat(self, a: SendHeartbeat) -> None:
+        """One heartbeat on every path (a nonce each: every copy is a message of its own)."""
+        body = {"vrrp": a.vrrp, "holding": a.holding, "hears": a.hears_peer, "bound": a.bound}
+        for path in self.peers:
+            try:
+                self._send(new_message("heartbeat", self.own, time.time(), body=body), (path, self.port))
+            except OSError as e:  # a path without a route (its link is down): the others still carry
+                self._reject("send_failed", f"heartbeat to {path}: {e.strerror or e}", (path, self.port))
+
+    def best_path(self) -> str:
+        """The service address, unless another path was heard from more recently."""
+        if not self.last_heard:
+            return self.peer
+        return max(self.peers, key=lambda p: (self.last_heard.get(p, -1.0), p == self.peer))
+
     async def ask(self, kind: str, timeout: float, body: dict[str, Any] | None = None) -> Message | None:
         """One request to the peer; its reply, or None when none came within `timeout`."""
         msg = new_message(kind, self.own, time.time(), body=body)
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.pending[msg.nonce] = fut
         try:
-            self._send(msg, (self.peer, self.port))
+            self._send(msg, (self.best_path(), self.port))
             return await asyncio.wait_for(fut, timeout)
         except (TimeoutError, OSError):
             return None
@@ -112,7 +151,7 @@ class PeerSetupError(Exception):
     """The peer channel cannot start (secret file missing or too open, port taken)."""
 
 
-async def open_channel(cfg: Config, own: str, handler: Handler) -> PeerChannel | None:
+async def open_channel(cfg: Config, own: str, handler: Handler, on_beat: OnBeat = lambda _: None) -> PeerChannel | None:
     """The channel `cfg` asks for, listening on our address (None without `[peer]`)."""
     p = cfg.peer
     if p is None:
@@ -121,7 +160,8 @@ async def open_channel(cfg: Config, own: str, handler: Handler) -> PeerChannel |
         key = load_secret(p.secret_file)
     except (OSError, ValueError) as e:
         raise PeerSetupError(f"{cfg.file}: peer.secret_file: {e}") from None
-    channel = PeerChannel(own, str(p.address), p.port, key, p.window, handler)
+    paths = (str(p.address), *(str(a) for a in p.paths if a != p.address))
+    channel = PeerChannel(own, paths, p.port, key, p.window, handler, on_beat)
     try:
         await channel.start()
     except OSError as e:

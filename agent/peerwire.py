@@ -1,8 +1,9 @@
 """The peer channel's messages, sans I/O: authenticated, fresh and used once.
 
 Two agents ask each other two things over the service network: "what is your state?" and
-"outdate your DRBD disk". Both change what a node may do with the data, so a message counts
-only if it carries a valid HMAC-SHA256 of its bytes under the shared secret (forgery), was
+"outdate your DRBD disk"; and each sends the other a heartbeat on every network they share
+(its silence makes the other take over). All of them change what a node may do with the data,
+so a message counts only if it carries a valid HMAC-SHA256 of its bytes under the shared secret (forgery), was
 made within `window` seconds of our clock (staleness: an old capture cannot be replayed
 after the window), and its nonce was not seen within the window (replay inside the window).
 There is deliberately no message that asks a node to promote: the channel can only ever
@@ -35,7 +36,7 @@ __all__ = [
     "new_message",
 ]
 
-KINDS = ("state", "state-reply", "outdate", "outdate-reply")
+KINDS = ("state", "state-reply", "outdate", "outdate-reply", "heartbeat")
 MAX_DATAGRAM = 4096
 MAC_LEN = 32
 MIN_SECRET = 16

@@ -40,7 +40,11 @@ def as_json(s: NodeStatus, cfg: Config, wire: Wire, clock: float, wall: float) -
         "vips_held": "vip" in s.held, "phase": s.phase, "held": list(s.held), "chain": list(s.chain),
         "faults": dict(s.faults),
         "peer": None if wire.peer_rejected is None or peer is None else {
-            "address": str(peer.address), "port": peer.port, "rejected": dict(wire.peer_rejected)},
+            "address": str(peer.address), "port": peer.port, "rejected": dict(wire.peer_rejected),
+            "heartbeat": peer.heartbeat, "gone": s.peer_gone,
+            "paths": {str(a): None if str(a) not in s.peer_paths else round(clock - s.peer_paths[str(a)], 2)
+                      for a in peer.paths}},
+        "release_left": None if s.release_by is None else round(max(0.0, s.release_by - clock), 2),
         "track": s.track,
         "monitor": {"interval": m.interval, "max_restarts": m.max_restarts, "hold_down": m.hold_down},
         "last_transition": None if last is None else {

@@ -21,6 +21,7 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from vrrp.checksum import checksum
 from vrrp.rawsock import bind_to_device
@@ -50,6 +51,15 @@ def established(proc_net_tcp: str, local: Iterable[IPv4Address]) -> list[Connect
         if lip in wanted:
             found.append((lip, lport, rip, rport))
     return found[:MAX_CONNECTIONS]
+
+
+def client_connections(vips: Iterable[IPv4Address], proc: str = "/proc/net/tcp") -> list[list[str | int]]:
+    """Our clients' TCP connections to the VIPs, as the peer channel carries them (none if unreadable)."""
+    try:
+        text = Path(proc).read_text()
+    except OSError:
+        return []
+    return [list(c) for c in established(text, vips)]
 
 
 def parse_connections(value: object) -> list[Connection]:

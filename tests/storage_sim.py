@@ -18,13 +18,26 @@ interconnect): the `witness` policy cannot be safe there, `refuse` must be.
 
 `Drbd` refuses what DRBD refuses (the peer Primary while connected, a disk that is not
 UpToDate) and nothing else: a disconnected Secondary with an UpToDate disk is promoted, as 8.4
-does when fencing cannot stop it. Data is a list of write numbers per node; a handshake makes
-the shorter history the sync target, two diverged histories are split brain (StandAlone). The
-client writes every 0.1 s through the node that serves with its service link up; a write is
-acknowledged once on the Primary (and on the peer too while connected). `violations` records
-every promotion while the other node is Primary and every promotion of data that lacks an
-acknowledged write. DRBD's fence-peer handler runs `failoverctl fence-peer`, whose exit code
-(`agent.node.fence_exit_code`) 4 or 5 makes DRBD record the peer as Outdated.
+does when fencing cannot stop it. With `fencing resource-and-stonith` a Primary that loses the
+connection freezes its I/O until the fence-peer handler says the peer is outdated or dead
+(exit 4 or 5), it is demoted, it crashes, or the connection comes back: a frozen Primary
+completes no write, so the peer may promote beside it (the bounded release relies on that).
+Data is a list of write numbers per node; a handshake makes the shorter history the sync
+target, two diverged histories are split brain (StandAlone). The client writes every 0.1 s
+through the node that serves with its service link up; a write is acknowledged once on the
+Primary (and on the peer too while connected). `violations` records every promotion while
+the other node is a Primary that can write (not frozen, its agent serving or acquiring: a
+killed agent's VIP is dropped by the unit's ExecStopPost, and a restarted or isolated agent
+that no longer holds the VIP or NFS must pass the guard again before it serves), every
+moment both nodes serve as writable Primaries, every frozen Primary that resumes while the
+other one is Primary, and every promotion of data that lacks an acknowledged write.
+
+Each node has its own clock, running up to 1 % fast or slow with an offset; heartbeats go on
+both paths (the service network and the replication cable) with random delay (so they may
+arrive out of order) and loss. A node that cannot stop serving within release_deadline fences
+itself (`agent.actions.SelfFence`): the model crashes it and boots it again. DRBD's fence-peer
+handler runs `failoverctl fence-peer`, whose exit code (`agent.node.fence_exit_code`) 4 or 5
+makes DRBD record the peer as Outdated.
 """
 
 from __future__ import annotations
@@ -34,13 +47,14 @@ import random
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address
 
 from agent import actions as act
 from agent import events as ev
 from agent.config import Config, parse
 from agent.journal import Event as Kind
-from agent.machine import Op, Step
+from agent.machine import Op, Phase, Step
 from agent.node import Node, fence_exit_code
 from drbd.drbdadm import GAVE_UP
 from drbd.status import Status
@@ -49,6 +63,10 @@ from vrrp.packet import GROUP, Advertisement, encode
 WITNESS = IPv4Address("192.0.2.254")
 VIP = IPv4Address("192.0.2.100")
 HANDLER_DELAY = 0.3  # DRBD runs the fence-peer handler this long after it lost the peer
+DELAY = (0.0005, 0.03)  # a heartbeat's one-way delay, uniform: later ones may overtake earlier ones
+LOSS = 0.02  # the share of heartbeats lost on the way
+CLOCK_RATE = 0.01  # each node's clock runs up to this much fast or slow
+FENCE_REBOOT = (5.0, 15.0)  # a self-fenced node is back after this long
 SYNC_TIME = 1.0
 LATENCY = 0.001  # one way, on any link
 DRBD_CALL = 0.002  # a drbdsetup / drbdadm call
@@ -57,7 +75,7 @@ Task = Generator[float, None, tuple[bool, str]]  # yields seconds to sleep, retu
 LOGGED = {Kind.TRANSITION, Kind.FENCE, Kind.FAULT, Kind.SERVING, Kind.RELEASED, Kind.CLEANUP}
 
 
-def node_config(i: int, policy: str, preempt: bool) -> Config:
+def node_config(i: int, policy: str, preempt: bool, heartbeat: float = 0.1) -> Config:
     """What an admin writes for node i of the pair (the witness policy's documented timings)."""
     return parse(f"""
 [vrrp]
@@ -72,6 +90,7 @@ vips = ["{VIP}/24"]
 [drbd]
 resource = "r0"
 unknown_peer = "{policy}"
+demote_escalation = ["retry", "force", "reboot"]
 
 [filesystem]
 device = "/dev/drbd0"
@@ -84,14 +103,16 @@ step_timeout = 30.0
 
 [track]
 witnesses = ["{WITNESS}"]
-interval = 1.0
-timeout = 0.5
 fall = 3
 rise = 2
 
 [peer]
-address = "{Sim.address(1 - i)}"
+addresses = ["{Sim.address(1 - i)}", "{Sim.replication_address(1 - i)}"]
 timeout = 0.5
+heartbeat = {heartbeat}
+
+[guard]
+release_deadline = 1.0
 """, f"node{i}.toml")
 
 
@@ -105,6 +126,7 @@ class Side:
     peer_outdated: bool = False  # metadata: the fence-peer handler outdated the peer (exit 4) or found it dead (5)
     standalone: bool = False
     cycling: bool = False  # disconnected by the agent to outdate itself (RunOutdate with disconnect)
+    frozen: bool = False  # a Primary that lost the peer: I/O suspended until the handler or a demote
     data: list[int] = field(default_factory=list)
 
 
@@ -135,7 +157,11 @@ class Drbd:
             return "Need access to UpToDate data"
         if self.connected() and peer.role == "Primary":
             return "Multiple primaries not allowed by config"
-        if peer.up and peer.role == "Primary":
+        agent = self.sim.agents[1 - i]
+        m = agent.node.machine if agent is not None and agent.alive else None
+        may_serve = m is not None and (m.phase in (Phase.ACQUIRING, Phase.SERVING)
+                                       or any(s in m.held for s in (Step.VIP, Step.NFS, Step.NFS_STATE)))
+        if peer.up and peer.role == "Primary" and not peer.frozen and may_serve:
             self.sim.violations.append(f"{self.sim.now:.2f}: node {i} promoted while node {1 - i} is Primary")
         lost = self.sim.acked - set(me.data)
         if lost:
@@ -146,10 +172,28 @@ class Drbd:
 
     def demote(self, i: int) -> None:
         self.sides[i].role = "Secondary"
+        self.sides[i].frozen = False
+
+    def resume(self, i: int, why: str) -> None:
+        """A frozen Primary writes again: fine unless the other node is Primary meanwhile."""
+        me, peer = self.sides[i], self.sides[1 - i]
+        if not me.frozen:
+            return
+        me.frozen = False
+        if me.role == "Primary" and peer.up and peer.role == "Primary":
+            self.sim.violations.append(f"{self.sim.now:.2f}: node {i} resumed I/O ({why}) while node {1 - i} "
+                                       "is Primary")
+
+    def reconnect(self, i: int) -> None:
+        """drbdadm disconnect + connect: back at once if the link works."""
+        self.sides[i].cycling = True
+        self.changed()
+        self.sides[i].cycling = False
+        self.changed()
 
     def crash(self, i: int) -> None:
         s = self.sides[i]
-        s.up, s.role, s.standalone, s.cycling = False, "Secondary", False, False
+        s.up, s.role, s.standalone, s.cycling, s.frozen = False, "Secondary", False, False, False
         self.changed()
 
     def boot(self, i: int) -> None:
@@ -182,10 +226,14 @@ class Drbd:
         if self.was_connected and not now:
             for i, s in enumerate(self.sides):
                 if s.up and s.role == "Primary":
+                    s.frozen = True  # fencing resource-and-stonith
                     self.sim.at(self.sim.now + HANDLER_DELAY, self._handler(i))
         elif now and not self.was_connected:
             self.connects += 1
             self._handshake()
+            if self.connected():
+                for i in (0, 1):
+                    self.resume(i, "reconnected")
         self.was_connected = now
 
     def _handler(self, i: int) -> Callable[[], None]:
@@ -230,7 +278,10 @@ class Agent:
 
     def __init__(self, sim: Sim, i: int, policy: str, preempt: bool) -> None:
         self.sim, self.i = sim, i
-        self.node = Node(node_config(i, policy, preempt), sim.address(i))
+        self.node = Node(node_config(i, policy, preempt, sim.heartbeat), sim.address(i))
+        # this process's monotonic clock: its own offset, running up to CLOCK_RATE fast or slow
+        self.rate = 1 + sim.rng.uniform(-CLOCK_RATE, CLOCK_RATE)
+        self.offset = sim.rng.uniform(0, 1000)
         self.alive = True
         self.queue: list[tuple[bytes, float]] = []  # the VRRP socket's receive queue
         self.threshold = 256  # the doorbell's: adverts of this priority or above ring it
@@ -258,13 +309,24 @@ class Agent:
             return
         self._busy = True
         while self._pending and self.alive:
-            for action in self.node.handle(self._pending.popleft(), self.sim.now):
+            for action in self.node.handle(self._pending.popleft(), self.clock()):
                 self.do(action)
         self._busy = False
         deadline = self.node.deadline()
         if deadline is not None and deadline != self.timer_at:
             self.timer_at = deadline
-            self.sim.at(deadline, lambda: self._timer(deadline))
+            # the loop wakes at the first sim time its clock reads the deadline (never early)
+            self.sim.at(self.sim_time(deadline) + 1e-9, lambda: self._timer(deadline))
+
+    def clock(self) -> float:
+        return self.offset + self.rate * self.sim.now
+
+    def sim_time(self, t: float) -> float:
+        return (t - self.offset) / self.rate
+
+    def span(self, d: float) -> float:
+        """A duration this node measures as `d`, in the world's time."""
+        return d / self.rate
 
     def _timer(self, at: float) -> None:
         if self.timer_at == at:
@@ -286,15 +348,24 @@ class Agent:
         elif isinstance(a, act.RunStep):
             self._resume(a, self.run(a))
         elif isinstance(a, act.ReadDrbd):
+            if a.drop_peer:
+                sim.drbd.reconnect(i)
             self.later(DRBD_CALL, ev.DrbdRead(sim.drbd.status(i)))
         elif isinstance(a, act.Promote):
             sim.at(sim.now + DRBD_CALL, self._promote)
         elif isinstance(a, act.SendProbe):
             ok = sim.reaches_witness(i)
-            self.later(LATENCY if ok else a.timeout,
+            self.later(LATENCY if ok else self.span(a.timeout),
                        ev.ProbeResult(a.target, ok, "echo reply" if ok else "no echo reply", a.fresh))
         elif isinstance(a, act.AskPeer):
             sim.ask_peer(self, a)
+        elif isinstance(a, act.SendHeartbeat):
+            sim.send_heartbeat(i, a)
+        elif isinstance(a, act.SelfFence):
+            sim.log(f"node {i}: self-fence ({a.action}): {a.reason}")
+            sim.fenced += 1
+            sim.crash_node(i)
+            sim.at(sim.now + sim.rng.uniform(*FENCE_REBOOT), lambda: sim.boot_node(i))
         elif isinstance(a, act.AnswerPeer):
             reply = self.replies.pop(a.id, None)
             if reply is not None:
@@ -314,7 +385,7 @@ class Agent:
         return encode(adv, self.sim.address(self.i), GROUP, self._ip_id)
 
     def heard(self, datagram: bytes, priority: int) -> None:
-        self.queue.append((datagram, self.sim.now))
+        self.queue.append((datagram, self.clock()))
         if priority == 0 or priority >= self.threshold:
             self.feed(ev.Doorbell())
 
@@ -357,8 +428,9 @@ class Agent:
 
 
 class Sim:
-    def __init__(self, policy: str, seed: int, preempt: bool = False) -> None:
-        self.policy, self.preempt = policy, preempt
+    def __init__(self, policy: str, seed: int, preempt: bool = False, heartbeat: float = 0.1) -> None:
+        self.policy, self.preempt, self.heartbeat = policy, preempt, heartbeat
+        self.fenced = 0
         self.rng = random.Random(seed)
         self.now = 0.0
         self.violations: list[str] = []
@@ -400,6 +472,26 @@ class Sim:
     def address(i: int) -> IPv4Address:
         return IPv4Address(f"192.0.2.{i + 1}")
 
+    @staticmethod
+    def replication_address(i: int) -> IPv4Address:
+        return IPv4Address(f"198.51.100.{i + 1}")
+
+    def replication_up(self) -> bool:
+        return self.drbd.link and all(self.node_up)
+
+    def send_heartbeat(self, i: int, a: act.SendHeartbeat) -> None:
+        """On each path that works now, with its own delay (and sometimes lost)."""
+        for path, up in ((self.address(i), self.peers_talk), (self.replication_address(i), self.replication_up)):
+            if not up() or self.rng.random() < LOSS:
+                continue
+            self.at(self.now + self.rng.uniform(*DELAY),
+                    partial(self._beat, 1 - i, ev.PeerHeard(str(path), a.vrrp, a.holding, a.hears_peer, a.bound), up))
+
+    def _beat(self, j: int, event: ev.PeerHeard, up: Callable[[], bool]) -> None:
+        agent = self.agents[j]
+        if agent is not None and agent.alive and up():
+            agent.feed(event)
+
     def reaches_witness(self, i: int) -> bool:
         return self.node_up[i] and self.service[i]
 
@@ -435,7 +527,7 @@ class Sim:
             peer.feed(ev.PeerRequest(self._rid, a.kind, str(self.address(i)), self.drbd.status(1 - i)))
 
         self.at(self.now + LATENCY, arrive)
-        self.at(self.now + a.timeout, lambda: answered(None))
+        self.at(self.now + asker.span(a.timeout), lambda: answered(None))
 
     def _back(self, reply: act.AnswerPeer, answered: Callable[[dict[str, object] | None], None]) -> None:
         if self.peers_talk():
@@ -456,14 +548,21 @@ class Sim:
         current = self.fencing.pop(i, None) == self.drbd.connects and not self.drbd.connected()
         if code in (4, 5) and current and self.drbd.sides[i].up:
             self.drbd.sides[i].peer_outdated = True  # DRBD records the peer as Outdated
+            self.drbd.resume(i, f"fence-peer exit {code}")
         late = "" if current else ", ignored by DRBD: it reconnected meanwhile"
         self.log(f"node {i} fence-peer: {answer} (exit {code}{late})")
 
     def _client(self) -> None:
+        serving = [i for i, agent in enumerate(self.agents)
+                   if agent is not None and agent.alive and agent.node.machine.serving and self.drbd.sides[i].up
+                   and self.drbd.sides[i].role == "Primary" and not self.drbd.sides[i].frozen]
+        if len(serving) > 1 and not any("both serve" in v for v in self.violations[-1:]):
+            self.violations.append(f"{self.now:.2f}: both serve as writable Primaries: node 0 is Primary while "
+                                   "node 1 is Primary")
         for i, agent in enumerate(self.agents):
             side = self.drbd.sides[i]
             if (agent is not None and agent.alive and agent.node.machine.serving and self.service[i]
-                    and side.up and side.role == "Primary"):
+                    and side.up and side.role == "Primary" and not side.frozen):
                 self.writes += 1
                 side.data.append(self.writes)
                 peer = self.drbd.sides[1 - i]

@@ -221,10 +221,17 @@ def test_takeover_time_refuse_and_witness_as_the_guard_computes_it() -> None:
     witness = configmod.parse(text.replace('resource = "r0"', 'resource = "r0"\nunknown_peer = "witness"\n'
                                                               "witness_grace = 4"))
     lines = checkconfig.takeover_time(witness)
-    # guard.may_promote: silent for Master_Down_Interval + isolation, isolation = 3 x 1 + 0.5 + 4
-    assert lines[0].startswith("takeover: worst case 11.188 s after the master's last advert when DRBD cannot see")
-    assert "+ isolation wait 7.5 s (track.fall 3 x track.interval 1 s + track.timeout 0.5 s + " \
-           "drbd.witness_grace 4 s" in lines[2]
+    # guard.isolation_bound with the fast [track] defaults a [peer] brings (interval 0.2 s, timeout
+    # 0.1 s): (heartbeat 0.1 + 3 x 0.2 + 0.1 + release_deadline 1 + witness_grace 4) x 1.01 / 0.99
+    assert lines[0].startswith("takeover: worst case 5.917 s after the peer's last sign of life when DRBD cannot")
+    assert "gone after 0.3 s of silence on every path (192.0.2.2)" in lines[1]
+    assert "5.917 s = (heartbeat 0.1 s + noticing 0.7 s + guard.release_deadline 1 s + drbd.witness_grace 4 s)" \
+           in lines[2] and "overlap, they do not add" in lines[2]
+    assert "ends with 'none' (NONE: an isolated peer" in lines[3]
+    fenced = configmod.parse(text.replace('resource = "r0"', 'resource = "r0"\nunknown_peer = "witness"\n'
+                                                             'demote_escalation = ["retry", "reboot"]'))
+    lines = checkconfig.takeover_time(fenced)
+    assert lines[0].startswith("takeover: worst case 1.836 s") and "ends with 'reboot'" in lines[3]
     long = configmod.parse(text.replace('resource = "r0"', 'resource = "r0"\nunknown_peer = "witness"\n'
                                                            "witness_grace = 60"))
     assert "the first attempt gives up" in checkconfig.takeover_time(long)[-1]

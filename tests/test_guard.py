@@ -18,7 +18,7 @@ ROLES = ("Primary", "Secondary", "Unknown")
 DISKS = ("UpToDate", "Outdated", "Inconsistent", "Diskless", "DUnknown")
 CONNECTIONS = ("Connected", "Connecting", "StandAlone")
 MAY = (None, True, False)
-VIEWS = [PeerView(unknown_peer=p, witness_reachable=w, peer_silent_for=s, master_down_interval=3.0)
+VIEWS = [PeerView(unknown_peer=p, witness_reachable=w, peer_silent_for=s, detection=3.0)
          for p, w, s in itertools.product(("refuse", "witness"), (None, True, False), (0.5, 3.5))]
 
 
@@ -67,7 +67,7 @@ def test_every_combination_matches_the_rule_table() -> None:
     (Status("r0", "Secondary", "UpToDate", "Connecting"), PeerView(unknown_peer="witness", witness_reachable=False,
                                                                    peer_silent_for=9), "we may be the isolated node"),
     (Status("r0", "Secondary", "UpToDate", "Connecting"), PeerView(unknown_peer="witness", witness_reachable=True,
-                                                                   peer_silent_for=1), "less than Master_Down"),
+                                                                   peer_silent_for=1), "than max(detection 3.00 s"),
 ])  # fmt: skip
 def test_refusals_say_why_and_what_to_do(st: Status | None, view: PeerView, needle: str) -> None:
     d = may_promote(st, "r0", view)
@@ -77,19 +77,23 @@ def test_refusals_say_why_and_what_to_do(st: Status | None, view: PeerView, need
 def test_the_witness_policy_allows_a_dead_peer_only_with_a_witness_and_silence() -> None:
     st = Status("r0", "Secondary", "UpToDate", "Connecting")
     d = may_promote(st, "r0", PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=3.2,
-                                       master_down_interval=3.0))
-    assert d.allow and "taken as dead (unknown_peer = witness)" in d.reason
+                                       detection=3.0))
+    assert d.allow and "stopped serving or fenced itself (unknown_peer = witness)" in d.reason
 
 
-def test_the_witness_policy_leaves_an_isolated_peer_time_to_release_first() -> None:
+def test_the_witness_policy_waits_for_detection_and_the_bound_overlapping_not_added() -> None:
     st = Status("r0", "Secondary", "UpToDate", "Connecting")
-    view = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=4.0, master_down_interval=3.6,
-                    isolation_time=8.5)  # fall 3 x 1 s + timeout 0.5 + witness_grace 5
+    view = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=1.0, detection=0.3,
+                    isolation_bound=1.84)
     assert not may_promote(st, "r0", view).allow
-    assert witness_wait(st, view) == 3.6 + 8.5 - 4.0
-    later = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=12.2, master_down_interval=3.6,
-                     isolation_time=8.5)
+    assert witness_wait(st, view) == pytest.approx(1.84 - 1.0)
+    later = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=1.85, detection=0.3,
+                     isolation_bound=1.84)
     assert may_promote(st, "r0", later).allow and witness_wait(st, later) == 0
+    # detection longer than the bound (no heartbeats: Master_Down_Interval): the longer one counts
+    slow = PeerView(unknown_peer="witness", witness_reachable=True, peer_silent_for=2.0, detection=3.6,
+                    isolation_bound=1.84)
+    assert witness_wait(st, slow) == pytest.approx(1.6) and not may_promote(st, "r0", slow).allow
     # nothing to wait for when the rule cannot allow anyway, or DRBD already decides
     assert witness_wait(st, PeerView(unknown_peer="refuse", peer_silent_for=0)) == 0
     assert witness_wait(st, PeerView(unknown_peer="witness", witness_reachable=False)) == 0

@@ -50,6 +50,7 @@ rise = 2
 [peer]
 address = "192.0.2.2"
 timeout = 0.5
+heartbeat = {heartbeat}
 """
 A = TypeVar("A")
 CONNECTED = Status("r0", "Secondary", "UpToDate", "Connected", "Secondary", "UpToDate")
@@ -120,7 +121,7 @@ def test_startup_with_nothing_held_joins_vrrp_as_backup() -> None:
 
 
 def test_what_an_earlier_run_left_is_released_before_joining() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     out = d.feed(ev.Start(found=(Step.DRBD, Step.MOUNT)))
     assert of(act.RunStep, out) == [RunStep(Step.MOUNT, Op.RELEASE, 30.0)] and not of(act.Joined, out)
     assert d.node.router.state == State.INITIALIZE
@@ -130,7 +131,7 @@ def test_what_an_earlier_run_left_is_released_before_joining() -> None:
 
 
 def test_a_release_that_never_finishes_fails_the_start_after_its_budget() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     d.feed(ev.Start(found=(Step.DRBD,)))
     for _ in range(40):
         run = d.node.machine.running
@@ -207,7 +208,7 @@ def test_a_second_master_is_reclaimed_with_gratuitous_arp_at_most_once_a_second(
 
 
 def test_the_peer_is_told_primary_while_we_hold_anything() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     d.master()
     out = d.feed(ev.PeerRequest(7, "outdate", "192.0.2.2", CONNECTED))
     assert of(act.AnswerPeer, out)[0].body["result"] == "primary"
@@ -215,7 +216,7 @@ def test_the_peer_is_told_primary_while_we_hold_anything() -> None:
 
 
 def test_outdate_for_the_peer_refuses_the_newer_data_and_cycles_at_most_every_30_s() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     d.feed(ev.Start())
     newer = Status("r0", "Secondary", "UpToDate", "WFConnection", "Unknown", "Outdated")
     out = d.feed(ev.PeerRequest(1, "outdate", "192.0.2.2", newer))
@@ -244,7 +245,7 @@ def fence(d: Drive, state_reply: dict[str, object] | None, pings: Sequence[bool]
 
 
 def test_fence_peer_declares_a_silent_peer_dead_only_on_a_fresh_witness_answer() -> None:
-    d = Drive(STORAGE.format(policy="witness"))
+    d = Drive(STORAGE.format(policy="witness", heartbeat=0))
     d.feed(ev.Start())
     d.until(1.01)  # rise 2: the tracker says connected
     assert not d.node.tracker.isolated  # type: ignore[union-attr]
@@ -253,7 +254,7 @@ def test_fence_peer_declares_a_silent_peer_dead_only_on_a_fresh_witness_answer()
 
 
 def test_fence_peer_asks_a_living_peer_to_outdate() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     d.feed(ev.Start())
     out = d.feed(ev.AdminRequest(9, ev.Admin.FENCE_PEER))
     ask = of(act.AskPeer, out)[0]
@@ -272,7 +273,7 @@ def acquire(d: Drive) -> None:
 
 
 def test_acquire_waits_for_a_releasing_peer_then_promotes() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     acquire(d)
     t0 = d.now
     d.feed(ev.DrbdRead(PEER_PRIMARY))
@@ -286,7 +287,7 @@ def test_acquire_waits_for_a_releasing_peer_then_promotes() -> None:
 
 
 def test_acquire_with_the_link_cut_asks_the_peer_and_refuses_when_it_is_silent() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     acquire(d)
     out = d.feed(ev.DrbdRead(CUT))
     ask = of(act.AskPeer, out)[0]
@@ -298,7 +299,7 @@ def test_acquire_with_the_link_cut_asks_the_peer_and_refuses_when_it_is_silent()
 
 
 def test_acquire_with_the_link_cut_promotes_once_the_peer_outdated_itself() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     acquire(d)
     ask = of(act.AskPeer, d.feed(ev.DrbdRead(CUT)))[0]
     assert isinstance(ask, act.AskPeer)
@@ -307,8 +308,8 @@ def test_acquire_with_the_link_cut_promotes_once_the_peer_outdated_itself() -> N
     assert of(act.Promote, d.feed(ev.PeerAnswer(outdate.id, {"result": "outdated"})))
 
 
-def test_witness_policy_waits_master_down_plus_the_peer_s_isolation_time_from_its_last_advert() -> None:
-    d = Drive(STORAGE.format(policy="witness"))
+def test_witness_policy_without_heartbeats_waits_the_peer_s_isolation_bound_from_its_last_advert() -> None:
+    d = Drive(STORAGE.format(policy="witness", heartbeat=0))
     d.feed(ev.Start())
     d.until(1.01)
     d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
@@ -318,8 +319,11 @@ def test_witness_policy_waits_master_down_plus_the_peer_s_isolation_time_from_it
     ask = of(act.AskPeer, d.feed(ev.DrbdRead(CUT)))[-1]
     assert isinstance(ask, act.AskPeer)
     d.feed(ev.PeerAnswer(ask.id, None))
-    isolation = 3 * 1.0 + 0.5 + 5.0  # fall x interval + timeout + witness_grace
-    promote_at = heard + d.node.router.master_down_interval + isolation
+    # the cut came within one advert interval of the last advert; the peer notices in fall x
+    # interval + timeout and stops serving within release_deadline; 1 % clock-rate error both ways
+    bound = (1.0 + 3 * 1.0 + 0.5 + 1.0) * 1.01 / 0.99
+    assert bound > d.node.router.master_down_interval  # the two overlap: the longer one counts
+    promote_at = heard + bound
     reads = len(of(act.ReadDrbd, d.log))
     d.until(promote_at - 0.01)
     assert len(of(act.ReadDrbd, d.log)) == reads, "no second look before the peer had time to release"
@@ -464,7 +468,7 @@ def test_a_failed_check_or_maintenance_or_part_of_the_chain_is_released() -> Non
     d = Drive()
     out = d.feed(ev.Start(found=(Step.VIP,), maintenance=True, handoff_age=0.1))
     assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     out = d.feed(ev.Start(found=(Step.MOUNT, Step.VIP), handoff_age=0.1))
     assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
 
@@ -476,7 +480,7 @@ def storage_start(d: Drive) -> act.AskPeer:
 
 
 def test_a_storage_chain_is_adopted_only_with_drbd_primary_and_the_peer_a_backup_holding_nothing() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     ask = storage_start(d)
     d.feed(ev.DrbdRead(PRIMARY))
     answer_checks(d)
@@ -497,7 +501,7 @@ def test_a_storage_chain_is_released_when_drbd_or_the_peer_disagree() -> None:
         (PRIMARY, {"vrrp": "MASTER", "phase": "ACQUIRING", "held": []}, "the peer is MASTER"),
         (PRIMARY, {"vrrp": "BACKUP", "phase": "IDLE", "held": ["vip"]}, "holding vip"),
     ]:
-        d = Drive(STORAGE.format(policy="refuse"))
+        d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
         ask = storage_start(d)
         d.feed(ev.DrbdRead(drbd))
         answer_checks(d)
@@ -508,7 +512,7 @@ def test_a_storage_chain_is_released_when_drbd_or_the_peer_disagree() -> None:
 
 
 def test_a_silent_peer_channel_leaves_the_decision_to_drbd_and_the_adverts() -> None:
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     ask = storage_start(d)
     d.feed(ev.DrbdRead(PRIMARY))
     answer_checks(d)
@@ -532,7 +536,7 @@ def test_a_restart_keeps_a_serving_chain_without_priority_zero_and_a_stop_still_
     out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
     assert of(act.Stopped, out) == [act.Stopped(())]
     # a master still acquiring leaves in order
-    d = Drive(STORAGE.format(policy="refuse"))
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
     d.master()
     out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
     assert not of(act.Stopped, out) and d.node._stop is not None
@@ -552,3 +556,207 @@ def test_a_stop_while_verifying_releases_what_was_found() -> None:
     assert of(act.RunStep, out)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0) and not of(act.Stopped, out)
     out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
     assert of(act.Stopped, out) == [act.Stopped(())] and not emitted(d, Kind.ADOPTED)
+# -- heartbeats on every path, the overlapping waits, the bounded release ------------------------
+HB = STORAGE.replace('address = "192.0.2.2"', 'addresses = ["192.0.2.2", "198.51.100.2"]').replace(
+    "interval = 1.0\ntimeout = 0.5\nfall = 3\n", "").replace('resource = "r0"', 'resource = "r0"\n'
+                                                             'demote_escalation = ["retry", "reboot"]')
+PATHS = ("192.0.2.2", "198.51.100.2")
+
+
+def beat(d: Drive, at: float, paths: Sequence[str] = PATHS, hears_us: bool = True) -> None:
+    for path in paths:
+        d.feed(ev.PeerHeard(path, "MASTER", True, hears_us, 1.836), at)
+
+
+def beating_until(d: Drive, t: float, paths: Sequence[str] = PATHS) -> None:
+    """The peer's heartbeats every 0.1 s on `paths` until `t`, the node's timers in between."""
+    while d.now + 0.1 <= t + 1e-9:
+        d.until(d.now + 0.1)
+        beat(d, d.now, paths)
+
+
+def test_heartbeats_go_every_interval_and_the_fast_track_defaults_apply() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    assert d.cfg.track is not None and (d.cfg.track.interval, d.cfg.track.timeout) == (0.2, 0.1)
+    d.feed(ev.Start())
+    d.until(1.0)
+    sent = of(act.SendHeartbeat, d.log)
+    assert 10 <= len(sent) <= 11 and sent[0].hears_peer  # nothing heard yet: we do not call it gone
+    assert sent[-1].bound == 1.836  # (0.1 + 3 x 0.2 + 0.1 + 1.0) x 1.01 / 0.99
+
+
+def test_silent_on_one_path_is_a_link_cut_not_a_dead_peer() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    assert d.node.router.state == State.BACKUP
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    beating_until(d, 2.0, paths=PATHS[1:])  # the service path is cut; replication still carries heartbeats
+    assert d.node.router.state == State.BACKUP and not d.node.snapshot().peer_gone
+    beating_until(d, 5.0, paths=PATHS[1:])  # VRRP alone: Master_Down_Interval after the last advert
+    assert d.node.router.state == State.MASTER and not d.node.snapshot().peer_gone
+    assert "silent for" in (d.node.last.reason if d.node.last else "")
+    assert any(isinstance(a, act.Emit) and "192.0.2.2: no heartbeat" in a.message for a in d.log)
+
+
+def test_silent_on_every_path_takes_over_at_once_without_master_down() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    last = d.now
+    d.until(last + 0.29)
+    assert d.node.router.state == State.BACKUP
+    d.until(last + 0.31)
+    assert d.node.router.state == State.MASTER and d.node.snapshot().peer_gone
+    assert "the peer is gone" in (d.node.last.reason if d.node.last else "")
+    # the acquire: DRBD lost the peer too; the peer is gone, so it is not asked (that would cost
+    # peer.timeout); the witness rule waits for the bound from the last contact, not after detection
+    d.answer_steps()
+    out = d.feed(ev.DrbdRead(CUT))
+    assert not of(act.AskPeer, out)
+    bound = (0.1 + 3 * 0.2 + 0.1 + 1.0) * 1.01 / 0.99
+    d.until(last + bound - 0.01)
+    assert not of(act.Promote, d.log)
+    d.until(last + bound + 0.001)
+    assert of(act.Promote, d.feed(ev.DrbdRead(CUT)))
+
+
+def test_without_a_heartbeat_ever_heard_rfc_timing_holds() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    d.until(1.0)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))  # a peer whose heartbeats never reach us
+    heard = d.now
+    d.until(heard + 1.0)
+    assert d.node.router.state == State.BACKUP  # no "gone" from heartbeats we never had
+
+
+def serving(d: Drive) -> None:
+    d.feed(ev.Start())
+    d.until(1.0)
+    d.until(d.now + d.node.router.master_down_interval + 0.01)
+    assert d.node.router.state == State.MASTER
+    d.feed(ev.DrbdRead(CONNECTED))
+    d.feed(ev.Promoted(True, ""))
+    d.answer_steps()
+    assert d.node.machine.serving
+
+
+def test_a_master_the_peer_cannot_hear_releases_and_fences_itself_if_it_cannot_in_time() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    serving(d)
+    beat(d, d.now, hears_us=False)  # asymmetric: the peer hears nothing from us on any path
+    assert d.node.router.state == State.FAULT and "hears nothing from us" in d.node.faults["peer"]
+    assert d.node.snapshot().release_by == d.now + 1.0
+    run = d.node.machine.running
+    assert run is not None and (run.step, run.op) == (Step.VIP, Op.RELEASE)
+    d.until(d.now + 0.99)
+    assert not of(act.SelfFence, d.log)
+    d.until(d.now + 0.02)  # the VIP release hangs past release_deadline
+    fence = of(act.SelfFence, d.log)
+    assert fence and fence[0].action == "reboot" and "still holding vip" in fence[0].reason
+
+
+def test_a_release_in_time_is_not_fenced() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    serving(d)
+    beat(d, d.now, hears_us=False)
+    for step in (Step.VIP,):
+        d.feed(ev.StepDone(step, Op.RELEASE, True, "done"), d.now + 0.2)
+    d.until(d.now + 3.0)
+    assert d.node.snapshot().release_by is None and not of(act.SelfFence, d.log)
+    assert any(isinstance(a, act.Emit) and "stopped serving" in a.message for a in d.log)
+
+
+def test_an_isolated_master_counts_from_when_both_witnesses_and_peer_are_lost() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    serving(d)
+    beat(d, d.now)
+    d.witnesses_answer = False
+    d.until(d.now + 0.3)  # the peer went silent 0.3 s ago on every path; witnesses failing
+    # while our own witnesses fail we may be the one cut off: that is no proof the peer is gone
+    assert not d.node.snapshot().peer_gone
+    d.until(d.now + 1.0)
+    assert d.node.router.state == State.FAULT  # the witnesses' verdict: isolated, release
+    assert d.node.snapshot().release_by is not None or of(act.SelfFence, d.log)
+    d.until(d.now + 2.0)
+    assert of(act.SelfFence, d.log)  # the test never answers the VIP release: it overran
+
+
+def test_drbd_still_connected_to_a_peer_gone_on_every_path_is_dropped_once() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    d.until(d.now + 0.31)
+    assert d.node.router.state == State.MASTER
+    d.answer_steps()
+    out = d.feed(ev.DrbdRead(PEER_PRIMARY))  # DRBD waits for its ping timeout to notice
+    assert of(act.ReadDrbd, out) == [act.ReadDrbd(drop_peer=True)]
+    out = d.feed(ev.DrbdRead(PEER_PRIMARY))  # still: now it only waits, it does not drop again
+    assert not of(act.ReadDrbd, out)
+    n = len(d.log)
+    d.until(d.now + 0.1001)
+    assert of(act.ReadDrbd, d.log[n:]) == [act.ReadDrbd()]
+
+
+def test_a_peer_alive_on_one_path_keeps_its_drbd_connection() -> None:
+    d = Drive(HB.format(policy="refuse", heartbeat=0.1))
+    d.master()
+    d.answer_steps()
+    beat(d, d.now, paths=PATHS[1:])
+    out = d.feed(ev.DrbdRead(PEER_PRIMARY))
+    assert not of(act.ReadDrbd, out)
+    n = len(d.log)
+    d.until(d.now + 0.1001)
+    assert of(act.ReadDrbd, d.log[n:]) == [act.ReadDrbd()]
+
+
+SHARED = VIP_ONLY + """
+[filesystem]
+device = "/dev/loop7"
+mountpoint = "/srv/nfs"
+
+[track]
+witnesses = ["192.0.2.254"]
+
+[peer]
+address = "192.0.2.2"
+"""
+
+
+def test_a_shared_disk_is_mounted_only_after_the_silent_peer_s_bound() -> None:
+    d = Drive(SHARED)
+    d.feed(ev.Start())
+    for t in range(1, 11):
+        d.feed(ev.PeerHeard("192.0.2.2", "MASTER", True, True, 0.0), t * 0.1)
+    last = d.now
+    d.until(last + 0.31)  # gone: VRRP takes over at once, the mount waits
+    assert d.node.router.state == State.MASTER
+    assert not of(act.RunStep, d.log)
+    bound = (0.1 + 3 * 0.2 + 0.1 + 1.0) * 1.01 / 0.99
+    d.until(last + bound - 0.01)
+    assert not of(act.RunStep, d.log)
+    d.until(last + bound + 0.01)
+    assert of(act.RunStep, d.log) == [RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)]
+
+
+def test_a_shared_disk_the_peer_released_is_mounted_at_once() -> None:
+    d = Drive(SHARED)
+    d.feed(ev.Start())
+    for t in range(1, 11):
+        d.feed(ev.PeerHeard("192.0.2.2", "BACKUP", False, True, 0.0), t * 0.1)
+    d.until(d.now + 0.31)
+    assert d.node.router.state == State.MASTER
+    assert of(act.RunStep, d.log) == [RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)]
+
+
+def test_a_shared_disk_still_held_by_a_live_peer_waits_for_its_release() -> None:
+    d = Drive(SHARED)
+    d.feed(ev.Start())
+    while d.now < d.node.router.master_down_interval + 2.0:  # its adverts do not reach us; its heartbeats do
+        d.feed(ev.PeerHeard("192.0.2.2", "MASTER", True, True, 0.0), d.now + 0.05)
+        d.until(d.now + 0.05)
+    assert d.node.router.state == State.MASTER and not of(act.RunStep, d.log)
+    d.feed(ev.PeerHeard("192.0.2.2", "FAULT", False, True, 0.0), d.now + 0.05)
+    d.until(d.now + 0.11)
+    assert of(act.RunStep, d.log) == [RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from agent.peerwire import MAC_LEN, Rejected, ReplayGuard, decode, encode, load_secret, new_message
 from tests.lab.agent import REPO, AgentProc, render_agent_conf
-from tests.lab.netns import NetnsLab, wait_until
+from tests.lab.netns import NetnsLab, ci_bound, wait_until
 
 KEY = b"0123456789abcdef0123456789abcdef"
 NOW = 1_800_000_000.0
@@ -185,3 +185,22 @@ def test_fence_peer_declares_the_peer_dead_only_while_a_witness_answers_now(lab:
     assert "0 of 1 witnesses answer now" in r.stderr and "no echo reply" in r.stderr
     assert a.status()["instance"]["state"] == "MASTER", "the tracker noticed already: the test proves nothing"
     assert "fence-peer: the peer does not answer; witnesses:" in a.log()
+
+
+@pytest.mark.lab
+def test_heartbeats_take_over_from_a_dead_peer_without_waiting_for_master_down(lab: NetnsLab, tmp_path: Path) -> None:
+    """VRRPv3 with 1 s adverts: Master_Down_Interval is 3.6 s for b; its heartbeats (0.1 s, 3 missed)
+    tell it within 0.3 s that a is gone, and it takes over then."""
+    a = peer_agent(lab, "a", tmp_path, 150, "192.0.2.2", advert_interval=1.0).start()
+    assert wait_until(lambda: a.status()["instance"]["state"] == "MASTER", 10), a.log()[-3000:]
+    b = peer_agent(lab, "b", tmp_path, 100, "192.0.2.1", advert_interval=1.0).start()
+    assert wait_until(lambda: (b.status()["instance"]["peer"]["paths"].get("192.0.2.1") or 9) < 0.5, 10)
+    peer = b.status()["instance"]["peer"]
+    assert peer["heartbeat"] == 0.1 and not peer["gone"] and b.status()["instance"]["state"] == "BACKUP"
+    t0 = time.monotonic()
+    a.kill()  # SIGKILL: no priority 0, no farewell; b hears nothing on any path
+    assert wait_until(lambda: b.status()["instance"]["state"] == "MASTER", ci_bound(2.5)), b.log()[-3000:]
+    took = time.monotonic() - t0
+    assert "the peer is gone: silent on every path" in b.transitions()[-1].reason, b.transitions()
+    assert took < 3.0, f"b took over after {took:.2f} s, as late as Master_Down_Interval"
+    assert b.status()["instance"]["peer"]["gone"]

@@ -578,7 +578,7 @@ def test_3_both_links_cut_the_peer_waits_then_promotes(part: Partition) -> None:
                 assert p.agent(mst).vrrp_state() == "FAULT", p.agent(mst).log()[m[mst] :]
                 assert released_in_order(p.agent(mst), m[mst]) == RELEASE, p.agent(mst).log()[m[mst] :]
                 acquire = step_line(p.agent(peer), "drbd", "acquire", m[peer])
-                assert "taken as dead (unknown_peer = witness)" in acquire, acquire
+                assert "stopped serving or fenced itself (unknown_peer = witness)" in acquire, acquire
                 run.note(f"{peer}: {acquire.split(' INFO ', 1)[-1]}")
                 demoted, promoted = (
                     log_seconds(step_line(p.agent(mst), "drbd", "release", m[mst])),

@@ -201,6 +201,17 @@ class Router:
             return [SendAdvert(0), *self._become_backup(now, "maintenance mode on")]
         return []
 
+    def peer_gone(self, now: float, reason: str) -> list[Action]:
+        """The master is known dead sooner than Master_Down_Interval could tell: take over now.
+
+        An extension of the RFC for two routers that also share an authenticated heartbeat on
+        every path (agent.peer): the caller decides "gone"; with any other peer it never calls
+        this and RFC timing holds. Maintenance still keeps us backup.
+        """
+        if self.state != State.BACKUP or self.maintenance:
+            return []
+        return self._become_master(now, reason)
+
     def recover(self, now: float, reason: str = "fault cleared") -> list[Action]:
         return self.start(now, reason) if self.state == State.FAULT else []
 

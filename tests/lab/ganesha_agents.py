@@ -7,11 +7,19 @@ mount -> nfs_state -> nfs -> vip.  ``crash(node)`` cuts the node's link and kill
 mount namespace after an ext4 shutdown without log flush (a power cut); ``stop(node)`` is the
 admin's ``systemctl stop``: SIGTERM to the agent, which releases in order.
 
+``guarded=True`` adds what a shared disk needs when the nodes can be partitioned: the client as
+the witness ([track], fast defaults), the peer channel with heartbeats ([peer], a fresh secret)
+and the bounded release ([guard]; self-fencing is recorded in ``fence-NODE.log``, never real).
+Without DRBD the mount is what two nodes must never hold at once, so the agent holds a takeover's
+mount back until the silent peer's isolation bound has passed.
+
 Used by tests/test_ganesha_failover.py, the demo and bench/nfs_outage.py.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import time
 from pathlib import Path
@@ -19,12 +27,23 @@ from typing import Any
 
 from tests.lab.agent import AgentProc, render_agent_conf
 from tests.lab.ganesha import NodeNamespace, SharedDisk, node_namespace, power_cut
-from tests.lab.netns import NetnsLab, wait_until
+from tests.lab.netns import CLIENT_IP, NetnsLab, wait_until
 
 EXPORT = "export"
 STATE = "ganesha-recovery"
 SERVING_LOG = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)")
 FAST_VRRP: dict[str, Any] = {"version": 3, "advert_interval": 0.1}
+
+
+def guard_conf(lab: NetnsLab, node: str, peer: str) -> str:
+    """[track] (the client as witness), [peer] with heartbeats, [guard] with a recorded self-fence."""
+    key = lab.workdir / "peer.key"
+    if not key.exists():
+        key.write_text(base64.b64encode(os.urandom(24)).decode() + "\n")
+        key.chmod(0o600)
+    return (f'[track]\nwitnesses = ["{CLIENT_IP}"]\n'
+            f'[peer]\naddress = "{peer}"\nsecret_file = "{key}"\n'
+            f'[guard]\nrelease_deadline = 1.0\nfence_record = "{lab.workdir / f"fence-{node}.log"}"\n')
 
 
 def storage_conf(agent: AgentProc, disk: SharedDisk, run_dir: Path, *, versions: tuple[int, ...] = (4,),
@@ -47,7 +66,7 @@ class GaneshaAgents:
     """Nodes a (priority 150) and b (100) of ``lab``, each with an agent; nothing started yet."""
 
     def __init__(self, lab: NetnsLab, *, versions: tuple[int, ...] = (4,), grace: int | None = None,
-                 priorities: dict[str, int] | None = None, **vrrp: Any) -> None:
+                 priorities: dict[str, int] | None = None, guarded: bool = False, **vrrp: Any) -> None:
         self.lab = lab
         self.disk = SharedDisk(lab)
         self.priorities = priorities or {"a": 150, "b": 100}
@@ -61,8 +80,12 @@ class GaneshaAgents:
         for node, prio in self.priorities.items():
             agent = AgentProc(lab, node, lab.workdir, priority=prio, **settings)
             agent.spawn = self._spawner(node)
-            agent.write_config(storage_conf(agent, self.disk, lab.workdir / f"ganesha-{node}", versions=versions,
-                                            grace=grace, priority=prio, **settings))
+            text = storage_conf(agent, self.disk, lab.workdir / f"ganesha-{node}", versions=versions, grace=grace,
+                                priority=prio, **settings)
+            if guarded:
+                (other,) = [n for n in self.priorities if n != node]
+                text += guard_conf(lab, node, lab.ipv4(other))
+            agent.write_config(text)
             lab.add_cleanup(agent.close)
             self.agents[node] = agent
 

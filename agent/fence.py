@@ -1,0 +1,61 @@
+"""Self-fencing through the kernel, and whether it can fire on this machine.
+
+The peer's takeover waits for a bound ([guard] release_deadline) that an isolated master must
+meet or fence itself; a userspace `systemctl reboot` is what a wedged system cannot do, so the
+agent writes the magic SysRq key itself (reboot `b`, power off `o`: no sync, no unmount, the
+DRBD disk keeps what it had). Labs that must not reboot their host set `[guard] fence_record`:
+the fence is then a line in that file and the agent exits at once with FENCE_RECORDED, which a
+lab harness treats as the node dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from agent.config import Config
+from agent.journal import Event, emit
+
+__all__ = ["FENCE_RECORDED", "SYSRQ", "can_fence", "self_fence"]
+
+log = logging.getLogger("failover-agent")
+
+SYSRQ = {"reboot": "b", "poweroff": "o"}
+SYSRQ_TRIGGER = Path("/proc/sysrq-trigger")
+SYSRQ_ENABLE = Path("/proc/sys/kernel/sysrq")
+SYSRQ_BOOT = 0x80  # kernel.sysrq bit: "allow reboot/poweroff" (Documentation/admin-guide/sysrq.rst)
+FENCE_RECORDED = 99  # the agent's exit status after a recorded stand-in fence
+
+
+def can_fence(cfg: Config, enable: Path = SYSRQ_ENABLE, trigger: Path = SYSRQ_TRIGGER) -> str:
+    """'' when the configured self-fence can fire here; else what stops it and how to fix it."""
+    if cfg.drbd is None or cfg.drbd.demote_escalation[-1] == "none" or cfg.guard.fence_record:
+        return ""
+    action = cfg.drbd.demote_escalation[-1]
+    try:
+        value = int(enable.read_text().strip())
+    except (OSError, ValueError) as e:
+        return f"cannot read {enable} ({e}): the {action} self-fence through SysRq may not fire"
+    if value != 1 and not value & SYSRQ_BOOT:
+        return (f"kernel.sysrq is {value}: SysRq {action} is disabled, so the self-fence cannot fire; set "
+                f"kernel.sysrq = 1 (or a mask with {SYSRQ_BOOT}) in /etc/sysctl.d/")
+    if not os.access(trigger, os.W_OK):
+        return f"{trigger} is not writable by the agent (needs root): the {action} self-fence cannot fire"
+    return ""
+
+
+def self_fence(cfg: Config, action: str, why: str) -> None:
+    """Reboot or power off now, through the kernel (or the lab's recorded stand-in)."""
+    emit(Event.FAULT, f"self-fence ({action}): {why}", logging.CRITICAL, REASON=why, FENCE=action)
+    record = cfg.guard.fence_record
+    if record:
+        with open(record, "a") as f:
+            f.write(f"{time.time():.3f} {action} {why}\n")
+        logging.shutdown()
+        os._exit(FENCE_RECORDED)
+    try:
+        SYSRQ_TRIGGER.write_text(SYSRQ[action])
+    except OSError as e:  # nothing else is left to try: say so loudly, the peer may take over
+        log.critical("self-fence (%s) through %s failed: %s", action, SYSRQ_TRIGGER, e)
