@@ -121,6 +121,7 @@ class SendHeartbeat:
     holding: bool  # anything of the chain held or being acquired
     hears_peer: bool
     bound: float
+    restarting: float = 0.0  # the last heartbeat of an agent stopping for a restart: do not count us gone for this long
 
 
 @dataclass(frozen=True)

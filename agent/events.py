@@ -132,6 +132,7 @@ class PeerHeard:
     holding: bool = True  # the peer holds (or is acquiring) part of the chain; unknown counts as yes
     hears_us: bool = True  # False: the peer has heard nothing from us on any path for its detection time
     bound: float = 0.0  # the peer's own isolation bound (agent.guard.isolation_bound), 0: not given
+    restarting: float = 0.0  # the peer's agent stops for a restart and keeps serving: not gone for this long
 
 
 @dataclass(frozen=True)

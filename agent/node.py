@@ -313,6 +313,7 @@ class Node:
         self._peer_gone = False
         self._peer_deaf = False  # the peer says it hears nothing from us
         self._peer_bound = 0.0  # the isolation bound the peer announces for itself
+        self._peer_restart_until = 0.0  # the peer's agent restarts (agent.handoff): not gone before this
         self._peer_holding = True  # its last heartbeat: holds part of the chain (unknown: yes)
         self._gate: _Gate | None = None
         self._release_by: float | None = None
@@ -1079,9 +1080,10 @@ class Node:
         if not self._beats() or self.cfg.peer is None:
             return None
         detection = self.cfg.peer.detection
-        times = [t + detection for p, t in self._heard.items() if p not in self._path_silent]
+        times = [max(t + detection, self._peer_restart_until) for p, t in self._heard.items()
+                 if p not in self._path_silent]
         if self._heard and not self._peer_gone:
-            times.append(self._last_contact() + detection)
+            times.append(max(self._last_contact() + detection, self._peer_restart_until))
         return min(times, default=None)
 
     def own_bound(self) -> float:
@@ -1090,10 +1092,17 @@ class Node:
 
     def _holding(self) -> bool:
         run = self.machine.running
-        return bool(self.machine.held) or self._acquire is not None or (run is not None and run.op == Op.ACQUIRE)
+        return bool(self.machine.held) or self._acquire is not None or (run is not None and run.op == Op.ACQUIRE) \
+            or self._adopt is not None
 
     def _peer_heard(self, event: PeerHeard, now: float) -> None:
         self._heard[event.path] = now
+        if event.restarting:
+            self._peer_restart_until = now + event.restarting
+            self._emit(Kind.FENCE, f"the peer's agent restarts and keeps serving: not counted gone for "
+                       f"{event.restarting:g} s", PEER_STATE="restarting", PATH=event.path)
+        if self._adopt is not None and event.vrrp == State.MASTER and not self._adopt.why_not:
+            self._adopt.why_not = f"the peer's heartbeat on {event.path} says it is MASTER"
         self._peer_bound = min(max(event.bound, 0.0), 600.0)
         self._peer_holding = event.holding
         if event.path in self._path_silent:
@@ -1123,13 +1132,13 @@ class Node:
             self._out.append(SendHeartbeat(str(self.router.state), self._holding(), not self._peer_gone,
                                            round(self.own_bound(), 3)))
         for path, at in self._heard.items():
-            if path not in self._path_silent and now >= at + peer.detection:  # as _next_silence adds
+            if path not in self._path_silent and now >= max(at + peer.detection, self._peer_restart_until):
                 self._path_silent.add(path)
                 self._emit(Kind.FENCE, f"peer {path}: no heartbeat for {now - at:.2f} s on this path", WARNING,
                            PATH=path, PEER_PATH="silent")
         last = self._last_contact()
         silent = now - last
-        if self._heard and not self._peer_gone and now >= last + peer.detection:
+        if self._heard and not self._peer_gone and now >= max(last + peer.detection, self._peer_restart_until):
             self._peer_gone = True
             self._emit(Kind.FENCE, f"the peer is gone: silent on every path ({', '.join(self._heard)}) for "
                        f"{silent:.2f} s", WARNING, PEER_STATE="gone")
@@ -1307,6 +1316,10 @@ class Node:
         last advert restarts the backup's Master_Down timer, giving the next agent all of it."""
         held = tuple(str(s) for s in self.machine.held)
         self._out.append(SendAdvert(self.router.priority))
+        peer = self.cfg.peer
+        if peer is not None and peer.heartbeat:  # or the peer counts us gone after heartbeat x dead_after
+            self._out.append(SendHeartbeat(str(self.router.state), True, not self._peer_gone,
+                                           round(self.own_bound(), 3), 3 * self.cfg.vrrp.advert_interval))
         self._emit(None, "stopping for a restart (%s): keeping %s held for the next agent, no priority-0 advert",
                    WARNING, args=(req.reason, ", ".join(held)))
         self._out.append(Stopped(held, kept=True))

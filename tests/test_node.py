@@ -556,6 +556,8 @@ def test_a_stop_while_verifying_releases_what_was_found() -> None:
     assert of(act.RunStep, out)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0) and not of(act.Stopped, out)
     out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
     assert of(act.Stopped, out) == [act.Stopped(())] and not emitted(d, Kind.ADOPTED)
+
+
 # -- heartbeats on every path, the overlapping waits, the bounded release ------------------------
 HB = STORAGE.replace('address = "192.0.2.2"', 'addresses = ["192.0.2.2", "198.51.100.2"]').replace(
     "interval = 1.0\ntimeout = 0.5\nfall = 3\n", "").replace('resource = "r0"', 'resource = "r0"\n'
@@ -760,3 +762,33 @@ def test_a_shared_disk_still_held_by_a_live_peer_waits_for_its_release() -> None
     d.feed(ev.PeerHeard("192.0.2.2", "FAULT", False, True, 0.0), d.now + 0.05)
     d.until(d.now + 0.11)
     assert of(act.RunStep, d.log) == [RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)]
+
+
+def test_a_restarting_peer_s_last_heartbeat_holds_off_the_gone_verdict() -> None:
+    for restarting in (3.0, 0.0):
+        d = Drive(HB.format(policy="witness", heartbeat=0.1))
+        d.feed(ev.Start())
+        beating_until(d, 1.0)
+        d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+        t = d.now
+        for path in PATHS:  # the master's agent stops for a restart: its last heartbeat says so
+            d.feed(ev.PeerHeard(path, "MASTER", True, True, 1.836, restarting), t)
+        d.until(t + 2.5)  # far past heartbeat x dead_after (0.3 s)
+        if not restarting:
+            assert d.node.snapshot().peer_gone and d.node.router.state == State.MASTER, "without it: a takeover"
+            continue
+        assert not d.node.snapshot().peer_gone and d.node.router.state == State.BACKUP
+        beating_until(d, t + 2.7)  # the restarted agent beats again, and advertises
+        d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+        beating_until(d, t + 5.0)
+        assert d.node.router.state == State.BACKUP and d.node.counters.became_master == 0
+
+
+def test_a_master_stopping_for_a_restart_says_so_in_its_last_heartbeat() -> None:
+    d = Drive(VIP_ONLY + '[peer]\naddress = "192.0.2.2"\nheartbeat = 0.1\n')
+    d.master()
+    d.answer_steps()
+    out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
+    beats = of(act.SendHeartbeat, out)
+    assert beats and beats[-1].restarting == 3.0 and beats[-1].holding and beats[-1].vrrp == "MASTER"
+    assert of(act.Stopped, out) == [act.Stopped(("vip",), kept=True)]
