@@ -482,7 +482,9 @@ class Node:
         a.checks.pop(0)
         if not event.ok:
             a.why_not = a.why_not or f"{event.step} check failed: {event.detail}"
-        elif a.checks:
+            return True
+        a.evidence.append(f"{event.step}: {event.detail}")
+        if a.checks:
             self._out.append(RunStep(a.checks[0], Op.CHECK, self.machine.s.timeout(a.checks[0])))
         return True
 
