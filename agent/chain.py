@@ -18,6 +18,7 @@ from agent.config import Config
 from agent.fence import self_fence
 from agent.machine import Op, RunStep, Step
 from drbd import drbdadm
+from drbd.follower import Follower
 from drbd.runner import Runner, run
 from drbd.status import Status, auto_promote_on, parse_events2
 from nfs.backend import Backend, NfsError
@@ -40,6 +41,7 @@ class Chain:
         self.garp = garp
         self.runner = runner
         self.drbd = drbdadm.Drbdadm(cfg.drbd.resource, runner=runner) if cfg.drbd else None
+        self.follower: Follower | None = None  # set by the daemon: DRBD's state without a process per read
         self.nfs: Backend | None = None
         self.state: StateDir | None = None
         self._build_nfs(cfg)
@@ -110,8 +112,14 @@ class Chain:
         return held
 
     # -- DRBD ----------------------------------------------------------------------------
-    async def drbd_status(self) -> Status | None:
+    async def drbd_status(self, fresh: bool = False) -> Status | None:
+        """DRBD's view of our resource: the follower's while it runs, else one `events2 --now`.
+
+        `fresh`: read once even so, right after our own DRBD command (the follower's events may
+        still be on their way, a few ms behind the kernel)."""
         assert self.cfg.drbd is not None
+        if self.follower is not None and self.follower.live and not fresh:
+            return self.follower.status
         res = self.cfg.drbd.resource
         code, out, err = await self.runner(["drbdsetup", "events2", "--now", res], 10.0)
         if code != 0:
@@ -120,6 +128,23 @@ class Chain:
             raise StepFailed(f"drbdsetup events2 --now {res} failed (exit {code}): {err.strip() or out.strip()}")
         return parse_events2(out).get(res)
 
+    async def prepare(self) -> str:
+        """Ahead of any takeover (the agent's start): what the NFS start can do without the data."""
+        if self.nfs is None:
+            return ""
+        return await self.nfs.prepare(self._inner_timeout())
+
+    async def prepare_ahead(self) -> None:
+        """`prepare` for the agent's start, so a takeover starts only what needs the data (a failure here
+        is only logged: the NFS step then does the same itself, and fails there if it must)."""
+        try:
+            done = await self.prepare()
+        except Exception as e:
+            log.warning("preparing the NFS server ahead of a takeover failed (the takeover will try again): %s", e)
+            return
+        if done:
+            log.info("prepared for a takeover: %s", done)
+
     async def apply_nfs(self) -> str:
         """The `[nfs]` section changed (same backend and layout): the backend takes it, live if it serves."""
         if self.nfs is None or self.cfg.nfs is None:
@@ -127,8 +152,19 @@ class Chain:
         return await self.nfs.reconfigure(self.cfg.nfs, self._inner_timeout())
 
     async def promote(self) -> None:
-        assert self.drbd is not None
-        await self.drbd.promote()
+        """`drbdadm primary`; the role read back from the follower when it runs (no second drbdadm)."""
+        drbd, follower = self.drbd, self.follower
+        assert drbd is not None
+        if follower is None or not follower.live:
+            await drbd.promote()
+            return
+
+        async def role_now() -> str:
+            if await follower.wait_for(lambda st: st is not None and st.primary, 2.0):
+                return "Primary"
+            return await drbd.role()  # no event in time: ask DRBD itself
+
+        await drbd.promote(role_now)
 
     async def _drbd_release(self) -> str:
         assert self.drbd is not None and self.cfg.drbd is not None
@@ -225,3 +261,5 @@ class Chain:
             self._garp_task.cancel()
         if keep and isinstance(self.nfs, GaneshaBackend):
             self.nfs.detach()
+        if isinstance(self.nfs, KernelBackend):
+            self.nfs.disarm()

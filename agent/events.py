@@ -19,8 +19,9 @@ from agent.machine import Op, Step
 from drbd.status import Status
 
 __all__ = [
-    "Admin", "AdminRequest", "AdvertsHeard", "CheckResult", "Doorbell", "DrbdRead", "Event", "LinkChanged",
-    "NfsApplied", "OutdateDone", "PeerAnswer", "PeerHeard", "PeerRequest", "ProbeResult", "Promoted", "Reconfigure",
+    "Admin", "AdminRequest", "AdvertsHeard", "CheckResult", "Doorbell", "DrbdChanged", "DrbdRead", "Event",
+    "LinkChanged", "NfsApplied", "OutdateDone", "PeerAnswer", "PeerHeard", "PeerRequest", "ProbeResult", "Promoted",
+    "Reconfigure",
     "Start", "StepDone", "Timer", "VipDeleted",
 ]
 
@@ -84,6 +85,16 @@ class DrbdRead:
 
     status: Status | None
     error: str = ""
+
+
+@dataclass(frozen=True)
+class DrbdChanged:
+    """DRBD's state of our resource changed (drbd.follower, from `drbdsetup events2`); None: not up.
+
+    Unasked, within milliseconds of the kernel's change: a lost replication link, the peer's
+    promotion or demotion, our own role taken away."""
+
+    status: Status | None
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,6 @@ class Reconfigure:
     cfg: Config
 
 
-Event = (Start | Timer | Doorbell | AdvertsHeard | LinkChanged | VipDeleted | StepDone | DrbdRead | Promoted
-         | ProbeResult | CheckResult | PeerRequest | PeerHeard | PeerAnswer | OutdateDone | NfsApplied | AdminRequest
-         | Reconfigure)
+Event = (Start | Timer | Doorbell | AdvertsHeard | LinkChanged | VipDeleted | StepDone | DrbdRead | DrbdChanged
+         | Promoted | ProbeResult | CheckResult | PeerRequest | PeerHeard | PeerAnswer | OutdateDone | NfsApplied
+         | AdminRequest | Reconfigure)

@@ -125,6 +125,13 @@ def take(state_file: str) -> Handoff | None:
     return record
 
 
+def take_age(state_file: str, interface: str) -> float | None:
+    """For the agent's start: seconds since the last advert of a predecessor that handed over on
+    `interface` (None: no usable hand-off); the record is removed either way."""
+    record = take(state_file)
+    return record.advert_age() if record is not None and record.interface == interface else None
+
+
 def own_unit(cgroup_text: str | None = None) -> str | None:
     """The systemd service we run in, from /proc/self/cgroup (None outside a service)."""
     if cgroup_text is None:

@@ -29,7 +29,9 @@ from agent.probes import Pinger, run_check
 from agent.statefile import maintenance_kept, save_state
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, client_connections, parse_connections
+from agent.timer import PreciseTimer
 from drbd.drbdadm import DrbdError
+from drbd.follower import Follower
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
 from vrrp.packet import AUTH_NONE, AUTH_PASS, Advertisement, Templates, auth_bytes
@@ -57,18 +59,20 @@ class Instance:
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
-        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, lambda: self.feed(ev.Doorbell()))
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._doorbell)
         self.garp = Garp(v.interface, info.mac)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
                                 lambda address: self.feed(ev.VipDeleted(address)))
         self.chain = Chain(cfg, self.vips, self.garp)
+        if cfg.drbd is not None:  # one `drbdsetup events2` for the instance's life: state changes as events
+            self.chain.follower = Follower(cfg.drbd.resource, lambda st: self.feed(ev.DrbdChanged(st)))
         self.peer_channel: PeerChannel | None = None
         self.pinger: Pinger | None = None
         self.tickler: Tickler | None = None
         self._pending: deque[ev.Event] = deque()
         self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PreciseTimer(self.loop, self._on_timer)  # the node's one timer (agent.timer: why not call_at)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = iter(range(1, 1 << 62))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -98,7 +102,7 @@ class Instance:
             act.SaveState: lambda a: save_state(self.cfg.agent.state_file, a.maintenance),
             act.Joined: lambda _: self._settle(self._joined, None),
             act.StartFailed: lambda a: self._settle(self._joined, ReconcileError(a.reason)),
-            act.Stopped: self._on_stopped,
+            act.Stopped: lambda _: self._settle(self._stopped, None),
         }
 
     # -- the event queue and the one timer --------------------------------------------------
@@ -117,16 +121,16 @@ class Instance:
                         log.exception("carrying out %s failed", type(action).__name__)
         finally:
             self._busy = False
-        deadline = self.node.deadline()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer.set(self.node.deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.feed(ev.Timer())
+
+    def _doorbell(self) -> None:
+        """A due timer goes first: under a flood that rings, the bell is always ready and the loop
+        would run the advert timer only after it."""
+        self._timer.fire_if_due()
+        self.feed(ev.Doorbell())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -159,13 +163,15 @@ class Instance:
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
+        if self.chain.follower is not None:
+            self._spawn(self.chain.follower.run())
         self._open_pinger()
-        record = handoff.take(self.cfg.agent.state_file)
+        age = handoff.take_age(self.cfg.agent.state_file, self.info.name)
         try:
             found = await self.chain.probe()
         except Exception as e:
             raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
-        age = record.advert_age() if record is not None and record.interface == self.info.name else None
+        self._spawn(self.chain.prepare_ahead())
         self.feed(ev.Start(tuple(found), self.info.up, maintenance_kept(self.cfg.agent.state_file), age))
         await self._joined
 
@@ -179,6 +185,7 @@ class Instance:
         if not self.node.stopped:
             self.feed(ev.AdminRequest(next(self._ids), ev.Admin.RESTART if restart else ev.Admin.STOP, reason))
         await self._stopped  # the node's deadline is None from now on: no timer left
+        self.kept = self.node.kept
         for closer in (self.peer_channel, self.tickler, self.pinger):
             if closer is not None:
                 closer.close()
@@ -189,13 +196,10 @@ class Instance:
         self.chain.cancel(keep=bool(self.kept))
         self.sock.close()
         self.garp.close()
+        self._timer.close()
         if self.kept:
             handoff.record(self.cfg.agent.state_file, self.last_advert, self.info.name,
                            [str(v) for v in self.cfg.vrrp.vips], self.kept)
-
-    def _on_stopped(self, a: act.Stopped) -> None:
-        self.kept = a.held if a.kept else ()
-        self._settle(self._stopped, None)
 
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
@@ -257,7 +261,7 @@ class Instance:
         try:
             if drop_peer and self.chain.drbd is not None:
                 await self.chain.drbd.reconnect()
-            self.feed(ev.DrbdRead(await self.chain.drbd_status()))
+            self.feed(ev.DrbdRead(await self.chain.drbd_status(fresh=drop_peer)))
         except Exception as e:
             self.feed(ev.DrbdRead(None, str(e) or type(e).__name__))
 

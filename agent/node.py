@@ -62,6 +62,7 @@ from agent.events import (
     AdvertsHeard,
     CheckResult,
     Doorbell,
+    DrbdChanged,
     DrbdRead,
     Event,
     LinkChanged,
@@ -287,6 +288,7 @@ class Node:
         self._start_until: float | None = None
         self._adopt: _Adopt | None = None
         self._adopted = ""  # why the machine's SERVING came from adopting, not from a takeover
+        self.kept: tuple[str, ...] = ()  # what a stop for a restart left held for the next agent
         self._stop: _Waiter | None = None
         self._waiters: list[_Waiter] = []
         self._probe_at: dict[str, float] = {}
@@ -305,6 +307,7 @@ class Node:
         self._outdate_cycled_at: float | None = None
         self._peer_heard_at: float | None = None
         self._nfs_changed = False  # a reload changed [nfs]: applied once no NFS step runs
+        self._drbd_seen = ""  # DRBD's state as last logged (DrbdChanged)
         self._now = 0.0
         # the peer's heartbeats (agent.peer): last heard per path, gone when silent on all
         self._beat_at: float | None = None  # when our next heartbeat is due
@@ -342,6 +345,8 @@ class Node:
         elif isinstance(event, DrbdRead):
             if not self._adopt_drbd(event):
                 self._drbd_read(event, now)
+        elif isinstance(event, DrbdChanged):
+            self._drbd_changed(event, now)
         elif isinstance(event, Promoted):
             self._promoted(event, now)
         elif isinstance(event, ProbeResult):
@@ -813,6 +818,25 @@ class Node:
             self._emit(Kind.STEP, f"{detail}: restarting the vip step", WARNING, STEP="vip_check", RESULT="lost",
                        VIPS=str(event.address))
         self._machine(actions, now)
+
+    def _drbd_changed(self, event: DrbdChanged, now: float) -> None:
+        """DRBD told us unasked (drbd.follower): log it; a held resource no longer Primary is lost at
+        once, like a failed check; a peer that demoted (or a lost link) ends the acquire's peer-wait."""
+        st, resource = event.status, self.cfg.drbd.resource if self.cfg.drbd else "?"
+        words = st.summary() if st is not None else f"{resource}: not up"
+        if words != self._drbd_seen:
+            self._drbd_seen = words
+            self._out.append(Emit(None, "DRBD %s", INFO, args=(words,)))
+        if Step.DRBD in self.machine.held and (st is None or not st.primary):
+            detail = f"DRBD is no longer Primary: {words}"
+            actions = self.machine.lost(Step.DRBD, detail, now)
+            if actions:
+                self._emit(Kind.STEP, f"{detail}: restarting from the drbd step", WARNING, STEP="drbd_check",
+                           RESULT="lost")
+            self._machine(actions, now)
+        plan = self._acquire
+        if plan is not None and plan.stage == "peer-wait" and not (st is not None and st.peer_primary and st.connected):
+            plan.wait_until = now  # `_due` re-reads at once instead of at the next poll
 
     # -- the DRBD acquire plan (the split-brain guard's inputs gathered one at a time) ---------
     def _begin_acquire(self, step: RunStep, now: float) -> None:
@@ -1325,7 +1349,7 @@ class Node:
         self._emit(None, "stopping for a restart (%s): keeping %s held for the next agent, no priority-0 advert",
                    WARNING, args=(req.reason, ", ".join(held)))
         self._out.append(Stopped(held, kept=True))
-        self.stopped = True
+        self.stopped, self.kept = True, held
 
     def _answer_waiter(self, w: _Waiter, released: bool) -> None:
         if w.command == Admin.HANDOVER:

@@ -54,6 +54,7 @@ import datetime
 import itertools
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -394,17 +395,146 @@ class KeepalivedNfs:
         return pid if ref is not None and ref.alive() else None
 
 
+def log_clock_to_monotonic(clock: str) -> float:
+    """Our monotonic time of an agent log clock (local hh:mm:ss.mmm, no date)."""
+    now = datetime.datetime.now()
+    parsed = datetime.time.fromisoformat(clock)
+    # the log carries no date: take the candidate closest to now (a run spans seconds, not days)
+    stamp = min((datetime.datetime.combine(now.date() + datetime.timedelta(days=d), parsed) for d in (-1, 0)),
+                key=lambda c: abs((now - c).total_seconds()))
+    return stamp.timestamp() - (time.time() - time.monotonic())
+
+
 def agent_master_at(agents: GaneshaAgents, node: str) -> float | None:
     """Monotonic time of the agent's last transition to MASTER (its log has local hh:mm:ss.mmm)."""
     masters = [t for t in agents.agents[node].transitions() if t.new == "MASTER"]
-    if not masters:
-        return None
-    now = datetime.datetime.now()
-    clock = datetime.time.fromisoformat(masters[-1].clock)
-    # the log carries no date: take the candidate closest to now (a run spans seconds, not days)
-    stamp = min((datetime.datetime.combine(now.date() + datetime.timedelta(days=d), clock) for d in (-1, 0)),
-                key=lambda c: abs((now - c).total_seconds()))
-    return stamp.timestamp() - (time.time() - time.monotonic())
+    return log_clock_to_monotonic(masters[-1].clock) if masters else None
+
+
+STEP_LOG = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \w+ (\w+) (acquire|release) (done|FAILED) in ([\d.]+) ms", re.M)
+
+
+def timeline(sample: Sample, t0: float, t_end: float, writer: NfsWriter, probe: NullProbe,
+             ga: GaneshaAgents | None, ka: KeepalivedNfs | None) -> dict[str, Any]:
+    """What the chart of one run shows, in seconds from t0: acks, NFS back, VRRP states, chain steps.
+
+    The agent's states and steps come from its log (a step line is logged when it ends and says
+    how long it took); keepalived's MASTER is when its notify_master script was called, and its
+    chain is the notify script's own notes (it adds the VIP itself on entering MASTER).
+    """
+    start = t0 - 1.0
+
+    def rel(t: float) -> float:
+        return round(t - t0, 4)
+
+    out: dict[str, Any] = {
+        "event": sample.event, "end": rel(t_end),
+        "acks": [rel(a.acked) for a in writer.acks if start <= a.acked <= t_end],
+        "write_errors": [rel(e.time) for e in writer.errors if start <= e.time <= t_end],
+        "nfs_ready": sample.ready, "states": [], "steps": []}
+    states: list[tuple[str, str, float]] = []
+    steps: list[tuple[str, str, float, float, bool]] = []
+    if ga is not None:
+        for node, agent in ga.agents.items():
+            for t in agent.transitions():
+                at = log_clock_to_monotonic(t.clock)
+                if start - 60 <= at <= t_end:
+                    states.append((node, t.new, rel(at)))
+            for m in STEP_LOG.finditer(agent.log()):
+                end = log_clock_to_monotonic(m[1])
+                if start <= end <= t_end:
+                    steps.append((node, f"{m[2]} {m[3]}", rel(end - float(m[5]) / 1000), rel(end), m[4] == "done"))
+    elif ka is not None:
+        offset = time.time() - time.monotonic()
+        for node in PRIORITIES:
+            notes = [(float(f[0]) - offset, f[1], f[2]) for f in
+                     (line.split() for line in ka.notes(node).splitlines()) if len(f) >= 3]
+            for at, event, what in notes:
+                if what == "called" and event in ("master", "backup", "fault", "stop") and start - 60 <= at <= t_end:
+                    states.append((node, event.upper(), rel(at)))
+            marks = [(at, event, what) for at, event, what in notes if start <= at <= t_end]
+            for (t1, ev1, what1), (t2, ev2, what2) in itertools.pairwise(marks):
+                if ev1 == ev2 and what1 != "end":
+                    label = {"called": "wait for lock", "begin": ev1 + " script"}.get(what1, what1)
+                    steps.append((node, f"{label} -> {what2}", rel(t1), rel(t2), "failed" not in what2))
+    out["states"] = sorted(states, key=lambda x: x[2])
+    out["steps"] = steps
+    return out
+
+
+def plot_timelines(result: dict[str, Any], path: Path) -> None:
+    """The crash run closest to each implementation's median outage, side by side on one time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen: dict[str, dict[str, Any]] = {}
+    for impl in IMPLS:
+        runs = [s for s in result["samples"] if s["impl"] == impl and s["event"] == "crash" and s["timeline"]
+                and s["outage"] is not None]
+        if runs:
+            med = statistics.median(s["outage"] for s in runs)
+            chosen[impl] = min(runs, key=lambda s: abs(s["outage"] - med))
+    if not chosen:
+        raise ValueError("no crash run with a timeline to draw")
+    lanes = max(len([st for st in s["timeline"]["steps"] if st[0] == "b"]) for s in chosen.values()) or 1
+    fig, axes = plt.subplots(1, len(chosen), figsize=(7.5 * len(chosen), 3.2 + 0.32 * lanes), squeeze=False,
+                             sharex=True)
+    colours = {"MASTER": "tab:green", "BACKUP": "tab:blue", "FAULT": "tab:red", "INITIALIZE": "tab:gray",
+               "STOP": "tab:gray"}
+    span = max(s["timeline"]["end"] for s in chosen.values())
+    right = min(span, max(max(s["timeline"]["acks"] or [0.0]) for s in chosen.values())) + 0.1
+    right = max(right, max(s["first_ack"] or 0.0 for s in chosen.values()) + 0.4)
+    for ax, (impl, sample) in zip(axes[0], chosen.items(), strict=False):
+        tl = sample["timeline"]
+        y = {"client writes": lanes + 3.0, "a: VRRP": lanes + 2.0, "b: VRRP": lanes + 1.0}
+        ax.vlines(tl["acks"], y["client writes"] - 0.3, y["client writes"] + 0.3, color="black", linewidth=0.8)
+        if tl["write_errors"]:
+            ax.plot(tl["write_errors"], [y["client writes"]] * len(tl["write_errors"]), "x", color="tab:red",
+                    label="write error")
+        gap_end = sample["first_ack"]
+        if gap_end is not None:
+            ax.axvspan(gap_end - sample["outage"], gap_end, color="tab:red", alpha=0.08,
+                       label=f"no acknowledged write: {sample['outage']:.3f} s")
+        if tl["nfs_ready"] is not None:
+            ax.axvline(tl["nfs_ready"], color="tab:purple", linestyle="--", linewidth=1,
+                       label=f"NFS answers at the VIP: {tl['nfs_ready']:.3f} s")
+        ax.axvline(0, color="black", linestyle=":", linewidth=1)
+        for node in PRIORITIES:
+            changes = [(t, st) for n, st, t in tl["states"] if n == node]
+            row = y[f"{node}: VRRP"]
+            for i, (t, st) in enumerate(changes):
+                t_next = changes[i + 1][0] if i + 1 < len(changes) else (0.0 if node == "a" else right)
+                lo, hi = max(t, -1.0), min(t_next, right)
+                if hi > lo:
+                    ax.barh(row, hi - lo, left=lo, height=0.5, color=colours.get(st, "tab:gray"), alpha=0.7)
+                    ax.text(lo + 0.01, row, st, va="center", fontsize=7, color="white")
+            if node == "a":
+                ax.barh(row, right, left=0.0, height=0.5, color="black", alpha=0.25)
+                ax.text(0.01, row, "power cut", va="center", fontsize=7)
+        chain = sorted((st for st in tl["steps"] if st[0] == "b" and st[3] >= -1.0), key=lambda st: st[2])
+        if impl == "keepalived":  # keepalived adds the VIP itself on entering MASTER, before any script
+            master = next((t for n, st, t in tl["states"] if n == "b" and st == "MASTER" and t >= -1.0), None)
+            if master is not None:
+                chain.insert(0, ["b", "VIP (keepalived, at MASTER)", master, master, True])
+        for i, (_node, label, t1, t2, ok) in enumerate(chain):
+            lane = lanes - i
+            ax.barh(lane, max(t2 - t1, 0.003), left=t1, height=0.6, color="tab:olive" if ok else "tab:red")
+            ax.text(t2 + 0.01, lane, f"{label} {1000 * (t2 - t1):.0f} ms", va="center", fontsize=6.5)
+        ticks = [(y[r], r) for r in y] + [(lanes - i, "b: chain" if i == 0 else "") for i in range(len(chain))]
+        ax.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)
+        ax.set_ylim(lanes - max(len(chain), 1) + 0.4, lanes + 3.6)
+        ax.set_xlim(-1.0, right)
+        ax.set_xlabel("seconds after the power cut of master a")
+        title = "failover-agent" if impl == "agent" else "keepalived + notify scripts"
+        ax.set_title(f"{title}: crash run {sample['run'] + 1} (median outage)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    fig.suptitle(f"NFS failover timeline, VRRPv{VERSION} {ADVERT:g} s adverts ({result.get('date', '')[:10]})",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,6 +564,7 @@ class Sample:
     new_mounted: float | None = None  # s from t0 until b had the disk mounted
     anomalies: list[str] = field(default_factory=list)
     error: str | None = None
+    timeline: dict[str, Any] = field(default_factory=dict)  # for the chart: see timeline()
 
 
 def _prefix(impl: str, event: str, run: int) -> str:
@@ -507,6 +638,7 @@ def one_run(impl: str, event: str, run: int) -> Sample:
             sample.anomalies.append(
                 f"the writer resumed {resumed - sample.ready:.2f} s after NFS answered at the VIP again (its request "
                 f"in flight waited for a TCP retransmission or the RPC timeout; errors: {', '.join(sample.errors)})")
+        sample.timeline = timeline(sample, t0, t_end, writer, probe, ga, ka)
         sample.both_mounted_s = watch.overlap_seconds()
         if watch.overlaps:
             sample.anomalies.append(f"both nodes had the disk mounted for ~{1000 * watch.overlap_seconds():.0f} ms")
@@ -665,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="runs per implementation and event (default 10)")
     parser.add_argument("--json", type=Path, help="also write the results (every sample) here")
+    parser.add_argument("--png", type=Path, help="draw one representative crash run of each side by side here "
+                        "(needs matplotlib: pip install .[bench])")
     parser.add_argument("--guarded", action="store_true", help="VRRPv2 1 s, witness, heartbeats, bounded release; "
                         "crash and partition")
     args = parser.parse_args(argv)
@@ -693,9 +827,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'; ERROR ' + s.error if s.error else ''}", file=sys.stderr, flush=True)
     result = report(samples, args.runs)
     result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
         print(f"\nresults written to {args.json}")
+    if args.png:
+        plot_timelines(result, args.png)
+        print(f"timelines drawn in {args.png}")
     return 0
 
 

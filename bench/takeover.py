@@ -47,17 +47,19 @@ class Daemon:
     """The few operations the benchmark needs, for either implementation."""
 
     def __init__(self, impl: str, lab: NetnsLab, node: str, workdir: Path, priority: int,
-                 version: int, interval: float) -> None:
+                 version: int, interval: float, auth_pass: str = "") -> None:
         self.impl, self.lab, self.node = impl, lab, node
         self.agent: AgentProc | None = None
         self.ka: Keepalived | None = None
         if impl == "agent":
+            auth = {"auth_pass": auth_pass} if auth_pass else {}
             self.agent = AgentProc(lab, node, workdir, priority=priority, version=version,
-                                   advert_interval=interval)
+                                   advert_interval=interval, **auth)
             lab.add_cleanup(self.agent.close)
         else:
             conf = render_keepalived_conf(name=f"bench_{node}", interface="eth0", vrid=51, priority=priority,
-                                          advert_int=interval, version=version, vips=[f"{VIP}/24"])
+                                          advert_int=interval, version=version, vips=[f"{VIP}/24"],
+                                          auth_pass=auth_pass)
             self.ka = Keepalived(lab, node, conf, workdir=workdir / f"ka-{node}")
 
     def start(self) -> Daemon:
@@ -103,9 +105,10 @@ class Sample:
     sigterm: float | None = None
 
 
-def _pair(impl: str, lab: NetnsLab, work: Path, version: int, interval: float) -> tuple[Daemon, Daemon]:
-    a = Daemon(impl, lab, "a", work, 150, version, interval).start()
-    b = Daemon(impl, lab, "b", work, 100, version, interval).start()
+def _pair(impl: str, lab: NetnsLab, work: Path, version: int, interval: float,
+          auth_pass: str = "") -> tuple[Daemon, Daemon]:
+    a = Daemon(impl, lab, "a", work, 150, version, interval, auth_pass).start()
+    b = Daemon(impl, lab, "b", work, 100, version, interval, auth_pass).start()
     if not a.wait_state("MASTER", 10) or not b.wait_state("BACKUP", 2):
         raise RuntimeError(f"{impl}: no election in the lab")
     return a, b
@@ -254,43 +257,73 @@ class Floor:
         return [psutil.Process(self.proc.pid)]
 
 
-def idle(mode: str, seconds: float, reps: int, work: Path) -> dict[str, dict[str, float]]:
-    """Idle CPU and RSS of keepalived, the agent and the bare floor, side by side in one window.
+class IdleSet:
+    """keepalived, the agent and the bare floor, each as a master/backup pair in its own lab, all running.
 
-    All three pairs run at once in their own labs (together they use well under 1% of a core,
-    so they do not disturb each other), each window is `seconds` long, and the figure per
-    implementation and role is the median over `reps` windows.
+    Used for the idle window here and, with a client namespace and authentication, by
+    bench.jitter, which captures the adverts on these same pairs while it measures idle CPU, so
+    both benchmarks compute idle CPU the same way. Together the pairs use well under 1 % of a
+    core, so they do not disturb each other.
     """
-    version, interval = MODES[mode]
-    samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in (*IMPLS, "floor")}
-    with contextlib.ExitStack() as stack:
-        procs: dict[str, dict[str, list[psutil.Process]]] = {}
-        pairs: dict[str, tuple[Daemon, Daemon]] = {}
-        for impl in (*IMPLS, "floor"):
-            lab = stack.enter_context(NetnsLab(f"fi{impl[0]}{mode}", nodes=("a", "b"), client=False))
-            if impl == "floor":
-                fa, fb = Floor(lab, "a", "master", version, interval), Floor(lab, "b", "backup", version, interval)
-                procs[impl] = {"master": fa.processes(), "backup": fb.processes()}
-            else:
-                a, b = _pair(impl, lab, work / impl, version, interval)
-                pairs[impl] = (a, b)
-                procs[impl] = {"master": a.processes(), "backup": b.processes()}
-        time.sleep(2.0)
+
+    def __init__(self, mode: str, work: Path, prefix: str = "fi", client: bool = False, auth_pass: str = "") -> None:
+        self.mode = mode
+        version, interval = MODES[mode]
+        self.labs: dict[str, NetnsLab] = {}
+        self.pairs: dict[str, tuple[Daemon, Daemon]] = {}
+        self.procs: dict[str, dict[str, list[psutil.Process]]] = {}
+        self._stack = contextlib.ExitStack()
+        try:
+            for impl in (*IMPLS, "floor"):
+                lab = self._stack.enter_context(NetnsLab(f"{prefix}{impl[0]}{mode}", nodes=("a", "b"),
+                                                         client=client and impl != "floor"))
+                self.labs[impl] = lab
+                if impl == "floor":
+                    fa, fb = Floor(lab, "a", "master", version, interval), Floor(lab, "b", "backup", version, interval)
+                    self.procs[impl] = {"master": fa.processes(), "backup": fb.processes()}
+                else:
+                    a, b = _pair(impl, lab, work / impl, version, interval, auth_pass)
+                    self.pairs[impl] = (a, b)
+                    self.procs[impl] = {"master": a.processes(), "backup": b.processes()}
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __enter__(self) -> IdleSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def measure(self, seconds: float, reps: int) -> dict[str, dict[str, float]]:
+        """CPU (% of one core) and RSS (MB) per implementation and role: medians over `reps` windows."""
+        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in self.procs}
         for _ in range(reps):
             cpu0 = {(i, r): sum(cpu_seconds(p.pid) for p in ps)
-                    for i, roles in procs.items() for r, ps in roles.items()}
+                    for i, roles in self.procs.items() for r, ps in roles.items()}
             t0 = time.monotonic()
             time.sleep(seconds)
             wall = time.monotonic() - t0
             for (impl, role), before in cpu0.items():
-                cpu = sum(cpu_seconds(p.pid) for p in procs[impl][role]) - before
+                cpu = sum(cpu_seconds(p.pid) for p in self.procs[impl][role]) - before
                 samples[impl].setdefault(f"{role}_cpu_pct", []).append(100 * cpu / wall)
                 samples[impl].setdefault(f"{role}_rss_mb", []).append(
-                    sum(p.memory_info().rss for p in procs[impl][role]) / 2**20)
-        for impl, (a, b) in pairs.items():
+                    sum(p.memory_info().rss for p in self.procs[impl][role]) / 2**20)
+        for impl, (a, b) in self.pairs.items():
             if not (a.wait_state("MASTER", 0) and b.wait_state("BACKUP", 0)):
                 raise RuntimeError(f"{impl}: state changed while idle")
-    return {impl: {k: statistics.median(v) for k, v in d.items()} for impl, d in samples.items()}
+        return {impl: {k: statistics.median(v) for k, v in d.items()} for impl, d in samples.items()}
+
+
+def idle(mode: str, seconds: float, reps: int, work: Path) -> dict[str, dict[str, float]]:
+    """Idle CPU and RSS of keepalived, the agent and the bare floor, side by side in one window.
+
+    All three pairs run at once in their own labs, each window is `seconds` long, and the figure
+    per implementation and role is the median over `reps` windows.
+    """
+    with IdleSet(mode, work) as pairs:
+        time.sleep(2.0)
+        return pairs.measure(seconds, reps)
 
 
 def cpu_seconds(pid: int) -> float:

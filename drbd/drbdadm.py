@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from drbd.runner import Runner, run
@@ -113,9 +113,10 @@ class Drbdadm:
         word = (await self._checked("role")).strip().split("/")[0]
         return word if word in ("Primary", "Secondary") else "Unknown"
 
-    async def promote(self) -> None:
+    async def promote(self, role_now: Callable[[], Awaitable[str]] | None = None) -> None:
+        """`drbdadm primary`, verified by reading the role back (`role_now`: another way to read it)."""
         await self._checked("primary")
-        role = await self.role()
+        role = await (role_now or self.role)()
         if role != "Primary":
             raise DrbdError(f"drbdadm primary {self.resource} returned 0 but the role is {role}")
 

@@ -24,6 +24,12 @@ class NfsError(Exception):
 class Backend(Protocol):
     name: str
 
+    async def prepare(self, timeout: float) -> str:
+        """On a backup, ahead of any takeover: what `start` would otherwise do first and that touches
+        no data and no state that moves with it (kernel modules, rpcbind). Safe to skip: `start`
+        does whatever is missing itself."""
+        ...
+
     async def start(self, timeout: float) -> str: ...
 
     async def stop(self, timeout: float) -> str: ...

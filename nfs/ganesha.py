@@ -41,6 +41,9 @@ class GaneshaBackend:
         return render_ganesha(c.exports, self.recovery_root, c.grace_time, c.lease_time, c.graceless, c.versions,
                               c.server_scope)
 
+    async def prepare(self, timeout: float) -> str:
+        return "nothing to prepare (ganesha is one process, started whole)"
+
     async def start(self, timeout: float) -> str:
         if self.running():
             raise NfsError(f"nfs-ganesha already runs (pid {self._pid()}); not starting a second one")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -134,8 +135,14 @@ def kernel(tmp_path: Path, answers: dict[str, tuple[int, str]] | None = None,
     cfg = parse(text)
     assert cfg.nfs is not None
     runner = Recorder(nfsd, answers)
-    return KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd,
-                         spawn=helpers or Helpers()), runner
+    backend = KernelBackend(cfg.nfs, "/srv/nfs", runner, notify_name="192.0.2.100", nfsd=nfsd,
+                            spawn=helpers or Helpers())
+    backend.spawn_waiting = no_waiting  # rpc.nfsd started ahead: only where a test asks for it
+    return backend, runner
+
+
+async def no_waiting(argv: list[str]) -> asyncio.subprocess.Process:
+    raise FileNotFoundError(2, "not in this test")
 
 
 def test_kernel_start_failure_undoes_what_it_started_and_names_the_command(tmp_path: Path) -> None:
@@ -201,3 +208,146 @@ def test_kernel_reconfigure_while_stopped_only_keeps_the_settings_for_the_next_s
     backend, runner = kernel(tmp_path)
     detail = asyncio.run(backend.reconfigure(replace(backend.cfg, threads=4), 5.0))
     assert runner.calls == [] and backend.cfg.threads == 4 and "when it starts" in detail
+
+
+def test_kernel_prepare_loads_mounts_and_starts_rpcbind_ahead_and_start_does_not_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    running: set[str] = set()
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: name in running)
+    backend, runner = kernel(tmp_path)
+    backend.cfg = replace(backend.cfg, versions=(3, 4))
+    nfsd = tmp_path / "nfsd"
+    (nfsd / "threads").unlink()  # a backup after boot: nfsd not loaded, its filesystem not mounted
+
+    async def kernel_side(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        runner.calls.append(list(argv))
+        if argv[:3] == ["mount", "-t", "nfsd"]:
+            (nfsd / "threads").write_text("0\n")
+        if argv[0] == "rpcbind":
+            running.add("rpcbind")
+        return 0, "", ""
+
+    backend.runner = kernel_side
+    detail = asyncio.run(backend.prepare(5.0))
+    assert runner.calls == [["modprobe", "nfsd"], ["mount", "-t", "nfsd", "nfsd", str(nfsd)], ["rpcbind", "-w"]]
+    assert "nfsd module loaded" in detail and "rpcbind started" in detail
+    assert not (tmp_path / "exports").exists(), "nothing exported ahead: the data is not there"
+    assert (nfsd / "nfsv4gracetime").read_text() == "90\n", "grace and lease are the start's to write"
+    assert "nothing left" in asyncio.run(backend.prepare(5.0))
+    runner.calls.clear()
+    with pytest.raises(NfsError):
+        asyncio.run(backend.start(1.5))  # nothing answers NFS here; what it ran is what counts
+    assert ["modprobe", "nfsd"] not in runner.calls and ["rpcbind", "-w"] not in runner.calls
+    assert runner.calls[0] == ["exportfs", "-r"]
+
+
+def test_kernel_start_runs_nfsdcld_on_the_state_folder_when_installed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: False)
+    monkeypatch.setattr(nfs.kernel, "_pipefs", lambda: None)
+    helpers = Helpers()
+    backend, runner = kernel(tmp_path, helpers=helpers)
+    backend.which = lambda name: f"/usr/sbin/{name}"
+    backend.pipefs_dir = str(tmp_path / "pipefs")
+    assert "rpc_pipefs mounted on" in asyncio.run(backend.prepare(5.0))
+    assert ["mount", "-t", "rpc_pipefs", "sunrpc", str(tmp_path / "pipefs")] in runner.calls
+    with pytest.raises(NfsError):
+        asyncio.run(backend.start(1.5))  # nothing answers NFS here; what it started is what counts
+    assert ["nfsdcld", "-F", "-p", str(tmp_path / "pipefs")] in helpers.started
+    assert ["rpc.mountd", "-F", "-N", "3"] in helpers.started
+    assert all(p.returncode is not None for p in helpers.procs), "stopped with nfsd: they hold the state folder"
+    backend.which = lambda name: None  # not installed: nfsd falls back to nfsdcltrack by itself
+    helpers.started.clear()
+    with pytest.raises(NfsError):
+        asyncio.run(backend.start(1.5))
+    assert helpers.started == [["rpc.mountd", "-F", "-N", "3"]]
+
+
+def test_kernel_start_serves_without_nfsdcld_if_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: False)
+    monkeypatch.setattr(nfs.kernel, "_pipefs", lambda: "/run/rpc_pipefs")
+    started: list[list[str]] = []
+
+    async def spawn(argv: list[str]) -> asyncio.subprocess.Process:
+        started.append(argv)
+        if argv[0] != "nfsdcld":
+            return await asyncio.create_subprocess_exec("sleep", "30")
+        proc = await asyncio.create_subprocess_exec("false")  # an nfsdcld that gave up at once
+        await proc.wait()
+        return proc
+
+    backend, _ = kernel(tmp_path, {"unshare --uts": (1, "stop here")})
+    backend.spawn = spawn
+    backend.which = lambda name: f"/usr/sbin/{name}"
+    with pytest.raises(NfsError, match="stop here"):  # got as far as starting nfsd's threads
+        asyncio.run(backend.start(5.0))
+    assert ["nfsdcld", "-F", "-p", "/run/rpc_pipefs"] in started
+    assert "nfsdcld exited" in ", ".join(backend._laps)
+
+
+def test_kernel_rpc_nfsd_started_ahead_runs_only_when_told_with_the_same_arguments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfs.kernel
+
+    monkeypatch.setattr(nfs.kernel, "_helper_running", lambda name: True)
+    backend, runner = kernel(tmp_path)
+    ran = tmp_path / "ran"
+
+    async def waiting(argv: list[str]) -> asyncio.subprocess.Process:
+        # stands in for `unshare --uts sh -c SCRIPT ...`: waits for its line, then records its argv
+        return await asyncio.create_subprocess_exec(
+            "sh", "-c", 'read -r _ && echo "$@" >"$0" && echo 8 >"$1"', str(ran), str(tmp_path / "nfsd" / "threads"),
+            *argv[4:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+    async def scenario() -> None:
+        backend.spawn_waiting = waiting
+        assert "rpc.nfsd waiting" in await backend.prepare(5.0)
+        await asyncio.sleep(0.2)
+        assert not ran.exists(), "started ahead, but nothing may run before the takeover says so"
+        with contextlib.suppress(NfsError):  # nothing answers NFS here
+            await backend.start(1.5)
+        assert ran.exists() and "sh ha -N 3 8" in ran.read_text()
+        assert not any(c[0] == "unshare" for c in runner.calls), "the process started ahead was used"
+        # stopped: a backup again, armed again; a reload that changes the threads makes it stale
+        assert backend._armed is not None and backend._armed[1].returncode is None
+        backend.cfg = replace(backend.cfg, threads=4)
+        ran.unlink()
+        (tmp_path / "nfsd" / "threads").write_text("0\n")
+        with contextlib.suppress(NfsError):
+            await backend.start(1.5)
+        assert ["unshare", "--uts", "sh", "-c", ANY, "sh", "ha", "-N", "3", "4"] in runner.calls
+        assert not ran.exists()
+        armed = backend._armed
+        backend.disarm()
+        if armed is not None:
+            await armed[1].wait()  # killed: ends without running rpc.nfsd
+        assert not ran.exists()
+
+    asyncio.run(scenario())
+
+
+def test_kernel_waits_for_nfsdcld_to_watch_for_nfsds_pipe(tmp_path: Path) -> None:
+    import sys
+
+    backend, _ = kernel(tmp_path)
+
+    async def scenario() -> list[str]:
+        # an "nfsdcld" that does its database work (0.3 s), then sets up its inotify watch
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import ctypes, time; time.sleep(0.3); ctypes.CDLL(None).inotify_init(); "
+            "time.sleep(30)")
+        t0 = time.monotonic()
+        await backend._cld_ready(proc)
+        took = time.monotonic() - t0
+        proc.kill()
+        await proc.wait()
+        assert 0.2 < took < 1.9, took
+        return backend._laps
+
+    assert "nfsdcld ready" in ", ".join(asyncio.run(scenario()))

@@ -792,3 +792,40 @@ def test_a_master_stopping_for_a_restart_says_so_in_its_last_heartbeat() -> None
     beats = of(act.SendHeartbeat, out)
     assert beats and beats[-1].restarting == 3.0 and beats[-1].holding and beats[-1].vrrp == "MASTER"
     assert of(act.Stopped, out) == [act.Stopped(("vip",), kept=True)]
+
+
+def test_a_peer_that_demotes_ends_the_peer_wait_at_once_not_at_the_next_poll() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    acquire(d)
+    t0 = d.now
+    d.feed(ev.DrbdRead(PEER_PRIMARY))
+    assert d.node._acquire is not None and d.node._acquire.stage == "peer-wait"
+    out = d.feed(ev.DrbdChanged(PEER_PRIMARY), at=t0 + 0.02)  # still Primary: keep waiting
+    assert not of(act.ReadDrbd, out)
+    out = d.feed(ev.DrbdChanged(CONNECTED), at=t0 + 0.03)  # the follower saw it demote
+    assert of(act.ReadDrbd, out), "read again now, 70 ms before the poll would have"
+    out = d.feed(ev.DrbdRead(CONNECTED))
+    assert of(act.Promote, out)
+
+
+def test_drbd_taken_away_while_serving_is_lost_at_once_and_restarted() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    acquire(d)
+    d.feed(ev.DrbdRead(CONNECTED))
+    d.feed(ev.Promoted(True, ""))
+    d.answer_steps()
+    assert d.node.machine.phase == Phase.SERVING
+    primary = Status("r0", "Primary", "UpToDate", "Connected", "Secondary", "UpToDate")
+    out = d.feed(ev.DrbdChanged(primary))
+    assert not of(act.RunStep, out)
+    logged = [a for a in out if isinstance(a, act.Emit) and a.kind is None and a.message == "DRBD %s"]
+    assert logged and logged[0].args == (primary.summary(),)
+    out = d.feed(ev.DrbdChanged(CONNECTED))  # demoted behind our back
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    assert any(isinstance(a, act.Emit) and "DRBD is no longer Primary" in a.message for a in out)
+    assert d.node.machine.restarts == {Step.DRBD: 1}
+    # a state change while nothing is held only logs
+    d2 = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    d2.feed(ev.Start())
+    out = d2.feed(ev.DrbdChanged(None))
+    assert not of(act.RunStep, out) and d2.node.machine.phase == Phase.IDLE

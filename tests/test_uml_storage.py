@@ -8,6 +8,9 @@ fsync the whole time; every acknowledged file is read back and its sha256 checke
 
 The phases share one lab and run in file order:
 (a) a becomes master and serves; the client writes through the VIP;
+(a2) DRBD is followed, not polled: while idle no process is started on either node (the kernel's
+    fork counter stays flat), a replication link dropped by `drbdadm disconnect` reaches both agents
+    as a DRBD state change within seconds, and a killed `drbdsetup events2` is started again;
 (b) planned switches: `failoverctl handover` a -> b, then SIGTERM of b's agent (b -> a), b's
     agent restarted and staying backup;
 (c) power cut of a (SIGKILL of its UML process): b takes over; a reboots, `drbdadm up`, its
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.lab.netns import LabError, wait_until
-from tests.lab.uml import connected_uptodate, drbd_state, wait_drbd
+from tests.lab.uml import UmlNode, connected_uptodate, drbd_state, wait_drbd
 from tests.lab.uml_agents import (
     Facts,
     StorageLab,
@@ -169,6 +172,85 @@ def test_a_serves_drbd_mount_nfs_vip_and_the_client_writes(scenario: Scenario) -
         raise
 
 
+def forks(node: UmlNode) -> int:
+    """Processes the node's kernel has created since boot (/proc/stat, read without a fork)."""
+    text = node.read_kernel_file("/proc/stat") or ""
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("processes ")))
+
+
+def followers(node: UmlNode) -> list[int]:
+    """PIDs of `drbdsetup events2 r0` (the agent's follower, not a one-shot `--now`) in the node."""
+    out = node.sh(FOLLOWERS).stdout
+    return [int(p) for p in out.split()]
+
+
+FOLLOWERS = r"""
+for p in /proc/[0-9]*; do
+  c=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)
+  case "$c" in *"events2 r0 "*) case "$c" in *--now*) ;; *) echo "${p#/proc/}" ;; esac ;; esac
+done
+"""
+DRBD_LOG = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) INFO DRBD (r0: .*)$", re.M)
+
+
+def drbd_lines(agent: UmlAgent, since: int = 0) -> list[tuple[float, str]]:
+    """The DRBD state changes an agent logged (seconds of the day, summary), from its follower."""
+    return [(int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000, text)
+            for h, m, sec, ms, text in DRBD_LOG.findall(agent.log()[since:])]
+
+
+def test_drbd_is_followed_not_polled(scenario: Scenario) -> None:
+    s = scenario
+    s.require("(a2) DRBD followed")
+    ensure_a_serves(s)
+    lab = s.lab
+    a, b = lab.agents["a"], lab.agents["b"]
+    try:
+        assert wait_until(lambda: b.vrrp_state() == "BACKUP", 10), b.log()
+        # idle: a serves (monitor every 1 s: DRBD, mount, state folder, nfsd), b is backup (witness pings)
+        time.sleep(2)
+        before = {name: forks(node) for name, node in lab.nodes.items()}
+        time.sleep(10)
+        spawned = {name: forks(node) - before[name] for name, node in lab.nodes.items()}
+        s.note("idle_10s_processes_started_a", spawned["a"])
+        s.note("idle_10s_processes_started_b", spawned["b"])
+        # the monitor used to start `drbdsetup events2 --now` every second on the master; kernel
+        # threads count here too (a kworker now and then), hence not strictly zero
+        assert spawned["a"] <= 3 and spawned["b"] <= 3, f"processes started in 10 s while idle: {spawned}"
+        assert len(followers(a.node)) == 1 and len(followers(b.node)) == 1
+        assert drbd_lines(a) and "Primary/Secondary UpToDate/UpToDate Connected" in drbd_lines(a)[-1][1]
+
+        # the replication link dropped (b disconnects): a state change on both, not a poll later
+        m = marks(s)
+        t0 = time.monotonic()
+        when = b.node.sh("date +%s.%N; drbdadm disconnect r0").stdout.split()[0]
+        t_cmd = float(when) % 86400
+        assert a.wait_log(re.compile(r"INFO DRBD r0: Primary/Unknown .* (Connecting|NetworkFailure|Unconnected)"),
+                          10, since=m["a"]), a.log()[m["a"] :]
+        assert b.wait_log(re.compile(r"INFO DRBD r0: Secondary/Unknown .* StandAlone"), 10, since=m["b"]), b.log()
+        s.note("disconnect_seen_by_both_agents_s", time.monotonic() - t0)
+        first_a = drbd_lines(a, m["a"])[0][0]
+        s.note("disconnect_to_a_event_s", first_a - t_cmd)  # guest clocks are the host's
+        assert first_a - t_cmd < 5.0, drbd_lines(a, m["a"])
+        assert a.vrrp_state() == "MASTER" and lab.facts()["a"].serving, "a lost its peer's replica, not its data"
+        b.node.run(["drbdadm", "connect", "r0"])
+        for node in lab.nodes.values():
+            wait_drbd(node, connected_uptodate, 60, "Connected UpToDate again")
+        assert a.wait_log(re.compile(r"INFO DRBD r0: Primary/Secondary UpToDate/UpToDate Connected"), 10,
+                          since=m["a"]), a.log()[m["a"] :]
+
+        # the follower's process killed: started again after its backoff, and the state still flows
+        (old,) = followers(b.node)
+        m = marks(s)
+        b.node.run(["kill", "-9", str(old)])
+        assert b.wait_log("drbdsetup events2 r0 stopped", 10, since=m["b"]), b.log()[m["b"] :]
+        assert wait_until(lambda: len(new := followers(b.node)) == 1 and new[0] != old, 15, 0.5), b.log()
+        check_roles(s, "a")
+    except BaseException as e:
+        s.failed = s.failed or f"(a2) DRBD followed: {e}"[:300]
+        raise
+
+
 def test_planned_handover_a_to_b_and_sigterm_back_to_a(scenario: Scenario) -> None:
     s = scenario
     s.require("(b) planned switches")
@@ -191,6 +273,12 @@ def test_planned_handover_a_to_b_and_sigterm_back_to_a(scenario: Scenario) -> No
         assert [step for step, op in steps(a, m["a"]) if op == "release"] == RELEASE, a.log()[m["a"] :]
         assert [step for step, op in steps(b, m["b"]) if op == "acquire"] == ACQUIRE, b.log()[m["b"] :]
         assert a.vrrp_state() == "BACKUP" and b.vrrp_state() == "MASTER"
+        # the peer's promotion reached a as a DRBD state change (its follower), not a poll later
+        promoted = [t for t, text in drbd_lines(a, m["a"]) if "Secondary/Primary" in text]
+        b_done = [t for t, text in drbd_lines(b, m["b"]) if text.startswith("r0: Primary/")]
+        assert promoted and b_done, (drbd_lines(a, m["a"]), drbd_lines(b, m["b"]))
+        s.note("handover_peer_promotion_to_a_event_s", promoted[0] - b_done[0])
+        assert promoted[0] - b_done[0] < 5.0
         resumed(s, since, "handover_a_to_b")
         verify_all(s, "handover_a_to_b")
 

@@ -146,15 +146,23 @@ class Templates:
         return template
 
 
-def decode(datagram: bytes) -> Advertisement | Drop:
-    """Parse an IPv4 datagram holding VRRP; no policy beyond what makes it a VRRP packet."""
+def _dotted(packed: bytes) -> str:
+    """What str(IPv4Address(packed)) gives, without building the object (drop messages only)."""
+    return "%d.%d.%d.%d" % (packed[0], packed[1], packed[2], packed[3])  # noqa: UP031
+
+
+def _parse(datagram: bytes) -> tuple[bytes, int, bytes, bytes] | Drop:
+    """(VRRP message, IP TTL, source, destination as packed bytes) of a well-formed VRRP datagram.
+
+    Every structural check of `decode`, in its order, without building address objects: a flood
+    of bogus packets is mostly refused here or by the raw-byte checks of `Validator`.
+    """
     if len(datagram) < 20:
         return Drop(DropReason.MALFORMED_IP, f"{len(datagram)} bytes is shorter than an IP header")
     ver_ihl, _tos, total, _id, _frag, ttl, proto, _ck, src_b, dst_b = _IP_HEADER.unpack_from(datagram)
     ihl = (ver_ihl & 0x0F) * 4
     if ver_ihl >> 4 != 4 or ihl < 20 or total < ihl or total > len(datagram) or proto != PROTO_VRRP:
         return Drop(DropReason.MALFORMED_IP, "not a well-formed IPv4 datagram of protocol 112")
-    src, dst = IPv4Address(src_b), IPv4Address(dst_b)
     msg = datagram[ihl:total]
     if len(msg) < 8:
         return Drop(DropReason.LENGTH, f"VRRP message of {len(msg)} bytes")
@@ -170,16 +178,30 @@ def decode(datagram: bytes) -> Advertisement | Drop:
     if version == 2:
         ok = checksum(msg) == 0
     else:
-        pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, PROTO_VRRP, len(msg))
+        pseudo = src_b + dst_b + struct.pack("!BBH", 0, PROTO_VRRP, len(msg))
         ok = checksum(pseudo + msg) == 0
     if not ok:
         return Drop(DropReason.CHECKSUM, "checksum does not verify")
+    return msg, ttl, src_b, dst_b
+
+
+def _advertisement(msg: bytes, ttl: int, src_b: bytes, dst_b: bytes) -> Advertisement:
+    count = msg[3]
     addresses = tuple(IPv4Address(msg[8 + 4 * i: 12 + 4 * i]) for i in range(count))
-    if version == 2:
+    src, dst = IPv4Address(src_b), IPv4Address(dst_b)
+    if msg[0] >> 4 == 2:
         return Advertisement(2, msg[1], msg[2], float(msg[5]), addresses, msg[4], bytes(msg[-8:]),
                              src, dst, ttl)
     interval = (struct.unpack_from("!H", msg, 4)[0] & 0x0FFF) / 100
     return Advertisement(3, msg[1], msg[2], interval, addresses, AUTH_NONE, b"\0" * 8, src, dst, ttl)
+
+
+def decode(datagram: bytes) -> Advertisement | Drop:
+    """Parse an IPv4 datagram holding VRRP; no policy beyond what makes it a VRRP packet."""
+    parsed = _parse(datagram)
+    if isinstance(parsed, Drop):
+        return parsed
+    return _advertisement(*parsed)
 
 
 @dataclass
@@ -195,6 +217,8 @@ class Validator:
     drops: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
     _memo: tuple[bytes, Advertisement] | None = field(default=None, repr=False, compare=False)
+    _packed_cache: tuple[frozenset[IPv4Address], frozenset[IPv4Address], frozenset[bytes], frozenset[bytes]] | None \
+        = field(default=None, repr=False, compare=False)
 
     def check(self, datagram: bytes) -> Advertisement | Drop:
         # A master repeats one advert; only the IP ID and header checksum (which the kernel
@@ -217,24 +241,37 @@ class Validator:
         self.interval, self.auth_pass, self._memo = interval, auth_pass, None
 
     def _check(self, datagram: bytes) -> Advertisement | Drop:
-        adv = decode(datagram)
-        if isinstance(adv, Drop):
-            return adv
-        if adv.src in self.own:
-            return Drop(DropReason.OWN, f"our own advert from {adv.src}")
-        if self.peers and adv.src not in self.peers:
-            return Drop(DropReason.NOT_PEER, f"{adv.src} is not a configured unicast peer")
-        if not self.peers and adv.ttl != TTL:
-            return Drop(DropReason.TTL, f"IP TTL {adv.ttl} from {adv.src}, must be 255")
-        if adv.version != self.version:
-            return Drop(DropReason.VERSION, f"version {adv.version} from {adv.src}, we run {self.version}")
-        if adv.vrid != self.vrid:
-            return Drop(DropReason.VRID, f"VRID {adv.vrid} from {adv.src}, ours is {self.vrid}")
-        if self.version == 2 and adv.interval != self.interval:
+        # the policy checks run on the raw bytes (same order, same messages as on an Advertisement):
+        # the address objects and the Advertisement are only built for a packet that passes them all
+        parsed = _parse(datagram)
+        if isinstance(parsed, Drop):
+            return parsed
+        msg, ttl, src_b, _dst_b = parsed
+        own_b, peers_b = self._packed()
+        if src_b in own_b:
+            return Drop(DropReason.OWN, f"our own advert from {_dotted(src_b)}")
+        if self.peers and src_b not in peers_b:
+            return Drop(DropReason.NOT_PEER, f"{_dotted(src_b)} is not a configured unicast peer")
+        if not self.peers and ttl != TTL:
+            return Drop(DropReason.TTL, f"IP TTL {ttl} from {_dotted(src_b)}, must be 255")
+        version = msg[0] >> 4
+        if version != self.version:
+            return Drop(DropReason.VERSION, f"version {version} from {_dotted(src_b)}, we run {self.version}")
+        if msg[1] != self.vrid:
+            return Drop(DropReason.VRID, f"VRID {msg[1]} from {_dotted(src_b)}, ours is {self.vrid}")
+        if self.version == 2 and float(msg[5]) != self.interval:
             return Drop(DropReason.INTERVAL,
-                        f"Adver Int {adv.interval:g} s from {adv.src}, ours is {self.interval:g} s")
+                        f"Adver Int {float(msg[5]):g} s from {_dotted(src_b)}, ours is {self.interval:g} s")
         if self.version == 2 and self.auth_pass and (
-            adv.auth_type != AUTH_PASS or adv.auth_data != auth_bytes(self.auth_pass)
+            msg[4] != AUTH_PASS or bytes(msg[-8:]) != auth_bytes(self.auth_pass)
         ):
-            return Drop(DropReason.AUTH, f"authentication mismatch from {adv.src} (type {adv.auth_type})")
-        return adv
+            return Drop(DropReason.AUTH, f"authentication mismatch from {_dotted(src_b)} (type {msg[4]})")
+        return _advertisement(msg, ttl, src_b, _dst_b)
+
+    def _packed(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """`own` and `peers` as packed bytes, rebuilt only if either set was replaced."""
+        cache = self._packed_cache
+        if cache is None or cache[0] is not self.own or cache[1] is not self.peers:
+            cache = self._packed_cache = (self.own, self.peers, frozenset(a.packed for a in self.own),
+                                          frozenset(a.packed for a in self.peers))
+        return cache[2], cache[3]

@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 IP_MULTICAST_ALL = 49
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
-QUEUE_BUFFER = 1 << 20
+# The queue holds what arrives between two drains: a backup drains every Master_Down_Interval -
+# interval, a few adverts of its master. More is only backlog under a flood of packets, which
+# the next drain would have to work through while the advert timer waits (256 KiB of kernel
+# memory is ~300 small datagrams, ~4 ms of validation); beyond that the kernel drops them.
+QUEUE_BUFFER = 1 << 17
+# The doorbell only has to be readable: its datagrams are read and thrown away (the queue has
+# them), so a small buffer (the kernel's minimum, a few datagrams) saves reading each one.
+BELL_BUFFER = 1024
 WAKE_NEVER = 256  # a priority threshold no advert reaches
 
 
@@ -108,6 +115,7 @@ class VrrpSocket:
             queue.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             queue.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, QUEUE_BUFFER)
             self._first_byte, self._vrid = first_byte, vrid
+            bell.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BELL_BUFFER)
             attach_filter(bell, doorbell_program(first_byte, vrid, WAKE_NEVER))
         except OSError:
             queue.close()
@@ -149,11 +157,17 @@ class VrrpSocket:
         return ok
 
     def drain(self, limit: int = 4096) -> list[tuple[bytes, float]]:
-        """Every queued datagram with its arrival time on the monotonic clock, oldest first."""
+        """Every datagram queued when the drain began, with its arrival time on the monotonic clock, oldest first.
+
+        It stops after the first datagram that arrived while it was reading: under a flood the queue
+        refills as fast as it is read, and a drain that followed it would keep the loop (and the
+        advert timer) waiting for as long as the flood lasts. What came later is the next drain's.
+        """
         out: list[tuple[bytes, float]] = []
         if self._queue is None:
             return out
-        offset = time.time() - time.monotonic()
+        began = time.monotonic()
+        offset = time.time() - began
         for _ in range(limit):
             try:
                 data, anc, _flags, _addr = self._queue.recvmsg(65535, 64)
@@ -168,6 +182,8 @@ class VrrpSocket:
                     sec, nsec = struct.unpack_from("=qq", payload)
                     at = sec + nsec / 1e9 - offset
             out.append((data, time.monotonic() if at is None else min(at, time.monotonic())))
+            if at is not None and at > began:
+                break
         return out
 
     def _ring(self) -> None:

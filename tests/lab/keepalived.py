@@ -215,8 +215,13 @@ class Keepalived(Closing):
         for path in (self.pid_file, self.vrrp_pid_file, self.checkers_pid_file, self.bfd_pid_file):
             path.unlink(missing_ok=True)  # stale files from a kill() make keepalived refuse to start
         self._children.clear()
+        # -G: no syslog. Without a syslog daemon (no /dev/log, as on this lab host) keepalived's
+        # syslog(3) falls back to writing every line to /dev/console (LOG_CONS, set with -l): a
+        # serial console takes a few hundred lines a second, and under a flood of bogus packets
+        # (one log line each) keepalived would spend its time waiting on the serial port. -l
+        # still logs everything to stdout, which is what the lab reads.
         argv = [
-            "keepalived", "-n", "-l", "-D",
+            "keepalived", "-n", "-l", "-D", "-G",
             "-f", str(self.conf_path),
             "-p", str(self.pid_file),
             "-r", str(self.vrrp_pid_file),
