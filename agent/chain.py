@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+from agent import actions as act
+from agent import events as ev
 from agent import fs
 from agent.config import Config
 from agent.fence import self_fence
@@ -144,6 +147,42 @@ class Chain:
             return
         if done:
             log.info("prepared for a takeover: %s", done)
+
+    # -- the same, answered as the node's events (agent.instance feeds them back) ---------------
+    async def step_done(self, step: RunStep) -> ev.StepDone:
+        t0 = time.monotonic()
+        ok, detail = await self.run(step)
+        return ev.StepDone(step.step, step.op, ok, detail, (time.monotonic() - t0) * 1000)
+
+    async def drbd_read(self, drop_peer: bool) -> ev.DrbdRead:
+        try:
+            if drop_peer and self.drbd is not None:
+                await self.drbd.reconnect()
+            return ev.DrbdRead(await self.drbd_status(fresh=drop_peer))
+        except Exception as e:
+            return ev.DrbdRead(None, str(e) or type(e).__name__)
+
+    async def promoted(self) -> ev.Promoted:
+        try:
+            await self.promote()
+            return ev.Promoted(True, "")
+        except (drbdadm.DrbdError, OSError) as e:
+            return ev.Promoted(False, str(e))
+
+    async def outdated(self, a: act.RunOutdate) -> ev.OutdateDone:
+        notes: list[str] = []
+        try:
+            assert self.drbd is not None
+            await self.drbd.outdate(notes, disconnect=a.disconnect)
+            return ev.OutdateDone(a.id, True, tuple(notes))
+        except (drbdadm.DrbdError, OSError, AssertionError) as e:
+            return ev.OutdateDone(a.id, False, tuple(notes), str(e) or "no [drbd] section")
+
+    async def nfs_applied(self) -> ev.NfsApplied:
+        try:
+            return ev.NfsApplied(True, await self.apply_nfs())
+        except Exception as e:
+            return ev.NfsApplied(False, str(e) or type(e).__name__)
 
     async def apply_nfs(self) -> str:
         """The `[nfs]` section changed (same backend and layout): the backend takes it, live if it serves."""

@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 from agent import checkconfig, control, handoff, snapshot
 from agent import config as configmod
+from agent.heal import ACTIVE as FENCE_NOT_FENCED
+from agent.heal import DRBD_FENCE_CODES
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
 from agent.node import fence_exit_code
@@ -126,6 +128,8 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(f"VIPs      {', '.join(i['vips'])} {'held here' if i['vips_held'] else 'not held here'}")
     lines.append(f"link      {'up' if i['link_up'] else 'DOWN'}" + (f"; FAULT because {faults}" if faults else ""))
     lines += _storage_lines(s) + _track_lines(i) + _peer_lines(i)
+    if i.get("heal"):  # agent.healer: a StandAlone resource the agents cannot reconnect with proof
+        lines.append(f"heal      {i['heal']}")
     lines.append(f"counters  adverts sent {c['adverts_sent']}, received {c['adverts_received']}; "
                  f"transitions {c['transitions']}, became master {c['became_master']}, faults {c['faults']}; "
                  f"reloads {a['reloads']} ({a['reload_failures']} refused)")
@@ -157,25 +161,36 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
 
 def cmd_fence_peer(args: argparse.Namespace) -> int:
-    """DRBD's fence-peer handler: outdate the peer through the agents' peer channel."""
+    """DRBD's fence-peer handler: outdate the peer through the agents' peer channel.
+
+    Exits only with codes DRBD defines (drbd.conf(5)): 4 the peer's disk is Outdated, 5 the
+    peer is unreachable and a witness answers us (dead), 6 anything else, which keeps a
+    disconnected Primary's I/O frozen (agent.heal). While the agent's verdict is still open
+    (the peer silent, no witness answered yet, the tracker undecided), it asks again.
+    """
     resource = os.environ.get("DRBD_RESOURCE", "?")
-    try:
-        answer = control.request(_socket_path(args), "fence-peer")
-    except (control.ControlError, OSError) as e:
-        print(f"fence-peer {resource}: the local agent does not answer ({e}); not fencing", file=sys.stderr)
-        return 1
-    result, code = str(answer.get("answer")), fence_exit_code(answer)
-    if code != 1:
-        said = "the peer does not answer and a witness answers us: peer taken as dead" \
-            if result == "unreachable" else f"peer {result}"
-        print(f"fence-peer {resource}: {said}")
-    elif result == "unreachable":
-        print(f"fence-peer {resource}: the peer does not answer and the witnesses do not vouch for us "
-              f"({answer.get('witness_detail') or 'no detail'}): we may be the isolated node; not fencing",
-              file=sys.stderr)
-    else:
-        print(f"fence-peer {resource}: the peer could not outdate its disk: {result}", file=sys.stderr)
-    return code
+    t0 = time.monotonic()
+    while True:
+        try:
+            answer = control.request(_socket_path(args), "fence-peer", timeout=30.0,
+                                     waited=round(time.monotonic() - t0, 3))
+        except (control.ControlError, OSError) as e:
+            print(f"fence-peer {resource}: the local agent does not answer ({e}); not fencing (exit 6: a "
+                  "disconnected Primary's I/O stays frozen)", file=sys.stderr)
+            return FENCE_NOT_FENCED
+        code = answer.get("exit")
+        if not isinstance(code, int) or isinstance(code, bool):  # an agent without agent.heal
+            code, final, message = fence_exit_code(answer), True, str(answer.get("answer"))
+        else:
+            final, message = bool(answer.get("final", True)), str(answer.get("message", ""))
+        if code not in DRBD_FENCE_CODES or code in (3, 7):
+            code, final = FENCE_NOT_FENCED, True
+        if final:
+            print(f"fence-peer {resource}: exit {code} ({DRBD_FENCE_CODES[code]}): {message}",
+                  file=sys.stdout if code in (4, 5) else sys.stderr)
+            return code
+        delay = answer.get("retry_after")
+        time.sleep(min(1.0, max(0.05, float(delay) if isinstance(delay, int | float) else 0.3)))
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -405,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     p = with_socket(sub.add_parser("fence-peer", help="DRBD fence-peer handler: exit 4 outdated, 5 peer dead, "
-                                                      "6 peer Primary, 1 not fenced"))
+                                                      "6 not fenced (I/O stays frozen)"))
     p.set_defaults(func=cmd_fence_peer)
     p = sub.add_parser("history", help="the failover story of this node, from the journal")
     p.add_argument("--since", help="journalctl time spec, e.g. '1 hour ago' or '2026-11-21 02:00'")

@@ -277,7 +277,10 @@ class Agent:
             if command == "reset":
                 return await self.instance.admin(Admin.RESET)
         if command == "fence-peer":
-            return await self.instance.admin(Admin.FENCE_PEER)
+            waited = request.get("waited", 0.0)
+            if not isinstance(waited, int | float) or isinstance(waited, bool) or not 0 <= waited < 3600:
+                raise ControlError("fence-peer: waited must be a number of seconds")
+            return await self.instance.fence_peer(float(waited))
         raise ControlError(f"unknown command {command!r} (status, handover, maintenance, reset, fence-peer)")
 
     # -- reload -------------------------------------------------------------------------

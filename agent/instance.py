@@ -21,6 +21,7 @@ from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
 from agent.fence import self_fence
+from agent.healer import Healer
 from agent.journal import emit
 from agent.node import Counters, Node, addrs
 from agent.peer import PeerChannel, PeerSetupError, open_channel
@@ -30,7 +31,6 @@ from agent.statefile import maintenance_kept, save_state
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, client_connections, parse_connections
 from agent.timer import PreciseTimer
-from drbd.drbdadm import DrbdError
 from drbd.follower import Follower
 from vrrp.link import LinkMonitor
 from vrrp.netlink import AsyncIPRoute
@@ -67,6 +67,7 @@ class Instance:
         self.chain = Chain(cfg, self.vips, self.garp)
         if cfg.drbd is not None:  # one `drbdsetup events2` for the instance's life: state changes as events
             self.chain.follower = Follower(cfg.drbd.resource, lambda st: self.feed(ev.DrbdChanged(st)))
+        self.healer = Healer(cfg, self.chain.drbd_status, self.vips.remove, self._holds_vips) if cfg.drbd else None
         self.peer_channel: PeerChannel | None = None
         self.pinger: Pinger | None = None
         self.tickler: Tickler | None = None
@@ -85,17 +86,17 @@ class Instance:
             act.SendAdvert: self._send_advert, act.Garp: lambda _: self.garp.send(self.cfg.vrrp.vips),
             act.DrainAdverts: lambda _: self._pending.append(ev.AdvertsHeard(tuple(self.sock.drain()))),
             act.SetWakeThreshold: lambda a: self.sock.wake_at_or_above(a.threshold),
-            act.RunStep: lambda a: self._spawn(self._run_step(a)),
-            act.ReadDrbd: lambda a: self._spawn(self._read_drbd(a.drop_peer)),
-            act.Promote: lambda _: self._spawn(self._promote()),
-            act.SendProbe: lambda a: self._spawn(self._probe(a)),
-            act.RunCheck: lambda a: self._spawn(self._check(a)),
-            act.AskPeer: lambda a: self._spawn(self._ask_peer(a)),
+            act.RunStep: lambda a: self._feed_when(self.chain.step_done(a)),
+            act.ReadDrbd: lambda a: self._feed_when(self.chain.drbd_read(a.drop_peer)),
+            act.Promote: lambda _: self._feed_when(self.chain.promoted()),
+            act.SendProbe: lambda a: self._feed_when(self._probe(a)),
+            act.RunCheck: lambda a: self._feed_when(self._check(a)),
+            act.AskPeer: lambda a: self._feed_when(self._ask_peer(a)),
             act.SendHeartbeat: lambda a: self.peer_channel.beat(a) if self.peer_channel else None,
             act.SelfFence: lambda a: self_fence(self.cfg, a.action, a.reason),
             act.AnswerPeer: self._answer_peer, act.AdminAnswer: lambda a: self._reply(a.id, dict(a.body)),
-            act.RunOutdate: lambda a: self._spawn(self._outdate(a)),
-            act.ApplyNfs: lambda _: self._spawn(self._apply_nfs()),
+            act.RunOutdate: lambda a: self._feed_when(self.chain.outdated(a)),
+            act.ApplyNfs: lambda _: self._feed_when(self.chain.nfs_applied()),
             act.Tickle: self._tickle,
             act.ChangeVips: lambda a: self._spawn(self._change_vips(a)),
             act.Emit: self._emit, act.StatusChanged: lambda _: self.on_state(self),
@@ -137,6 +138,12 @@ class Instance:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _feed_when(self, answer: Coroutine[Any, Any, ev.Event]) -> None:
+        """An action carried out in the background: its answer is the node's next event."""
+        async def run() -> None:
+            self.feed(await answer)
+        self._spawn(run())
+
     @staticmethod
     def _settle(fut: asyncio.Future[None], error: Exception | None) -> None:
         if not fut.done():
@@ -163,8 +170,9 @@ class Instance:
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
         self._spawn(self.link.run())
-        if self.chain.follower is not None:
-            self._spawn(self.chain.follower.run())
+        for runner in (self.chain.follower, self.healer):  # DRBD's events; StandAlone heals
+            if runner is not None:
+                self._spawn(runner.run())
         self._open_pinger()
         age = handoff.take_age(self.cfg.agent.state_file, self.info.name)
         try:
@@ -204,6 +212,15 @@ class Instance:
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
 
+    async def fence_peer(self, waited: float) -> dict[str, Any]:
+        """DRBD's fence-peer handler asks (again after `waited` s): the node's answer, then the verdict."""
+        answer = await self.admin(ev.Admin.FENCE_PEER)
+        return answer if self.healer is None else await self.healer.fence_peer(answer, waited)
+
+    def _holds_vips(self) -> tuple[bool, bool]:
+        snap = self.node.snapshot()
+        return "vip" in snap.held, snap.maintenance
+
     async def handover(self) -> str:
         return str((await self.admin(ev.Admin.HANDOVER))["message"])
 
@@ -224,6 +241,8 @@ class Instance:
                     await self._start_peer_channel(self.cfg)
                 raise
         self.cfg = self.chain.cfg = new
+        if self.healer is not None:
+            self.healer.cfg = new
         self.alerts.configure(new)
         self.templates = self._templates()
         self.vips.vips = new.vrrp.vips
@@ -252,43 +271,16 @@ class Instance:
                                        auth_type=AUTH_PASS if v.auth_pass else AUTH_NONE,
                                        auth_data=auth_bytes(v.auth_pass)), self.info.primary)
 
-    async def _run_step(self, step: act.RunStep) -> None:
-        t0 = time.monotonic()
-        ok, detail = await self.chain.run(step)
-        self.feed(ev.StepDone(step.step, step.op, ok, detail, (time.monotonic() - t0) * 1000))
-
-    async def _read_drbd(self, drop_peer: bool) -> None:
-        try:
-            if drop_peer and self.chain.drbd is not None:
-                await self.chain.drbd.reconnect()
-            self.feed(ev.DrbdRead(await self.chain.drbd_status(fresh=drop_peer)))
-        except Exception as e:
-            self.feed(ev.DrbdRead(None, str(e) or type(e).__name__))
-
-    async def _promote(self) -> None:
-        try:
-            await self.chain.promote()
-            self.feed(ev.Promoted(True, ""))
-        except (DrbdError, OSError) as e:
-            self.feed(ev.Promoted(False, str(e)))
-
-    async def _probe(self, a: act.SendProbe) -> None:
+    async def _probe(self, a: act.SendProbe) -> ev.ProbeResult:
         ok, detail = (False, "no ICMP socket") if self.pinger is None else await self.pinger.ping(a.target, a.timeout)
-        self.feed(ev.ProbeResult(a.target, ok, detail, a.fresh))
+        return ev.ProbeResult(a.target, ok, detail, a.fresh)
 
-    async def _check(self, a: act.RunCheck) -> None:
-        ok, detail = await run_check(a.argv, a.timeout)
-        self.feed(ev.CheckResult(a.name, ok, detail))
+    async def _check(self, a: act.RunCheck) -> ev.CheckResult:
+        return ev.CheckResult(a.name, *await run_check(a.argv, a.timeout))
 
     def _tickle(self, a: act.Tickle) -> None:
         if self.tickler is not None:
             self.tickler.send(a.connections)
-
-    async def _apply_nfs(self) -> None:
-        try:
-            self.feed(ev.NfsApplied(True, await self.chain.apply_nfs()))
-        except Exception as e:
-            self.feed(ev.NfsApplied(False, str(e) or type(e).__name__))
 
     async def _change_vips(self, a: act.ChangeVips) -> None:
         if a.gone:
@@ -317,20 +309,10 @@ class Instance:
             body["connections"] = client_connections(v.ip for v in self.cfg.vrrp.vips)
         self._reply(a.id, body)
 
-    async def _ask_peer(self, a: act.AskPeer) -> None:
+    async def _ask_peer(self, a: act.AskPeer) -> ev.PeerAnswer:
         reply = None if self.peer_channel is None else await self.peer_channel.ask(a.kind, a.timeout)
         body = None if reply is None else reply.body
-        conns = tuple(parse_connections(body.get("connections"))) if body is not None else ()
-        self.feed(ev.PeerAnswer(a.id, body, conns))
-
-    async def _outdate(self, a: act.RunOutdate) -> None:
-        notes: list[str] = []
-        try:
-            assert self.chain.drbd is not None
-            await self.chain.drbd.outdate(notes, disconnect=a.disconnect)
-            self.feed(ev.OutdateDone(a.id, True, tuple(notes)))
-        except (DrbdError, OSError, AssertionError) as e:
-            self.feed(ev.OutdateDone(a.id, False, tuple(notes), str(e) or "no [drbd] section"))
+        return ev.PeerAnswer(a.id, body, tuple(parse_connections(body.get("connections"))) if body else ())
 
     async def refresh(self) -> dict[str, str] | None:
         """For the status command: count the adverts waiting in the queue, and read DRBD's view now."""
@@ -346,4 +328,4 @@ class Instance:
         wire = Wire(self.info.name, str(self.info.primary), self.counters.adverts_sent, self.sock.wakeups,
                     self.garp.sent, rejected)
         return {**as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time()),
-                "notify": self.alerts.stats()}
+                "notify": self.alerts.stats(), "heal": self.healer.note if self.healer else ""}

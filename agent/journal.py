@@ -57,7 +57,8 @@ DESCRIPTIONS = {
     Event.MAINTENANCE: "maintenance mode switched on or off",
     Event.FAULT: "a failure put the instance in FAULT",
     Event.CLEANUP: "leftovers of an earlier run were removed",
-    Event.FENCE: "the peer was asked to outdate its disk, or we outdated ours at its request: ANSWER, PEER",
+    Event.FENCE: ("the peer was asked to outdate its disk, or we outdated ours at its request: ANSWER, PEER; "
+                  "a frozen Primary given up, or the heal of a StandAlone resource (agent.heal)"),
     Event.TRACK: "a witness or track check changed verdict: TARGET, KIND, UP and the decision",
     Event.ADOPTED: "a restarted agent adopted the chain its predecessor left held (no failover): HELD, EVIDENCE",
 }

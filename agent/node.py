@@ -112,11 +112,12 @@ FENCE_EXIT = {"outdated": 4, "unreachable-dead": 5, "primary": 6}
 
 
 def fence_exit_code(answer: Mapping[str, Any]) -> int:
-    """The exit code `failoverctl fence-peer` gives DRBD for the node's answer (1: not fenced)."""
+    """The exit code `failoverctl fence-peer` gives DRBD for the node's answer: only codes DRBD
+    defines; "not fenced" is 6, which keeps a disconnected Primary's I/O frozen (agent.heal)."""
     result = str(answer.get("answer"))
     if result == "unreachable":
-        return FENCE_EXIT["unreachable-dead"] if answer.get("witness_reachable") else 1
-    return FENCE_EXIT.get(result, 1)
+        return FENCE_EXIT["unreachable-dead"] if answer.get("witness_reachable") else FENCE_EXIT["primary"]
+    return FENCE_EXIT.get(result, FENCE_EXIT["primary"])
 
 
 def router_params(cfg: Config, address: IPv4Address) -> Params:
@@ -1012,8 +1013,11 @@ class Node:
         if fence.answer == "unreachable":
             self._emit(Kind.FENCE, f"fence-peer: the peer does not answer; witnesses: {detail}", WARNING,
                        ANSWER=fence.answer, WITNESS=str(witness).lower())
+        track = self.cfg.track
+        horizon = track.fall * track.interval + track.timeout if track and track.witnesses else 0.0
         self._out.append(AdminAnswer(fence.admin, {"answer": fence.answer, "witness_reachable": witness,
-                                                   "witness_detail": detail}))
+                                                   "witness_detail": detail, "horizon": horizon,
+                                                   "isolated": bool(self.tracker and self.tracker.isolated)}))
 
     # -- answering the peer: only ever gives data up, never while we hold or take it ----------
     def _peer_request(self, req: PeerRequest, now: float) -> None:

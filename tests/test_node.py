@@ -250,7 +250,9 @@ def test_fence_peer_declares_a_silent_peer_dead_only_on_a_fresh_witness_answer()
     d.until(1.01)  # rise 2: the tracker says connected
     assert not d.node.tracker.isolated  # type: ignore[union-attr]
     assert fence_exit_code(fence(d, None, [True, False]).body) == 5
-    assert fence_exit_code(fence(d, None, [False, False]).body) == 1, "no witness answers now: we may be isolated"
+    body = fence(d, None, [False, False]).body
+    assert fence_exit_code(body) == 6, "no witness answers now: we may be isolated (6: DRBD keeps I/O frozen)"
+    assert body["isolated"] is False and body["horizon"] > 0, "the tracker has not decided: the handler asks again"
 
 
 def test_fence_peer_asks_a_living_peer_to_outdate() -> None:

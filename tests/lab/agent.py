@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,15 +100,23 @@ class AgentProc:
         result: dict[str, Any] = json.loads(self.ctl("status", "--json").stdout)
         return result
 
-    def start(self, extra_args: Sequence[str] = ()) -> AgentProc:
+    def start(self, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+              wait: bool = True) -> AgentProc:
+        """Spawn the agent; with ``wait`` return once it logged that it runs.
+
+        ``env`` adds variables (a supervisor's NOTIFY_SOCKET/WATCHDOG_USEC); ``wait=False`` is
+        for a caller that learns readiness another way (sd_notify READY=1, bench/soak.py).
+        """
         before = self.log().count("failover-agent running")  # the log is appended to across restarts
         log = self.log_path.open("ab")
         self.started_at = time.monotonic()
         # the running-config snapshot (agent.snapshot) beside the socket, not in the host's /run
-        env = {**os.environ, "RUNTIME_DIRECTORY": str(self.control_socket.parent)}
+        full_env = {**os.environ, "RUNTIME_DIRECTORY": str(self.control_socket.parent), **(env or {})}
         self.proc = self.spawn([sys.executable, "-m", "agent.daemon", "--config", str(self.config_path),
-                                *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+                                *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)
         log.close()
+        if not wait:
+            return self
         if not wait_until(lambda: self.log().count("failover-agent running") > before or not self.alive, 10):
             raise AssertionError(f"agent on {self.node} did not start:\n{self.log()}")
         if not self.alive:

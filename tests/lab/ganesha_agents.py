@@ -66,9 +66,10 @@ class GaneshaAgents:
     """Nodes a (priority 150) and b (100) of ``lab``, each with an agent; nothing started yet."""
 
     def __init__(self, lab: NetnsLab, *, versions: tuple[int, ...] = (4,), grace: int | None = None,
-                 priorities: dict[str, int] | None = None, guarded: bool = False, **vrrp: Any) -> None:
+                 priorities: dict[str, int] | None = None, guarded: bool = False, disk_mb: int = 128,
+                 **vrrp: Any) -> None:
         self.lab = lab
-        self.disk = SharedDisk(lab)
+        self.disk = SharedDisk(lab, size_mb=disk_mb)  # ext4: one inode per 16 KiB, one per written file
         self.priorities = priorities or {"a": 150, "b": 100}
         self.ns: dict[str, NodeNamespace] = {n: node_namespace(lab, n) for n in self.priorities}
         first = next(iter(self.ns.values()))

@@ -65,6 +65,7 @@ GUEST_CONF = "/etc/failover-agent/agent.toml"
 GUEST_RUN = "/run/failover-agent"
 GUEST_SOCKET = f"{GUEST_RUN}/control.sock"
 GUEST_LOG = f"{GUEST_RUN}/agent.log"
+GUEST_STATE = "/var/lib/failover-agent/state.json"
 NFSLOAD = f"{GUEST_SRC}/tests/lab/uml_nfsload.py"
 PRIORITIES = {"a": 150, "b": 100}
 WITNESS = "192.0.2.10"  # the client node
@@ -95,6 +96,7 @@ def storage_conf(
     drbd: dict[str, Any] | None = None,
     track: dict[str, Any] | None = None,
     peer: dict[str, Any] | None = None,
+    guard: dict[str, Any] | None = None,
 ) -> str:
     """The agent's whole config for a storage node (``nfs=False``: DRBD + mount + VIP only).
 
@@ -102,7 +104,10 @@ def storage_conf(
     [peer] section (address, secret_file...).
     """
     res = resource or DrbdResource()
-    text = render_agent_conf({"control_socket": GUEST_SOCKET}, priority=priority, **{**VRRP, **(vrrp or {})})
+    # the state file (and the heal evidence next to it, agent.healer) on the root disk, as in
+    # production: a node that fences itself must find them after its reboot
+    text = render_agent_conf({"control_socket": GUEST_SOCKET, "state_file": GUEST_STATE}, priority=priority,
+                             **{**VRRP, **(vrrp or {})})
     # Without fencing in DRBD, after a crash of the Primary the survivor can only tell "dead"
     # from "cut off" by a witness beyond its peer (the client node; unknown_peer = witness).
     text += _table("drbd", {"resource": res.name, "unknown_peer": "witness", **(drbd or {})})
@@ -129,6 +134,8 @@ def storage_conf(
     text += _table("track", {"witnesses": [WITNESS], **(track or {})})
     if peer is not None:
         text += _table("peer", peer)
+    if guard is not None:
+        text += _table("guard", guard)
     return text
 
 
@@ -147,20 +154,17 @@ exit $rc
 
 
 def fencing_resource(**changes: Any) -> DrbdResource:
-    """r0 with DRBD's resource-level fencing through the agents, and automatic split-brain policies.
+    """r0 with DRBD's fencing through the agents; split-brain policies left at ``disconnect``.
 
-    DRBD 8.4 syntax: ``fencing`` belongs to the disk section (9.x moved it to net), the
-    after-sb policies to net.  The handler is the agent's ``failoverctl fence-peer``
-    (FENCE_PEER_HANDLER, written into the nodes by StorageLab).
+    DRBD 8.4 syntax: ``fencing`` belongs to the disk section (9.x moved it to net).
+    ``resource-and-stonith``: a Primary that loses its peer freezes its I/O until the handler
+    (the agent's ``failoverctl fence-peer``, FENCE_PEER_HANDLER, written into the nodes by
+    StorageLab) says the peer is Outdated (4) or dead (5); its answer 6 keeps it frozen
+    (agent.heal).  The after-sb policies stay ``disconnect`` (DrbdResource's): DRBD never picks
+    a victim by itself, the agents' heal does, or the admin.
     """
     base = DrbdResource()
-    net = (
-        *((k, v) for k, v in base.net if not k.startswith("after-sb")),
-        ("after-sb-0pri", "discard-zero-changes"),
-        ("after-sb-1pri", "discard-secondary"),
-        ("after-sb-2pri", "disconnect"),
-    )
-    return DrbdResource(net=net, disk_options=(*base.disk_options, ("fencing", "resource-only")),
+    return DrbdResource(disk_options=(*base.disk_options, ("fencing", "resource-and-stonith")),
                         handlers=(("fence-peer", FENCE_PEER_HANDLER),), **changes)  # fmt: skip
 
 
@@ -647,6 +651,7 @@ class StorageLab:
         drbd: dict[str, Any] | None = None,
         track: dict[str, Any] | None = None,
         peer: bool = False,
+        guard: dict[str, Any] | None = None,
     ) -> None:
         """``resource``: e.g. fencing_resource(); ``drbd``/``track``: extra keys of those agent
         sections; ``peer``: a [peer] section on both agents, with a fresh shared secret."""
@@ -669,6 +674,7 @@ class StorageLab:
                 drbd=drbd,
                 track=track,
                 peer=peer_section,
+                guard=guard,
             )
             self.agents[name] = UmlAgent(self.lab[name], conf)
         self.drbd_timings: DrbdTimings | None = None
@@ -699,6 +705,8 @@ class StorageLab:
         node.sh('grep -q " nfs-vip$" /etc/hosts || echo "$1 nfs-vip" >>/etc/hosts', VIP)
         if self.peer_secret is not None:  # root-owned (install runs as root), 0600: as load_secret demands
             node.write_file(PEER_SECRET, self.peer_secret, mode=0o600)
+        # what agent.fence.can_fence asks of a node whose demote_escalation ends in reboot/poweroff
+        node.write_sysfs("/proc/sys/kernel/sysrq", "1")
         if any(value == FENCE_PEER_HANDLER for _, value in self.resource.handlers):
             node.write_file(FENCE_PEER_HANDLER, _FENCE_PEER_SCRIPT, mode=0o755)
         node.run(["sync"])  # a power cut must not take them
@@ -760,6 +768,26 @@ class StorageLab:
             t0 = time.monotonic()
             self.agents[name].start()
             steps["agent_start"] = time.monotonic() - t0
+        return steps
+
+    def power_on(self, name: str) -> dict[str, float]:
+        """A node that fenced itself (sysrq reboot or power-off) comes back as after a power cycle:
+        its UML process killed, then boot, ``drbdadm up`` and the agent (what its init and systemd
+        would start), without waiting for DRBD to connect (its links may still be cut)."""
+        steps: dict[str, float] = {}
+        node = self.nodes[name]
+        self.agents[name].log()  # keep what the agent said before it went
+        node.crash()  # reap the exited UML process and its channel
+        t0 = time.monotonic()
+        node.boot()
+        steps["boot"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        drbd_up(node, self.resource, self.lab)
+        self._prepare(node)
+        steps["drbd_up"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        self.agents[name].start()
+        steps["agent_start"] = time.monotonic() - t0
         return steps
 
     def master(self) -> list[str]:
