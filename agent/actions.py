@@ -121,6 +121,7 @@ class SendHeartbeat:
     holding: bool  # anything of the chain held or being acquired
     hears_peer: bool
     bound: float
+    restarting: float = 0.0  # the last heartbeat of an agent stopping for a restart: do not count us gone for this long
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,13 @@ class StartFailed:
 
 @dataclass(frozen=True)
 class Stopped:
-    """The ordered leave is over (`held`: what could not be released); close the sockets."""
+    """The ordered leave is over (`held`: what could not be released); close the sockets.
+
+    `kept`: a stop for a restart left the serving chain held on purpose, for the next agent to
+    adopt (agent.handoff records it); `held` is then what was kept."""
 
     held: tuple[str, ...] = ()
+    kept: bool = False
 
 
 Action = (SendAdvert | Garp | DrainAdverts | SetWakeThreshold | RunStep | ReadDrbd | Promote | SendProbe | RunCheck

@@ -92,7 +92,7 @@ class Chain:
 
     # -- probing (startup reconciliation) ------------------------------------------------
     async def probe(self) -> list[Step]:
-        """Steps a crashed agent left held (the VIP is handled separately, before this)."""
+        """Steps an earlier run left held: released at startup, or adopted if that is the whole chain."""
         held = []
         if self.drbd and (st := await self.drbd_status()) is not None and st.primary:
             held.append(Step.DRBD)
@@ -106,10 +106,12 @@ class Chain:
         spec = self.mount_spec
         if spec is not None and fs.mounted(spec):
             held.append(Step.MOUNT)
-        if self.state is not None and self.state.bound():
+        if self.state is not None and self.state.held(Step.MOUNT in held):
             held.append(Step.NFS_STATE)
         if self.nfs is not None and self.nfs.running():
             held.append(Step.NFS)
+        if await self.vips.present():
+            held.append(Step.VIP)
         return held
 
     # -- DRBD ----------------------------------------------------------------------------
@@ -134,6 +136,17 @@ class Chain:
         if self.nfs is None:
             return ""
         return await self.nfs.prepare(self._inner_timeout())
+
+    async def prepare_ahead(self) -> None:
+        """`prepare` for the agent's start, so a takeover starts only what needs the data (a failure here
+        is only logged: the NFS step then does the same itself, and fails there if it must)."""
+        try:
+            done = await self.prepare()
+        except Exception as e:
+            log.warning("preparing the NFS server ahead of a takeover failed (the takeover will try again): %s", e)
+            return
+        if done:
+            log.info("prepared for a takeover: %s", done)
 
     # -- the same, answered as the node's events (agent.instance feeds them back) ---------------
     async def step_done(self, step: RunStep) -> ev.StepDone:
@@ -281,8 +294,11 @@ class Chain:
             v = self.cfg.vrrp
             self.garp.send(v.vips)
 
-    def cancel(self) -> None:
+    def cancel(self, keep: bool = False) -> None:
+        """The agent exits; `keep`: its chain stays held for the next agent (agent.handoff)."""
         if self._garp_task:
             self._garp_task.cancel()
+        if keep and isinstance(self.nfs, GaneshaBackend):
+            self.nfs.detach()
         if isinstance(self.nfs, KernelBackend):
             self.nfs.disarm()

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import checkconfig, control, snapshot
+from agent import checkconfig, control, handoff, snapshot
 from agent import config as configmod
 from agent.heal import ACTIVE as FENCE_NOT_FENCED
 from agent.heal import DRBD_FENCE_CODES
@@ -342,6 +342,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder.
 
     The VIPs come from the config the agent ran (its snapshot), not from the file as it is now.
+    An agent that stopped for a restart (agent.handoff) left them held on purpose for the next
+    one: kept after its clean exit; removed (from its record) when the start that followed failed.
     """
     try:
         source = snapshot.for_cleanup(args.config)
@@ -350,30 +352,45 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(source.note)
     cfg = source.config
-    if cfg is None:
+    state_file = cfg.agent.state_file if cfg is not None else configmod.AgentConfig().state_file
+    kept = handoff.read(state_file)
+    if kept is not None and os.environ.get("EXIT_CODE") == "exited" and os.environ.get("EXIT_STATUS") == "0":
+        print(f"the agent stopped for a restart and left {', '.join(kept.held)} held for the next agent to adopt "
+              f"({handoff.path_for(state_file)}): nothing removed")
         return 0
-    try:
-        control.request(source.control_socket, "status", timeout=2)
-        print("failover-agent is running: it manages its VIPs itself; nothing done")
+    if cfg is not None:
+        try:
+            control.request(source.control_socket, "status", timeout=2)
+            print("failover-agent is running: it manages its VIPs itself; nothing done")
+            return 0
+        except control.ControlError:
+            pass
+    interface, vips = (cfg.vrrp.interface, [str(v) for v in cfg.vrrp.vips]) if cfg is not None else \
+        (kept.interface, list(kept.vips)) if kept is not None else ("", [])
+    if kept is not None:
+        print("the agent that should have adopted what a restart left held did not start: removing its VIPs")
+        handoff.take(state_file)
+    if not vips:
         return 0
-    except control.ControlError:
-        pass
-    removed = asyncio.run(_remove_vips(cfg))
+    removed = asyncio.run(_remove_vips(interface, vips))
     print(f"removed {', '.join(removed)}" if removed else "no VIP of ours was present")
     return 0
 
 
-async def _remove_vips(cfg: configmod.Config) -> list[str]:
+async def _remove_vips(interface: str, addresses: list[str]) -> list[str]:
+    from ipaddress import IPv4Interface
+
     from vrrp.netlink import AsyncIPRoute
     from vrrp.vip import LinkInfo, VipHolder
 
+    vips = [IPv4Interface(a) for a in addresses]
     async with AsyncIPRoute() as ipr:
         try:
-            info = await LinkInfo.query(ipr, cfg.vrrp.interface, exclude=[v.ip for v in cfg.vrrp.vips])
+            info = await LinkInfo.query(ipr, interface, exclude=[v.ip for v in vips])
         except LookupError:
             return []
         keep = {info.primary} if info.primary else set()
-        return [str(v) for v in await VipHolder(ipr, info.index, cfg.vrrp.vips, keep=keep).remove()]
+        return [str(v) for v in await VipHolder(ipr, info.index, vips, keep=keep).remove()]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from agent import config as configmod
-from agent import snapshot
+from agent import handoff, snapshot
 from agent.alerts import Alerts
 from agent.config import Config, ConfigError
 from agent.control import ControlError, ControlServer
@@ -95,6 +95,7 @@ class Agent:
         self.reload_failures = 0
         self._stop: asyncio.Event | None = None
         self._stop_reason = ""
+        self._stop_signal: signal.Signals | None = None
         self._reload = asyncio.Queue[None]()
         self._ipr: AsyncIPRoute | None = None
         self._control_socket = cfg.agent.control_socket  # [agent] changes wait for a restart
@@ -103,7 +104,7 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload.put_nowait, None)
         control = ControlServer(self._control_socket, self.handle)
@@ -142,6 +143,7 @@ class Agent:
             gc.freeze()  # startup objects never need collecting: keeps idle wakeups cheap
             await self._stop.wait()
             self.notify("STOPPING=1")
+            restart, how = await self._restarting()
             reload_task.cancel()
             if watchdog:
                 watchdog.cancel()
@@ -150,10 +152,12 @@ class Agent:
             if metrics:
                 await metrics.close()
             async with self._lock:
-                await self.instance.stop(self._stop_reason)
+                await self.instance.stop(self._stop_reason, restart=restart)
             ms = (time.monotonic() - t0) * 1000
-            emit(Event.STOPPED, f"stopped ({self._stop_reason}) in {ms:.0f} ms", REASON=self._stop_reason,
-                 DURATION_MS=f"{ms:.0f}")
+            kept = self.instance.kept
+            note = f"; kept {', '.join(kept)} held for the restarted agent to adopt ({how})" if kept else ""
+            emit(Event.STOPPED, f"stopped ({self._stop_reason}) in {ms:.0f} ms{note}", REASON=self._stop_reason,
+                 DURATION_MS=f"{ms:.0f}", KEPT=",".join(kept) or None)
             await self.alerts.close()  # released already: the hooks' last alerts delay no takeover
         return 0
 
@@ -184,8 +188,20 @@ class Agent:
 
     def _request_stop(self, sig: signal.Signals) -> None:
         assert self._stop is not None
-        self._stop_reason = f"{sig.name} received"
+        if self._stop.is_set():
+            return
+        self._stop_reason, self._stop_signal = f"{sig.name} received", sig
         self._stop.set()
+
+    async def _restarting(self) -> tuple[bool, str]:
+        """Is this stop part of a restart (agent.handoff)? SIGTERM: ask systemd; SIGUSR2 says so itself."""
+        if self._stop_signal == signal.SIGUSR2:
+            return True, "SIGUSR2: stop for a restart"
+        if self._stop_signal != signal.SIGTERM:
+            return False, ""
+        restart, how = await handoff.systemd_restart_pending()
+        log.debug("stop or restart? %s", how)
+        return restart, how
 
     async def _start_instance(self, cfg: Config) -> Instance:
         assert self._ipr is not None

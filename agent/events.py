@@ -33,6 +33,9 @@ class Start:
     found: tuple[Step, ...] = ()
     link_up: bool = True
     maintenance: bool = False  # the admin's maintenance mode, kept across restarts (state file)
+    # seconds since the previous run's last advert, when it stopped for a restart and left its
+    # chain held for us (agent.handoff); None: no such hand-off (a first start, or after a kill)
+    handoff_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class PeerHeard:
     holding: bool = True  # the peer holds (or is acquiring) part of the chain; unknown counts as yes
     hears_us: bool = True  # False: the peer has heard nothing from us on any path for its detection time
     bound: float = 0.0  # the peer's own isolation bound (agent.guard.isolation_bound), 0: not given
+    restarting: float = 0.0  # the peer's agent stops for a restart and keeps serving: not gone for this long
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class Admin(enum.StrEnum):
     FENCE_PEER = "fence-peer"
     RESET = "reset"
     STOP = "stop"
+    RESTART = "restart"  # stop for a restart: a serving node keeps its chain for the next agent
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,18 @@ from typing import Any
 
 from agent import actions as act
 from agent import events as ev
+from agent import handoff
 from agent.alerts import Alerts
 from agent.chain import Chain
 from agent.config import Config
 from agent.fence import self_fence
 from agent.healer import Healer
-from agent.journal import Event as Kind
 from agent.journal import emit
 from agent.node import Counters, Node, addrs
 from agent.peer import PeerChannel, PeerSetupError, open_channel
 from agent.peerwire import Message
 from agent.probes import Pinger, run_check
-from agent.statefile import load_maintenance, save_maintenance
+from agent.statefile import maintenance_kept, save_state
 from agent.status import Wire, as_json
 from agent.tickle import Tickler, client_connections, parse_connections
 from agent.timer import PreciseTimer
@@ -79,6 +79,8 @@ class Instance:
         self._tasks: set[asyncio.Task[None]] = set()
         self._joined: asyncio.Future[None] = self.loop.create_future()
         self._stopped: asyncio.Future[None] = self.loop.create_future()
+        self.last_advert: float | None = None  # loop time (monotonic) of our last advert
+        self.kept: tuple[str, ...] = ()  # what a stop for a restart left held for the next agent
         self.templates = self._templates()
         self._do: dict[type, Callable[[Any], None]] = {
             act.SendAdvert: self._send_advert, act.Garp: lambda _: self.garp.send(self.cfg.vrrp.vips),
@@ -97,7 +99,8 @@ class Instance:
             act.ApplyNfs: lambda _: self._feed_when(self.chain.nfs_applied()),
             act.Tickle: self._tickle,
             act.ChangeVips: lambda a: self._spawn(self._change_vips(a)),
-            act.Emit: self._emit, act.SaveState: self._save_state, act.StatusChanged: lambda _: self.on_state(self),
+            act.Emit: self._emit, act.StatusChanged: lambda _: self.on_state(self),
+            act.SaveState: lambda a: save_state(self.cfg.agent.state_file, a.maintenance),
             act.Joined: lambda _: self._settle(self._joined, None),
             act.StartFailed: lambda a: self._settle(self._joined, ReconcileError(a.reason)),
             act.Stopped: lambda _: self._settle(self._stopped, None),
@@ -163,10 +166,6 @@ class Instance:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        stale = await self.vips.remove()
-        if stale:
-            emit(Kind.CLEANUP, f"removed VIP(s) {addrs(stale)} left on {self.info.name} by an earlier run",
-                 logging.WARNING, VIPS=addrs(stale))
         await self._start_peer_channel(self.cfg)
         self.sock.open(first_byte=(self.cfg.vrrp.version << 4) | 1, vrid=self.cfg.vrrp.vrid)
         self.garp.open()
@@ -175,44 +174,26 @@ class Instance:
             if runner is not None:
                 self._spawn(runner.run())
         self._open_pinger()
+        age = handoff.take_age(self.cfg.agent.state_file, self.info.name)
         try:
             found = await self.chain.probe()
         except Exception as e:
             raise ReconcileError(f"cannot tell what an earlier run left held: {e}") from None
-        self._spawn(self._prepare())
-        self.feed(ev.Start(tuple(found), self.info.up, self._maintenance_kept()))
+        self._spawn(self.chain.prepare_ahead())
+        self.feed(ev.Start(tuple(found), self.info.up, maintenance_kept(self.cfg.agent.state_file), age))
         await self._joined
-
-    async def _prepare(self) -> None:
-        """Ahead of any takeover, so it starts only what needs the data (a failure here is only logged:
-        the NFS step then does the same itself, and fails there if it must)."""
-        try:
-            done = await self.chain.prepare()
-        except Exception as e:
-            log.warning("preparing the NFS server ahead of a takeover failed (the takeover will try again): %s", e)
-            return
-        if done:
-            log.info("prepared for a takeover: %s", done)
-
-    def _maintenance_kept(self) -> bool:
-        on, error = load_maintenance(self.cfg.agent.state_file)
-        if error:
-            log.error("%s", error)
-        return on
-
-    def _save_state(self, a: act.SaveState) -> None:
-        if error := save_maintenance(self.cfg.agent.state_file, a.maintenance):
-            log.error("%s", error)
 
     def _open_pinger(self) -> None:
         if self.cfg.track and self.cfg.track.witnesses and self.pinger is None:
             self.pinger = Pinger(self.info.name, self.loop)
 
-    async def stop(self, reason: str) -> None:
-        """Ordered leave: everything released in reverse, then the priority-0 advert, then sockets close."""
+    async def stop(self, reason: str, restart: bool = False) -> None:
+        """Ordered leave: everything released in reverse, then the priority-0 advert, then sockets close.
+        `restart`: a serving master keeps its chain for the next agent instead (agent.handoff)."""
         if not self.node.stopped:
-            self.feed(ev.AdminRequest(next(self._ids), ev.Admin.STOP, reason))
+            self.feed(ev.AdminRequest(next(self._ids), ev.Admin.RESTART if restart else ev.Admin.STOP, reason))
         await self._stopped  # the node's deadline is None from now on: no timer left
+        self.kept = self.node.kept
         for closer in (self.peer_channel, self.tickler, self.pinger):
             if closer is not None:
                 closer.close()
@@ -220,10 +201,13 @@ class Instance:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        self.chain.cancel()
+        self.chain.cancel(keep=bool(self.kept))
         self.sock.close()
         self.garp.close()
         self._timer.close()
+        if self.kept:
+            handoff.record(self.cfg.agent.state_file, self.last_advert, self.info.name,
+                           [str(v) for v in self.cfg.vrrp.vips], self.kept)
 
     async def admin(self, command: ev.Admin) -> dict[str, Any]:
         return await self._request(lambda rid: ev.AdminRequest(rid, command))
@@ -276,6 +260,7 @@ class Instance:
     def _send_advert(self, a: act.SendAdvert) -> None:
         before = self.sock.sent
         self.sock.send(lambda dst: self.templates.datagram(a.priority, dst, a.interval))
+        self.last_advert = self.loop.time()
         self.counters.adverts_sent += self.sock.sent - before
 
     def _templates(self) -> Templates:

@@ -39,6 +39,7 @@ class Event(enum.StrEnum):
     CLEANUP = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0d"
     TRACK = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0e"
     FENCE = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a0f"
+    ADOPTED = "3c9f4f6b2a7e4e0f9d1b5a8c7e2f4a10"
 
 
 #: what each event means, for README and `failoverctl history`
@@ -59,6 +60,7 @@ DESCRIPTIONS = {
     Event.FENCE: ("the peer was asked to outdate its disk, or we outdated ours at its request: ANSWER, PEER; "
                   "a frozen Primary given up, or the heal of a StandAlone resource (agent.heal)"),
     Event.TRACK: "a witness or track check changed verdict: TARGET, KIND, UP and the decision",
+    Event.ADOPTED: "a restarted agent adopted the chain its predecessor left held (no failover): HELD, EVIDENCE",
 }
 
 

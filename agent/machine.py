@@ -196,6 +196,26 @@ class Machine:
             return []
         return self._advance(now, f"startup found {', '.join(self.held)} still held")
 
+    def adopt(self, steps: Sequence[Step], now: float, reason: str) -> list[Action]:
+        """At startup: the whole chain an earlier run of this node served was found held and verified.
+
+        Serve it as it is instead of releasing and acquiring it again (an upgrade's restart must not
+        fail over); the monitor takes over from here, so a step that was not what the checks said
+        is restarted like any failed check.
+        """
+        if self.phase != Phase.IDLE or self.held or self.running is not None:
+            raise ValueError(f"adopt() is for a machine that has not started, not one {self.phase}")
+        if list(steps) != list(self.s.steps):
+            raise ValueError(f"adopt() takes the whole chain {self.s.steps}, got {tuple(steps)}")
+        self.held = list(self.s.steps)
+        self.want = True
+        self.failures = 0
+        self.restarts.clear()
+        actions: list[Action] = [self._go(Phase.SERVING, reason)]
+        if self._polled():
+            self.check_at = now + self.s.monitor_interval
+        return actions
+
     @property
     def deadline(self) -> float | None:
         times = [t for t in (self.hold_until, self.retry_at, self.check_at) if t is not None]

@@ -101,6 +101,11 @@ RECLAIM_INTERVAL = 1.0  # at most one advert + GARP round a second for another m
 DRAIN_INTERVAL = 1.0  # a master drains its queue of routine (lower-priority) adverts once a second
 PEER_DEMOTE_POLL = 0.1  # while the peer is still Primary and connected, read DRBD again this often
 WAKE_NEVER = 256  # a doorbell threshold no advert reaches (priority 0 always rings)
+#: a restart's hand-off this recent (in advert intervals since the last advert) is adopted without
+#: listening first: the peer's Master_Down_Interval (at least 3 intervals) is still far off
+ADOPT_FRESH = 2.0
+#: otherwise (after a kill, or a slow restart) listen this long first: a master advertises at least once
+ADOPT_LISTEN = 1.25
 
 #: DRBD's fence-peer handler contract (drbd.conf(5), handlers): what the exit code tells DRBD
 FENCE_EXIT = {"outdated": 4, "unreachable-dead": 5, "primary": 6}
@@ -220,6 +225,27 @@ class _Fence:
 
 
 @dataclass
+class _Adopt:
+    """A starting node found its whole chain held: what must hold before it adopts instead of releasing.
+
+    Each step's own check, DRBD Primary with an UpToDate disk and the peer not Primary, the peer
+    (asked over the peer channel, if any) neither master nor holding anything, and no advert from
+    another router, queued or heard while listening. The first thing that does not hold is `why_not`.
+    """
+
+    found: tuple[Step, ...]
+    t0: float
+    listen_until: float
+    give_up: float
+    evidence: list[str]
+    checks: list[Step]
+    drbd: bool = False  # a ReadDrbd is awaited
+    ask: int | None = None  # the AskPeer awaited
+    why_not: str = ""
+    drained: bool = False
+
+
+@dataclass
 class _Waiter:
     """An admin request answered once the node is released, or when its budget runs out."""
 
@@ -261,6 +287,9 @@ class Node:
         self._master_since = 0.0
         self._master_reason = ""
         self._start_until: float | None = None
+        self._adopt: _Adopt | None = None
+        self._adopted = ""  # why the machine's SERVING came from adopting, not from a takeover
+        self.kept: tuple[str, ...] = ()  # what a stop for a restart left held for the next agent
         self._stop: _Waiter | None = None
         self._waiters: list[_Waiter] = []
         self._probe_at: dict[str, float] = {}
@@ -288,6 +317,7 @@ class Node:
         self._peer_gone = False
         self._peer_deaf = False  # the peer says it hears nothing from us
         self._peer_bound = 0.0  # the isolation bound the peer announces for itself
+        self._peer_restart_until = 0.0  # the peer's agent restarts (agent.handoff): not gone before this
         self._peer_holding = True  # its last heartbeat: holds part of the chain (unknown: yes)
         self._gate: _Gate | None = None
         self._release_by: float | None = None
@@ -317,9 +347,11 @@ class Node:
         elif isinstance(event, AdvertsHeard):
             self._adverts(event, now)
         elif isinstance(event, StepDone):
-            self._step_done(event.step, event.op, event.ok, event.detail, event.ms, now)
+            if not self._adopt_checked(event):
+                self._step_done(event.step, event.op, event.ok, event.detail, event.ms, now)
         elif isinstance(event, DrbdRead):
-            self._drbd_read(event, now)
+            if not self._adopt_drbd(event):
+                self._drbd_read(event, now)
         elif isinstance(event, DrbdChanged):
             self._drbd_changed(event, now)
         elif isinstance(event, Promoted):
@@ -358,7 +390,10 @@ class Node:
         """When to call `handle(Timer(), now)` next; the adapter keeps exactly this one timer."""
         if self.stopped:
             return None
+        adopt = self._adopt
         times = [self.machine.deadline, self._poll_at, self._start_until,
+                 None if adopt is None else adopt.give_up if adopt.checks or adopt.drbd or adopt.ask else
+                 max(adopt.listen_until, self._now) if not adopt.drained else None,
                  self._stop.until if self._stop else None,
                  self._acquire.wait_until if self._acquire else None,
                  self._tickles[0] if self._tickles else None, self._beat_at, self._release_by,
@@ -387,7 +422,7 @@ class Node:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _start(self, event: Start, now: float) -> None:
-        if self.joined or self._start_until is not None:
+        if self.joined or self._start_until is not None or self._adopt is not None:
             return  # started already
         self.link_up = event.link_up
         if event.maintenance:
@@ -397,16 +432,135 @@ class Node:
         if self.cfg.peer is not None:
             self._poll_at = now
             self._beat_at = now if self.cfg.peer.heartbeat else None
-        if event.found:
-            found = [s for s in self.cfg.steps if s in event.found]
-            self._emit(Kind.CLEANUP, f"startup: {', '.join(found)} still held by an earlier run; releasing before "
-                       "taking part in VRRP", WARNING, HELD=",".join(found))
-            self._start_until = now + self._release_budget(found)
-            self._machine(self.machine.reconcile(found, now), now)
+        found = tuple(s for s in self.cfg.steps if s in event.found)
+        if found and found == self.cfg.steps and event.link_up and not event.maintenance:
+            self._begin_adopt(found, event.handoff_age, now)
+        elif found:
+            why = "maintenance mode is on" if event.maintenance else "the interface is down" \
+                if not event.link_up else "not the whole chain"
+            self._release_found(found, now, why if found == self.cfg.steps else "")
         else:
             self._start_until = now
 
-    def _join(self, now: float) -> None:
+    def _release_found(self, found: Sequence[Step], now: float, why: str) -> None:
+        """Startup reconciliation: whatever an earlier run left held is released before we take part."""
+        vips = addrs(self.cfg.vrrp.vips)
+        if Step.VIP in found:
+            self._emit(Kind.CLEANUP, f"VIP(s) {vips} left on {self.cfg.vrrp.interface} by an earlier run: removing",
+                       WARNING, VIPS=vips)
+        rest = [str(s) for s in found if s != Step.VIP]
+        if rest:
+            self._emit(Kind.CLEANUP, f"startup: {', '.join(rest)} still held by an earlier run; releasing before "
+                       "taking part in VRRP", WARNING, HELD=",".join(rest))
+        if why:
+            self._emit(Kind.CLEANUP, f"startup: not adopting what the earlier run left held: {why}; releasing as "
+                       "after any unclean stop", WARNING, HELD=",".join(found), REASON=why)
+        self._start_until = now + self._release_budget(found)
+        self._machine(self.machine.reconcile(found, now), now)
+
+    # -- adopting the chain a restarted agent's predecessor left held ------------------------
+    def _begin_adopt(self, found: tuple[Step, ...], handoff_age: float | None, now: float) -> None:
+        """Verify before adopting; meanwhile nothing is released and nothing is advertised."""
+        interval = self.cfg.vrrp.advert_interval
+        if handoff_age is not None and handoff_age <= ADOPT_FRESH * interval:
+            listen, how = 0.0, f"handed over by the previous agent {handoff_age:.2f} s after its last advert"
+        elif handoff_age is not None and handoff_age > 3 * interval:
+            # the backup's Master_Down_Interval may be over: it may hold the VIP already, so do not
+            # add a second listening delay to a restart that was too slow
+            self._release_found(found, now, f"the restart took {handoff_age:.2f} s from the previous agent's last "
+                                f"advert, more than 3 advert intervals: the backup may have taken over")
+            return
+        else:
+            listen = ADOPT_LISTEN * interval
+            how = ("the previous agent's hand-off is " + (f"{handoff_age:.2f} s old" if handoff_age is not None
+                                                         else "missing (killed?)") + f": listened {listen:g} s")
+        budget = max(self.cfg.monitor.step_timeout, self.cfg.peer.timeout if self.cfg.peer else 0.0)
+        a = self._adopt = _Adopt(found, now, now + listen, now + budget, [how], [s for s in found if s != Step.DRBD])
+        self._emit(Kind.CLEANUP, f"startup: the whole chain ({', '.join(found)}) is still held by an earlier run: "
+                   "checking it to adopt it instead of releasing it", HELD=",".join(found))
+        if Step.DRBD in found:
+            a.drbd = True
+            self._out.append(ReadDrbd())
+        if a.checks:
+            self._out.append(RunStep(a.checks[0], Op.CHECK, self.machine.s.timeout(a.checks[0])))
+        if self.cfg.peer is not None:
+            a.ask = self._next_id()
+            self._out.append(AskPeer(a.ask, "state", self.cfg.peer.timeout))
+
+    def _adopt_checked(self, event: StepDone) -> bool:
+        a = self._adopt
+        if a is None or event.op != Op.CHECK or not a.checks or a.checks[0] != event.step:
+            return False
+        a.checks.pop(0)
+        if not event.ok:
+            a.why_not = a.why_not or f"{event.step} check failed: {event.detail}"
+            return True
+        a.evidence.append(f"{event.step}: {event.detail}")
+        if a.checks:
+            self._out.append(RunStep(a.checks[0], Op.CHECK, self.machine.s.timeout(a.checks[0])))
+        return True
+
+    def _adopt_drbd(self, event: DrbdRead) -> bool:
+        a = self._adopt
+        if a is None or not a.drbd:
+            return False
+        a.drbd = False
+        st = event.status
+        if event.error or st is None:
+            a.why_not = a.why_not or f"DRBD cannot be read: {event.error or 'the resource is down'}"
+        elif not st.primary or st.disk != "UpToDate" or st.peer_primary:
+            a.why_not = a.why_not or f"DRBD is not Primary with an UpToDate disk and a Secondary peer: {st.summary()}"
+        else:
+            a.evidence.append(f"DRBD {st.summary()}")
+        return True
+
+    def _adopt_peer(self, event: PeerAnswer) -> bool:
+        a = self._adopt
+        if a is None or a.ask != event.id:
+            return False
+        a.ask = None
+        body = event.body
+        if body is None:
+            a.evidence.append("the peer channel had no answer")
+            return True
+        self._peer_heard_at = self._now
+        vrrp, phase, held = body.get("vrrp"), body.get("phase"), body.get("held") or []
+        if vrrp == State.MASTER or held or phase not in (Phase.IDLE, Phase.FAULT):
+            holding = ", ".join(map(str, held)) or "nothing"
+            a.why_not = a.why_not or f"the peer is {vrrp}, phase {phase}, holding {holding}"
+        else:
+            a.evidence.append(f"the peer says {vrrp}, holding nothing")
+        return True
+
+    def _adopt_progress(self, now: float) -> None:
+        """After every event while verifying: release at the first doubt, adopt once all is in."""
+        a = self._adopt
+        if a is None:
+            return
+        if self.faults.get("link"):
+            a.why_not = a.why_not or self.faults["link"]
+        if not a.why_not and (a.checks or a.drbd or a.ask is not None):
+            if now < a.give_up:
+                return
+            a.why_not = f"the checks did not answer within {a.give_up - a.t0:g} s"
+        if not a.why_not and (now < a.listen_until or self._draining):
+            return
+        if not a.why_not and not a.drained:
+            a.drained = True  # adverts queued before we listened count too
+            self._drain()
+            return
+        self._adopt = None
+        if a.why_not:
+            self._release_found(a.found, now, a.why_not)
+            return
+        self._adopted = f"adopted {', '.join(a.found)} as the earlier run left them: " + "; ".join(a.evidence)
+        if self.tracker is not None:
+            self.tracker.presume_up()  # the earlier run served with them; the next results decide
+        self._machine(self.machine.adopt(a.found, now, self._adopted), now)
+        self._adopted = ""
+        self._join(now, adopt=True)
+
+    def _join(self, now: float, adopt: bool = False) -> None:
         self._start_until = None
         self.joined = True
         self._schedule_tracking(now)  # from here: a node proves it is connected after it joined
@@ -418,6 +572,10 @@ class Node:
         self._out.append(Joined())
         if self.faults:
             self._vrrp(self.router.fault("; ".join(self.faults.values()), now), now)
+        elif adopt:
+            self._vrrp(self.router.adopt(now, "startup: adopted the chain the previous agent left held, no other "
+                                              "master heard"), now)
+            self._out.append(Garp())
         else:
             self._vrrp(self.router.start(now), now)
 
@@ -426,6 +584,7 @@ class Node:
 
     def _settle(self, now: float) -> None:
         """After every event: what waited for the node to be released, and the doorbell."""
+        self._adopt_progress(now)
         quiet = self.quiet
         if quiet and self._farewell:
             self._farewell = False
@@ -449,7 +608,7 @@ class Node:
         if self._stop is not None and (quiet or now >= self._stop.until):
             self._finish_stop(now)
         if not self.stopped:
-            threshold = 1 if self.router.state == State.MASTER else WAKE_NEVER
+            threshold = 1 if self.router.state == State.MASTER or self._adopt is not None else WAKE_NEVER
             if threshold != self._wake:
                 self._wake = threshold
                 self._out.append(SetWakeThreshold(threshold))
@@ -532,6 +691,8 @@ class Node:
                 self._out.append(Emit(None, "dropped VRRP packet: %s (%s)", DEBUG, args=(result.reason, result.detail)))
                 continue
             self.counters.adverts_received += 1
+            if self._adopt is not None and not self._adopt.why_not:
+                self._adopt.why_not = f"{result.src} advertises priority {result.priority}: another master"
             if router.state == State.MASTER and at < self._master_since:
                 continue  # queued before we took over (the peer went silent since): its next advert counts
             self._vrrp(router.receive(Heard(result.src, result.priority, result.interval), at), at)
@@ -641,7 +802,11 @@ class Node:
         self._machine(self.machine.step_done(step, op, ok, detail, now), now)
 
     def _phase(self, change: PhaseChange, now: float) -> None:
-        if change.new == Phase.SERVING:
+        if change.new == Phase.SERVING and self._adopted:
+            held = ",".join(self.machine.held)
+            self._emit(Kind.ADOPTED, f"{self._adopted}; serving on without a failover", VRRP_STATE="MASTER",
+                       HELD=held, EVIDENCE=self._adopted.split(": ", 1)[-1], VIPS=addrs(self.cfg.vrrp.vips))
+        elif change.new == Phase.SERVING:
             total = (now - self._master_since) * 1000
             done = "; ".join(f"{k.rsplit('_', 1)[0]} {v:g} ms" for k, v in self.durations.items()
                              if k.endswith("_acquire"))
@@ -788,7 +953,7 @@ class Node:
         self._out.append(AskPeer(ask, kind, timeout))
 
     def _peer_answer(self, event: PeerAnswer, now: float) -> None:
-        if event.id not in self._asks:
+        if self._adopt_peer(event) or event.id not in self._asks:
             return
         fid = self._asks.pop(event.id)
         if event.body is not None:
@@ -956,9 +1121,10 @@ class Node:
         if not self._beats() or self.cfg.peer is None:
             return None
         detection = self.cfg.peer.detection
-        times = [t + detection for p, t in self._heard.items() if p not in self._path_silent]
+        times = [max(t + detection, self._peer_restart_until) for p, t in self._heard.items()
+                 if p not in self._path_silent]
         if self._heard and not self._peer_gone:
-            times.append(self._last_contact() + detection)
+            times.append(max(self._last_contact() + detection, self._peer_restart_until))
         return min(times, default=None)
 
     def own_bound(self) -> float:
@@ -967,10 +1133,17 @@ class Node:
 
     def _holding(self) -> bool:
         run = self.machine.running
-        return bool(self.machine.held) or self._acquire is not None or (run is not None and run.op == Op.ACQUIRE)
+        return bool(self.machine.held) or self._acquire is not None or (run is not None and run.op == Op.ACQUIRE) \
+            or self._adopt is not None
 
     def _peer_heard(self, event: PeerHeard, now: float) -> None:
         self._heard[event.path] = now
+        if event.restarting:
+            self._peer_restart_until = now + event.restarting
+            self._emit(Kind.FENCE, f"the peer's agent restarts and keeps serving: not counted gone for "
+                       f"{event.restarting:g} s", PEER_STATE="restarting", PATH=event.path)
+        if self._adopt is not None and event.vrrp == State.MASTER and not self._adopt.why_not:
+            self._adopt.why_not = f"the peer's heartbeat on {event.path} says it is MASTER"
         self._peer_bound = min(max(event.bound, 0.0), 600.0)
         self._peer_holding = event.holding
         if event.path in self._path_silent:
@@ -1003,13 +1176,13 @@ class Node:
             self._out.append(SendHeartbeat(str(self.router.state), self._holding(), not self._peer_gone,
                                            round(self.own_bound(), 3)))
         for path, at in self._heard.items():
-            if path not in self._path_silent and now >= at + peer.detection:  # as _next_silence adds
+            if path not in self._path_silent and now >= max(at + peer.detection, self._peer_restart_until):
                 self._path_silent.add(path)
                 self._emit(Kind.FENCE, f"peer {path}: no heartbeat for {now - at:.2f} s on this path", WARNING,
                            PATH=path, PEER_PATH="silent")
         last = self._last_contact()
         silent = now - last
-        if self._heard and not self._peer_gone and now >= last + peer.detection:
+        if self._heard and not self._peer_gone and now >= max(last + peer.detection, self._peer_restart_until):
             self._peer_gone = True
             self._emit(Kind.FENCE, f"the peer is gone: silent on every path ({', '.join(self._heard)}) for "
                        f"{silent:.2f} s", WARNING, PEER_STATE="gone")
@@ -1144,6 +1317,9 @@ class Node:
 
     # -- admin requests ---------------------------------------------------------------------------
     def _admin(self, req: AdminRequest, now: float) -> None:
+        if self._adopt is not None and req.command in (Admin.STOP, Admin.RESTART):
+            self._adopt.why_not = self._adopt.why_not or "the agent is stopping"
+            self._adopt_progress(now)  # released like any leftover, before the stop below waits for it
         budget = self._release_budget(self.machine.held)
         if req.command == Admin.HANDOVER:
             if self.router.state != State.MASTER:
@@ -1168,9 +1344,34 @@ class Node:
             self._out += [AdminAnswer(req.id, {"message": message}), StatusChanged()]
         elif req.command == Admin.FENCE_PEER:
             self._begin_fence(req.id)
-        elif req.command == Admin.STOP and self._stop is None:
+        elif req.command == Admin.RESTART and self._stop is None and self._may_keep():
+            self._keep_for_restart(req)
+        elif req.command in (Admin.STOP, Admin.RESTART) and self._stop is None:
+            if req.command == Admin.RESTART:
+                self._emit(None, "stopping for a restart while %s/%s: an ordered leave, nothing kept", INFO,
+                           args=(self.router.state, self.machine.phase))
             self._stop = _Waiter(req.id, req.command, now + budget, budget)
             self._vrrp(self.router.shutdown(now), now, why=req.reason)
+
+    def _may_keep(self) -> bool:
+        """Only a settled master keeps its chain over a restart; anything in motion leaves in order."""
+        m = self.machine
+        return (self.router.state == State.MASTER and m.phase == Phase.SERVING and m.running is None
+                and self._acquire is None and not self._waiters and not self._farewell and not self.faults)
+
+    def _keep_for_restart(self, req: AdminRequest) -> None:
+        """A restart (an upgrade): no release and no priority 0, so the backup does not take over. One
+        last advert restarts the backup's Master_Down timer, giving the next agent all of it."""
+        held = tuple(str(s) for s in self.machine.held)
+        self._out.append(SendAdvert(self.router.priority))
+        peer = self.cfg.peer
+        if peer is not None and peer.heartbeat:  # or the peer counts us gone after heartbeat x dead_after
+            self._out.append(SendHeartbeat(str(self.router.state), True, not self._peer_gone,
+                                           round(self.own_bound(), 3), 3 * self.cfg.vrrp.advert_interval))
+        self._emit(None, "stopping for a restart (%s): keeping %s held for the next agent, no priority-0 advert",
+                   WARNING, args=(req.reason, ", ".join(held)))
+        self._out.append(Stopped(held, kept=True))
+        self.stopped, self.kept = True, held
 
     def _answer_waiter(self, w: _Waiter, released: bool) -> None:
         if w.command == Admin.HANDOVER:

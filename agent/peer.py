@@ -35,8 +35,10 @@ def heard(path: str, body: dict[str, Any]) -> PeerHeard:
     """A heartbeat's body as the node's event; what is missing or mistyped reads as unknown."""
     bound = body.get("bound")
     seconds = float(bound) if isinstance(bound, float) or (type(bound) is int and abs(bound) < 1000) else 0.0
+    restart = body.get("restarting")
+    restarting = float(restart) if isinstance(restart, (int, float)) and 0 < restart <= 60 else 0.0
     return PeerHeard(path, str(body.get("vrrp", ""))[:16], body.get("holding") is not False,
-                     body.get("hears") is not False, seconds if 0 <= seconds <= 600 else 0.0)
+                     body.get("hears") is not False, seconds if 0 <= seconds <= 600 else 0.0, restarting)
 
 
 class PeerChannel(asyncio.DatagramProtocol):
@@ -117,7 +119,9 @@ class PeerChannel(asyncio.DatagramProtocol):
 
     def beat(self, a: SendHeartbeat) -> None:
         """One heartbeat on every path (a nonce each: every copy is a message of its own)."""
-        body = {"vrrp": a.vrrp, "holding": a.holding, "hears": a.hears_peer, "bound": a.bound}
+        body: dict[str, Any] = {"vrrp": a.vrrp, "holding": a.holding, "hears": a.hears_peer, "bound": a.bound}
+        if a.restarting:
+            body["restarting"] = a.restarting
         for path in self.peers:
             try:
                 self._send(new_message("heartbeat", self.own, time.time(), body=body), (path, self.port))

@@ -7,8 +7,11 @@ the old one), so a crash mid-write leaves the old state, never half a file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("failover-agent")
 
 
 def load_maintenance(path: str) -> tuple[bool, str]:
@@ -32,3 +35,17 @@ def save_maintenance(path: str, on: bool) -> str:
     except OSError as e:
         return f"maintenance {'on' if on else 'off'} will not survive a restart: cannot write {path}: {e}"
     return ""
+
+
+def maintenance_kept(path: str) -> bool:
+    """For the agent's start: maintenance as the admin left it; a read error is logged (and counts as on)."""
+    on, error = load_maintenance(path)
+    if error:
+        log.error("%s", error)
+    return on
+
+
+def save_state(path: str, maintenance: bool) -> None:
+    """For the agent: save, logging why not if it fails (the daemon keeps running)."""
+    if error := save_maintenance(path, maintenance):
+        log.error("%s", error)

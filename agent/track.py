@@ -118,6 +118,15 @@ class Tracker:
         parts += [f"check {name!r} failing" for name in self.failing]
         return "; ".join(parts)
 
+    def presume_up(self) -> None:
+        """Targets without a verdict count as up (not down) until their own results say otherwise.
+
+        For a restarted agent that adopts the chain its predecessor served: that one only served
+        with them up, and counting them down until `rise` answers would fault a healthy master."""
+        for t in self.targets.values():
+            if t.up is None:
+                t.up = True
+
     def effective_priority(self, base: int) -> int:
         """The advertised priority: lowered by failed weighted checks, clamped to 1..254 then."""
         delta = self.priority_delta

@@ -81,6 +81,17 @@ class GaneshaBackend:
         await self.stop(5.0)
         raise NfsError(f"nfs-ganesha did not answer within {timeout:g} s ({why}): {self._tail()}")
 
+    def detach(self) -> None:
+        """Leave a serving ganesha running when the agent exits for a restart (agent.handoff).
+
+        asyncio kills a child whose transport is closed or collected while it still runs, which
+        the agent's exit would do; without its process handle the transport has nothing to kill,
+        and the next agent finds ganesha by its PID file."""
+        proc, self.proc = self.proc, None
+        transport = getattr(proc, "_transport", None)
+        if transport is not None and getattr(transport, "_proc", None) is not None:
+            transport._proc = None
+
     async def stop(self, timeout: float) -> str:
         pid = self._pid()
         if pid is None:

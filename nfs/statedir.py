@@ -35,6 +35,13 @@ class StateDir:
             return False
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and os.path.ismount(self.bind_to)
 
+    def held(self, mounted: bool) -> bool:
+        """Does this node hold the state folder? Bound for kernel nfsd; for ganesha, which is pointed at
+        the folder directly, present on the filesystem this node has mounted."""
+        if self.bind_to is not None:
+            return self.bound()
+        return mounted and Path(self.path).is_dir()
+
     async def acquire(self, timeout: float) -> str:
         folder = Path(self.path)
         created = not folder.exists()

@@ -130,13 +130,44 @@ def test_a_restarted_agent_stops_the_ganesha_its_killed_predecessor_left(lab: Ne
     first = re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1]
     a.kill()  # the agent only: ganesha, the mount and the VIP stay
     assert g.disk.mounted_in(g.ns["a"]) and lab.has_address("a", VIP)
+    lab.run("a", ["ip", "addr", "del", f"{VIP}/24", "dev", "eth0"])  # not the whole chain: no adoption
     a.start()
     log = a.log()
-    assert "startup: mount, nfs still held by an earlier run" in log, log[-3000:]
+    assert "startup: mount, nfs_state, nfs still held by an earlier run" in log, log[-3000:]
     assert f"nfs-ganesha pid {first} stopped" in log, log[-3000:]
     g.wait_serving("a", 20)
     assert re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1] != first
     writer_for(g)
+
+
+def test_a_restart_of_the_master_s_agent_adopts_ganesha_and_the_backup_stays_backup(lab: NetnsLab) -> None:
+    """SIGUSR2 (what a systemd restart job means, for a process outside systemd), then a new agent.
+
+    VRRP at one-second adverts: the new agent must be up within the backup's Master_Down_Interval."""
+    g = GaneshaAgents(lab, advert_interval=1.0)
+    g.start()
+    a, b = g.agents["a"], g.agents["b"]
+    assert b.wait_state("BACKUP", 5), b.log()
+    w = writer_for(g)
+    first = re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1]
+    mark_b = len(b.transitions())
+    t0 = time.monotonic()
+    a.signal(signal.SIGUSR2)
+    assert a.proc is not None and a.proc.wait(5) == 0
+    a.start()
+    assert wait_until(lambda: "serving on without a failover" in a.log(), 10), a.log()[-3000:]
+    log = a.log()
+    assert "kept mount, nfs_state, nfs, vip held for the restarted agent to adopt (SIGUSR2" in log, log[-3000:]
+    adopted = next(line for line in log.splitlines() if "serving on without a failover" in line)
+    print(f"\n{adopted}")
+    assert f"nfs-ganesha pid {first} answers" in adopted, adopted
+    assert "release done" not in log, "nothing was released"
+    time.sleep(4.0)  # past b's Master_Down_Interval
+    assert len(b.transitions()) == mark_b and b.state() == "BACKUP", b.log()[-2000:]
+    gap = w.max_gap(start=t0, end=time.monotonic())
+    print(f"\nrestart with adoption: longest client write gap {gap:.3f} s")
+    assert gap < 3.0, gap  # the tight figure: python -m bench.nfs_outage --scenario restart
+    all_acked_present(w)
 
 
 def test_a_reload_that_adds_an_export_releases_nothing_and_the_writer_goes_on(lab: NetnsLab) -> None:

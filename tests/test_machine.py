@@ -272,3 +272,23 @@ def test_event_watched_steps_are_not_polled_and_their_loss_restarts_them() -> No
     only_vip.feed(only_vip.m.lost(Step.VIP, "deleted by hand", 1.0))
     assert runs(only_vip.settle()) == ["release:vip", "acquire:vip"]
     assert only_vip.m.serving and only_vip.m.restarts == {"vip": 1}
+
+
+def test_adopt_serves_the_whole_chain_as_found_and_monitors_it() -> None:
+    m = Machine(STORAGE)
+    out = m.adopt(ORDER, 10.0, "adopted")
+    assert out == [PhaseChange(Phase.IDLE, Phase.SERVING, "adopted")]
+    assert m.held == list(ORDER) and m.want and m.deadline == 12.0
+    assert m.vrrp_master(10.0, "startup") == [], "VRRP's MASTER that follows changes nothing"
+    assert m.tick(12.0) == [RunStep(Step.DRBD, Op.CHECK, 30.0)]
+    assert m.vrrp_lost(12.1, "preempted") == [], "a running check finishes first"
+    assert m.step_done(Step.DRBD, Op.CHECK, True, "ok", 12.2)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0)
+
+
+def test_adopt_takes_only_the_whole_chain_of_a_fresh_machine() -> None:
+    with pytest.raises(ValueError, match="whole chain"):
+        Machine(STORAGE).adopt((Step.DRBD, Step.MOUNT), 0.0, "partial")
+    m = Machine(STORAGE)
+    m.vrrp_master(0.0, "x")
+    with pytest.raises(ValueError, match="not started"):
+        m.adopt(ORDER, 0.0, "busy")

@@ -15,6 +15,7 @@ from typing import TypeVar
 from agent import actions as act
 from agent import events as ev
 from agent.config import Config, parse
+from agent.journal import Event as Kind
 from agent.machine import Op, Phase, RunStep, Step
 from agent.node import OUTDATE_CYCLE_HOLD, Node, fence_exit_code
 from drbd.status import Status
@@ -399,6 +400,166 @@ def test_a_reload_of_nfs_settings_is_applied_live_but_never_while_nfs_starts_or_
     assert d.node.machine.phase == Phase.SERVING and d.node.counters.transitions == 2  # INITIALIZE->BACKUP->MASTER
 
 
+# -- a restarted agent adopts the chain its predecessor left held (an upgrade's restart) ------
+PRIMARY = Status("r0", "Primary", "UpToDate", "Connected", "Secondary", "UpToDate")
+STORAGE_CHAIN = (Step.DRBD, Step.MOUNT, Step.VIP)
+
+
+def emitted(d: Drive, kind: Kind) -> list[act.Emit]:
+    return [a for a in d.log if isinstance(a, act.Emit) and a.kind == kind]
+
+
+def answer_checks(d: Drive, fail: Step | None = None) -> None:
+    """Answer the adoption's step checks in order (each is asked once the previous one answered)."""
+    answered = 0
+    while answered < len(checks := [a for a in d.log if isinstance(a, act.RunStep) and a.op == Op.CHECK]):
+        step = checks[answered].step
+        answered += 1
+        d.feed(ev.StepDone(step, Op.CHECK, step != fail, "ok" if step != fail else "gone"))
+
+
+def settle_drain(d: Drive, datagrams: tuple[tuple[bytes, float], ...] = ()) -> list[act.Action]:
+    assert of(act.DrainAdverts, d.log), "the adoption drains what was queued before deciding"
+    return d.feed(ev.AdvertsHeard(datagrams))
+
+
+def test_a_fresh_hand_off_is_adopted_at_once_without_a_transition_the_peer_could_see() -> None:
+    d = Drive()
+    out = d.feed(ev.Start(found=(Step.VIP,), handoff_age=0.4))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.CHECK, 30.0)] and not of(act.Joined, out)
+    assert of(act.SetWakeThreshold, out) == [act.SetWakeThreshold(1)], "any advert rings while we verify"
+    answer_checks(d)
+    out = settle_drain(d)
+    assert of(act.Joined, out) and d.node.router.state == State.MASTER
+    assert d.node.machine.phase == Phase.SERVING and d.node.machine.held == [Step.VIP]
+    assert act.SendAdvert(100) in out and of(act.Garp, out)
+    assert not [a for a in d.log if isinstance(a, act.RunStep) and a.op != Op.CHECK], "nothing released or acquired"
+    adopted = emitted(d, Kind.ADOPTED)
+    assert adopted and "handed over by the previous agent 0.40 s" in adopted[0].message
+    assert not emitted(d, Kind.SERVING)
+
+
+def test_without_a_hand_off_the_node_listens_one_advert_interval_first() -> None:
+    d = Drive()
+    d.feed(ev.Start(found=(Step.VIP,)))
+    answer_checks(d)
+    assert not of(act.DrainAdverts, d.log) and d.node.deadline() == 1.25
+    d.tick()
+    assert d.node.router.state == State.MASTER and emitted(d, Kind.ADOPTED)
+    assert "missing (killed?): listened 1.25 s" in emitted(d, Kind.ADOPTED)[0].message
+
+
+def test_another_master_heard_while_verifying_means_release_as_before() -> None:
+    d = Drive()
+    d.feed(ev.Start(found=(Step.VIP,)))
+    answer_checks(d)
+    assert of(act.DrainAdverts, d.feed(ev.Doorbell(), 0.5))
+    out = d.feed(ev.AdvertsHeard(((advert(100), 0.5),)))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    assert any("another master" in e.message for e in emitted(d, Kind.CLEANUP))
+    out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
+    assert of(act.Joined, out) and d.node.router.state == State.BACKUP and not emitted(d, Kind.ADOPTED)
+
+
+def test_a_failed_check_or_maintenance_or_part_of_the_chain_is_released() -> None:
+    d = Drive()
+    d.feed(ev.Start(found=(Step.VIP,), handoff_age=0.1))
+    answer_checks(d, fail=Step.VIP)
+    assert of(act.RunStep, d.log)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0)
+    assert any("vip check failed: gone" in e.message for e in emitted(d, Kind.CLEANUP))
+    d = Drive()
+    out = d.feed(ev.Start(found=(Step.VIP,), maintenance=True, handoff_age=0.1))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    out = d.feed(ev.Start(found=(Step.MOUNT, Step.VIP), handoff_age=0.1))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+
+
+def storage_start(d: Drive) -> act.AskPeer:
+    out = d.feed(ev.Start(found=STORAGE_CHAIN, handoff_age=0.3))
+    assert of(act.ReadDrbd, out) and of(act.RunStep, out) == [RunStep(Step.MOUNT, Op.CHECK, 30.0)]
+    return of(act.AskPeer, out)[0]
+
+
+def test_a_storage_chain_is_adopted_only_with_drbd_primary_and_the_peer_a_backup_holding_nothing() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    ask = storage_start(d)
+    d.feed(ev.DrbdRead(PRIMARY))
+    answer_checks(d)
+    assert not of(act.DrainAdverts, d.log), "the peer's answer is awaited"
+    d.feed(ev.PeerAnswer(ask.id, {"vrrp": "BACKUP", "phase": "IDLE", "held": []}))
+    settle_drain(d)
+    assert d.node.router.state == State.MASTER and d.node.machine.held == list(STORAGE_CHAIN)
+    assert not d.node.faults, "the witnesses the earlier run served with are presumed up"
+    message = emitted(d, Kind.ADOPTED)[0].message
+    assert "DRBD r0: Primary/Secondary UpToDate" in message and "the peer says BACKUP" in message
+    assert not of(act.Promote, d.log)
+
+
+def test_a_storage_chain_is_released_when_drbd_or_the_peer_disagree() -> None:
+    for drbd, reply, why in [
+        (Status("r0", "Secondary", "UpToDate", "Connected", "Secondary", "UpToDate"), None, "DRBD is not Primary"),
+        (Status("r0", "Primary", "Outdated", "WFConnection", "Unknown", "DUnknown"), None, "DRBD is not Primary"),
+        (PRIMARY, {"vrrp": "MASTER", "phase": "ACQUIRING", "held": []}, "the peer is MASTER"),
+        (PRIMARY, {"vrrp": "BACKUP", "phase": "IDLE", "held": ["vip"]}, "holding vip"),
+    ]:
+        d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+        ask = storage_start(d)
+        d.feed(ev.DrbdRead(drbd))
+        answer_checks(d)
+        d.feed(ev.PeerAnswer(ask.id, reply))
+        assert of(act.RunStep, d.log)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0), why
+        assert any(why in e.message for e in emitted(d, Kind.CLEANUP)), (why, emitted(d, Kind.CLEANUP))
+        assert d.node.router.state == State.INITIALIZE and not emitted(d, Kind.ADOPTED)
+
+
+def test_a_silent_peer_channel_leaves_the_decision_to_drbd_and_the_adverts() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    ask = storage_start(d)
+    d.feed(ev.DrbdRead(PRIMARY))
+    answer_checks(d)
+    d.feed(ev.PeerAnswer(ask.id, None))
+    settle_drain(d)
+    assert d.node.router.state == State.MASTER
+    assert "the peer channel had no answer" in emitted(d, Kind.ADOPTED)[0].message
+
+
+def test_a_restart_keeps_a_serving_chain_without_priority_zero_and_a_stop_still_releases() -> None:
+    d = Drive()
+    d.master()
+    d.answer_steps()
+    out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM received, systemd restart job"))
+    assert [a for a in out if isinstance(a, (act.SendAdvert, act.Stopped, act.RunStep))] == [
+        act.SendAdvert(100), act.Stopped(("vip",), kept=True)]
+    assert d.node.deadline() is None and d.node.stopped
+    # a backup has nothing to keep: a restart is an ordinary stop
+    d = Drive()
+    d.feed(ev.Start())
+    out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
+    assert of(act.Stopped, out) == [act.Stopped(())]
+    # a master still acquiring leaves in order
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    d.master()
+    out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
+    assert not of(act.Stopped, out) and d.node._stop is not None
+
+
+def test_a_hand_off_older_than_three_advert_intervals_is_released_at_once() -> None:
+    d = Drive()
+    out = d.feed(ev.Start(found=(Step.VIP,), handoff_age=3.5))
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)]
+    assert any("the backup may have taken over" in e.message for e in emitted(d, Kind.CLEANUP))
+
+
+def test_a_stop_while_verifying_releases_what_was_found() -> None:
+    d = Drive()
+    d.feed(ev.Start(found=(Step.VIP,)))
+    out = d.feed(ev.AdminRequest(1, ev.Admin.STOP, "SIGTERM"))
+    assert of(act.RunStep, out)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0) and not of(act.Stopped, out)
+    out = d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "down"))
+    assert of(act.Stopped, out) == [act.Stopped(())] and not emitted(d, Kind.ADOPTED)
+
+
 # -- heartbeats on every path, the overlapping waits, the bounded release ------------------------
 HB = STORAGE.replace('address = "192.0.2.2"', 'addresses = ["192.0.2.2", "198.51.100.2"]').replace(
     "interval = 1.0\ntimeout = 0.5\nfall = 3\n", "").replace('resource = "r0"', 'resource = "r0"\n'
@@ -603,6 +764,36 @@ def test_a_shared_disk_still_held_by_a_live_peer_waits_for_its_release() -> None
     d.feed(ev.PeerHeard("192.0.2.2", "FAULT", False, True, 0.0), d.now + 0.05)
     d.until(d.now + 0.11)
     assert of(act.RunStep, d.log) == [RunStep(Step.MOUNT, Op.ACQUIRE, 30.0)]
+
+
+def test_a_restarting_peer_s_last_heartbeat_holds_off_the_gone_verdict() -> None:
+    for restarting in (3.0, 0.0):
+        d = Drive(HB.format(policy="witness", heartbeat=0.1))
+        d.feed(ev.Start())
+        beating_until(d, 1.0)
+        d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+        t = d.now
+        for path in PATHS:  # the master's agent stops for a restart: its last heartbeat says so
+            d.feed(ev.PeerHeard(path, "MASTER", True, True, 1.836, restarting), t)
+        d.until(t + 2.5)  # far past heartbeat x dead_after (0.3 s)
+        if not restarting:
+            assert d.node.snapshot().peer_gone and d.node.router.state == State.MASTER, "without it: a takeover"
+            continue
+        assert not d.node.snapshot().peer_gone and d.node.router.state == State.BACKUP
+        beating_until(d, t + 2.7)  # the restarted agent beats again, and advertises
+        d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+        beating_until(d, t + 5.0)
+        assert d.node.router.state == State.BACKUP and d.node.counters.became_master == 0
+
+
+def test_a_master_stopping_for_a_restart_says_so_in_its_last_heartbeat() -> None:
+    d = Drive(VIP_ONLY + '[peer]\naddress = "192.0.2.2"\nheartbeat = 0.1\n')
+    d.master()
+    d.answer_steps()
+    out = d.feed(ev.AdminRequest(1, ev.Admin.RESTART, "SIGTERM"))
+    beats = of(act.SendHeartbeat, out)
+    assert beats and beats[-1].restarting == 3.0 and beats[-1].holding and beats[-1].vrrp == "MASTER"
+    assert of(act.Stopped, out) == [act.Stopped(("vip",), kept=True)]
 
 
 def test_a_peer_that_demotes_ends_the_peer_wait_at_once_not_at_the_next_poll() -> None:

@@ -89,20 +89,60 @@ def test_monitor_remounts_a_vanished_filesystem(lab: NetnsLab, tmp_path: Path, l
     assert VIP in lab.addresses("a")
 
 
-def test_startup_releases_what_a_killed_agent_left(lab: NetnsLab, tmp_path: Path, loopdev: str) -> None:
+def test_startup_releases_what_a_killed_agent_left_when_it_is_not_the_whole_chain(lab: NetnsLab, tmp_path: Path,
+                                                                                  loopdev: str) -> None:
     a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     a.kill()
     assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
+    lab.run("a", ["ip", "addr", "del", VIP, "dev", "eth0"])  # the chain is no longer whole: nothing to adopt
     again = AgentProc(lab, "a", tmp_path / "again", priority=150, **FAST)
     again.write_config(a.config_path.read_text().replace(str(a.control_socket), str(again.control_socket)))
     lab.add_cleanup(again.close)
     again.start()
     log = again.log()
-    assert "left on eth0 by an earlier run" in log
-    assert "mount still held by an earlier run" in log
+    assert "mount still held by an earlier run" in log and "adopted" not in log
     assert log.index("mount release done") < log.index("INITIALIZE -> BACKUP")
     assert wait_until(lambda: again.status()["instance"]["phase"] == "SERVING", 5), again.log()
+
+
+def test_a_restarted_agent_adopts_the_whole_chain_a_killed_one_left(lab: NetnsLab, tmp_path: Path,
+                                                                    loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    a.kill()
+    again = AgentProc(lab, "a", tmp_path / "again", priority=150, **FAST)
+    again.write_config(a.config_path.read_text().replace(str(a.control_socket), str(again.control_socket)))
+    lab.add_cleanup(again.close)
+    again.start()
+    assert wait_until(lambda: "serving on without a failover" in again.log(), 5), again.log()
+    log = again.log()
+    assert "adopted mount, vip as the earlier run left them" in log and "missing (killed?)" in log
+    assert "release done" not in log and "acquire done" not in log, "nothing released or acquired again"
+    assert "INITIALIZE -> MASTER" in log
+    status = again.status()["instance"]
+    assert status["phase"] == "SERVING" and status["held"] == ["mount", "vip"]
+    assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
+    (tmp_path / "mnt-a" / "after-adoption").write_text("ok")  # the monitor keeps watching it
+    time.sleep(1.2)
+    assert "check FAILED" not in again.log()
+
+
+def test_a_peer_that_took_over_meanwhile_is_heard_and_the_chain_released(lab: NetnsLab, tmp_path: Path,
+                                                                         loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    a.kill()  # the mount and the VIP stay; the loop device may be mounted twice (one superblock)
+    b = storage_agent(lab, "b", tmp_path, loopdev, 100).start()
+    assert wait_until(lambda: b.status()["instance"]["phase"] == "SERVING", 5), b.log()
+    assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
+    again = storage_agent(lab, "a", tmp_path, loopdev, 90).start()  # lower: no preemption afterwards
+    assert wait_until(lambda: "VIP(s) 192.0.2.100/24 left on eth0 by an earlier run" in again.log(), 3), again.log()
+    log = again.log()
+    assert "advertises priority 100: another master" in log and "serving on without a failover" not in log
+    assert wait_until(lambda: VIP not in lab.addresses("a") and not mounted_on(tmp_path, "a"), 5), again.log()
+    assert again.wait_state("BACKUP", 3), again.log()
+    assert b.status()["instance"]["phase"] == "SERVING"
 
 
 def test_reload_changes_tunables_live_and_restarts_only_for_identity_keys(lab: NetnsLab, tmp_path: Path,

@@ -205,11 +205,15 @@ def daemon_page() -> str:
     body = [
         ".SH EXIT STATUS", "0 clean stop; 1 cannot start (interface missing, no IPv4 address, no privilege, "
         "another agent owns the control socket); 2 config error.",
-        ".SH SIGNALS", "SIGTERM, SIGINT: ordered release, priority 0 advert, exit. SIGHUP: re\\-read and "
+        ".SH SIGNALS", "SIGTERM, SIGINT: ordered release, priority 0 advert, exit; but SIGTERM during a systemd "
+        "restart job of the unit, and SIGUSR2, on a serving master: keep the chain held for the restarted agent "
+        "to adopt (no failover). SIGHUP: re\\-read and "
         "validate the config; an invalid file is refused and the running config kept.",
         ".SH FILES", ".TP", "/etc/failover\\-agent/agent.toml", "the configuration, see "
         "\\fBfailover\\-agent.toml\\fR(5)", ".TP", "/run/failover\\-agent/control.sock",
-        "the control socket \\fBfailoverctl\\fR(8) uses", *_SEE_ALSO,
+        "the control socket \\fBfailoverctl\\fR(8) uses", ".TP", "/var/lib/failover\\-agent/state.handoff.json",
+        "what an agent stopped for a restart kept held, for the next one (read and removed at its start)",
+        *_SEE_ALSO,
     ]
     return page_for(capture(daemon.main), "VRRP failover agent for DRBD-replicated NFS pairs", body)
 

@@ -124,6 +124,16 @@ class Router:
             return self._become_master(now, f"{reason}: address owner (priority 255) starts as master")
         return self._become_backup(now, reason)
 
+    def adopt(self, now: float, reason: str) -> list[Action]:
+        """Startup as the master this node already was (an agent restart that adopts the chain it
+        left held, having heard no other master): advertise at once instead of waiting as backup,
+        so a backup that kept hearing us never sees the master go."""
+        if self.state != State.INITIALIZE or self.maintenance:
+            return []
+        self.master_adver_interval = self.params.advert_interval
+        self.master = self.last_heard_at = self.leaving = self.preempting = None
+        return self._become_master(now, reason)
+
     def receive(self, heard: Heard, now: float) -> list[Action]:
         if self.state == State.BACKUP:
             return self._backup_receive(heard, now)
