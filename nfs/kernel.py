@@ -428,9 +428,20 @@ class KernelBackend:
             done.append("grace and lease time apply at nfsd's next start (the kernel fixes them while it runs)")
         return "kernel nfsd: " + ("; ".join(done) or "nothing to change")
 
+    def _helpers_needed(self) -> list[str]:
+        """The user-space daemons kernel nfsd needs beside its threads, as `start` runs them."""
+        if self.cfg.service != "direct":
+            return []  # nfs-server.service keeps its own
+        return ["rpc.mountd"] + (["rpc.statd"] if 3 in self.cfg.versions else [])
+
     async def check(self) -> str:
         if not self.running():
             raise NfsError("kernel nfsd has no threads running")
+        # nfsd answers NULL calls without them, but exports (mountd's cache) and NFSv3 locks
+        # (statd) do not work: e.g. after an agent restart under systemd killed them
+        missing = [name for name in self._helpers_needed() if not _helper_running(name)]
+        if missing:
+            raise NfsError(f"kernel nfsd runs, but {', '.join(missing)} do(es) not")
         why = await nfs_answers(self.cfg.versions)
         if why:
             raise NfsError(f"kernel nfsd does not answer: {why}")
