@@ -454,7 +454,7 @@ def test_1_replication_link_cut_outdates_the_peer_and_resyncs(part: Partition) -
             assert not split, split
             for name in (mst, peer):
                 assert transitions(p.agent(name), m[name]) == [], (
-                    f"{name} changed VRRP state:\n{p.agent(name).log()[m[name] :]}"
+                    f"{name} changed VRRP state:\n{diagnose(p, f'scenario 1 run {i}', m)}"
                 )
             facts = p.lab.facts()
             assert facts[mst].serving and facts[peer].idle, describe(p)
