@@ -20,6 +20,7 @@ from agent.journal import Event
 from tests.lab.agent import render_agent_conf
 from tests.lab.nspawn import NspawnLab, NspawnNode, ensure_image
 from tests.lab.probe import Pinger
+from tests.test_systemd_service import wait
 
 pytestmark = pytest.mark.lab
 
@@ -54,15 +55,6 @@ def events(node: NspawnNode, event: Event, since: float = 0.0) -> list[dict[str,
     """Journal entries of one kind, logged at or after `since` (host wall clock; one kernel clock)."""
     found = node.journal_json("failover-agent.service", [f"MESSAGE_ID={event.value}"])
     return [e for e in found if int(str(e["__REALTIME_TIMESTAMP"])) / 1e6 >= since]
-
-
-def wait(predicate: object, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class HolderWatch:
