@@ -19,10 +19,9 @@ from typing import Any, NoReturn
 from agent import checkconfig, control, handoff, snapshot
 from agent import config as configmod
 from agent.heal import ACTIVE as FENCE_NOT_FENCED
-from agent.heal import DRBD_FENCE_CODES
+from agent.heal import DRBD_FENCE_CODES, fence_verdict
 from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
-from agent.node import fence_exit_code
 from agent.version import version
 from drbd import runner
 
@@ -179,8 +178,10 @@ def cmd_fence_peer(args: argparse.Namespace) -> int:
                   "disconnected Primary's I/O stays frozen)", file=sys.stderr)
             return FENCE_NOT_FENCED
         code = answer.get("exit")
-        if not isinstance(code, int) or isinstance(code, bool):  # an agent without agent.heal
-            code, final, message = fence_exit_code(answer), True, str(answer.get("answer"))
+        if not isinstance(code, int) or isinstance(code, bool):  # no healer (no [drbd]): the same verdict here
+            verdict = fence_verdict(answer, time.monotonic() - t0)
+            code, final, message = verdict.code, verdict.final, verdict.message
+            answer = {**answer, "retry_after": verdict.retry_after}
         else:
             final, message = bool(answer.get("final", True)), str(answer.get("message", ""))
         if code not in DRBD_FENCE_CODES or code in (3, 7):
