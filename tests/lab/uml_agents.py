@@ -74,6 +74,10 @@ FENCE_PEER_HANDLER = "/usr/local/sbin/failover-fence-peer"
 FENCE_PEER_LOG = "/run/lab/fence-peer.log"
 SERVING_LOG = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)")
 
+# Three UML guests share two host CPUs: under a DRBD resync a guest stalls for up to ~0.5 s (its
+# pings and heartbeats arrive that late), so the peer counts as gone only after 1 s of silence on
+# every path, not the default 0.3 s, which would make a loaded backup take over from a live master.
+UML_HEARTBEAT: dict[str, Any] = {"heartbeat": 0.1, "dead_after": 10}
 # VRRPv2 with 1 s adverts: Master_Down_Interval 3.41 s (a) / 3.61 s (b).  preempt off: a node
 # that comes back stays BACKUP instead of taking the data back (a second outage for nothing).
 VRRP: dict[str, Any] = {"version": 2, "advert_interval": 1, "preempt": False}
@@ -664,7 +668,8 @@ class StorageLab:
         self.agents: dict[str, UmlAgent] = {}
         for name, prio in PRIORITIES.items():
             other = next(n for n in PRIORITIES if n != name)
-            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET} if peer else None
+            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET, **UML_HEARTBEAT} \
+                if peer else None
             conf = storage_conf(
                 prio,
                 nfs=nfs,
