@@ -328,6 +328,9 @@ class Node:
         # since when this process has run without a stall (SIGSTOP, a frozen VM): what arrived
         # during a stall is read only now, so silence and the peer's "deaf" count from here
         self._awake_since = 0.0
+        # when the peer last came back after counting gone: its first heartbeats were sent before ours
+        # reached it, so its "deaf" is stale (a heal is silent both ways) until ours have had time to
+        self._back_since = 0.0
         self._self_fenced = False
 
     # -- the one entry point ------------------------------------------------------------
@@ -1152,13 +1155,15 @@ class Node:
                        PEER_PATH="up")
         if self._peer_gone:
             self._peer_gone = False
+            self._back_since = now
             self._emit(Kind.FENCE, f"the peer is back: heartbeat on {event.path} ({event.vrrp})", WARNING,
                        PEER_STATE="alive", PATH=event.path)
             self._out.append(StatusChanged())
         deaf = not event.hears_us
         peer = self.cfg.peer
-        if deaf and peer is not None and now < self._awake_since + peer.detection + peer.heartbeat:
-            deaf = self._peer_deaf  # sent while we were stalled: our heartbeats since have not reached it yet
+        fresh = max(self._awake_since, self._back_since)
+        if deaf and peer is not None and now < fresh + peer.detection + peer.heartbeat:
+            deaf = self._peer_deaf  # sent while we were stalled or cut off: ours since have not reached it yet
         if deaf != self._peer_deaf:
             self._peer_deaf = deaf
             reason = ("the peer hears nothing from us on any path: it will take over, so this node releases "

@@ -860,6 +860,21 @@ def test_a_deaf_report_sent_while_we_were_stalled_does_not_make_a_master_release
     assert d.node.router.state == State.FAULT and "peer" in d.node.faults
 
 
+def test_a_deaf_report_at_the_heal_of_a_cut_does_not_make_the_master_release() -> None:
+    """Both ways silent, then the heal: the peer's first heartbeats were sent before ours reached it."""
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    serving(d)
+    beating_until(d, d.now + 0.5)
+    d.until(d.now + 2.0)  # the cut: silent on every path
+    assert d.node.snapshot().peer_gone and d.node.router.state == State.MASTER
+    beat(d, d.now + 0.01, hears_us=False)  # the heal
+    beat(d, d.now + 0.1, hears_us=False)
+    assert d.node.router.state == State.MASTER and "peer" not in d.node.faults
+    for _ in range(6):  # still deaf to us well after ours could have reached it: an asymmetric cut
+        beat(d, d.now + 0.1, hears_us=False)
+    assert d.node.router.state == State.FAULT and "peer" in d.node.faults
+
+
 def test_a_held_back_mount_is_abandoned_when_vrrp_moves_on() -> None:
     d = Drive(SHARED)
     d.feed(ev.Start())
