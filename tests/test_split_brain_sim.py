@@ -258,10 +258,8 @@ class WitnessPair(Pair):
 
 
 # CI: 300 examples x 40 steps per policy. HYPOTHESIS_PROFILE=long: 5,000 x 80, run before a release
-# (SIM_EXAMPLES overrides the count: e.g. two processes with their own --hypothesis-seed, one per core)
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = int(os.environ.get("SIM_EXAMPLES", 5000 if LONG else 300))
-SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=80 if LONG else 40, deadline=None,
+SETTINGS = settings(max_examples=5000 if LONG else 300, stateful_step_count=80 if LONG else 40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestRefusePolicy = Pair.TestCase
 TestRefusePolicy.settings = SETTINGS
