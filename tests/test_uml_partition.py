@@ -598,11 +598,7 @@ def test_3_both_links_cut_the_peer_waits_then_promotes(part: Partition) -> None:
                 said = [x for x in p.agent(mst).history().splitlines() if "fence-peer" in x or "recorded" in x]
                 run.note(f"{mst}'s agent before it went: {said[-3:]}")
                 run.note(f"{mst}'s evidence record: {' '.join(evidence.split())[:500]}")
-                # the fence-peer verdict records the evidence before its fence; the release deadline
-                # (agent.node: a disconnected Primary past it) may fence first, with nothing to record:
-                # then DRBD's unchanged UUIDs below are the whole proof
-                deadline = any("self-fence (" in x and "): isolated (" in x for x in frozen)
-                assert deadline or '"frozen_at"' in evidence, f"{mst} recorded no evidence: {evidence!r}"
+                assert '"frozen_at"' in evidence, f"{mst} recorded no evidence: {evidence!r}"
                 p.lab.wait_serving(peer, 60, since=m[peer])
                 took = time.monotonic() - t0
                 run.note(f"{peer} serves {took:.2f} s after the cut (Master_Down_Interval {mdi(peer):.2f} s + "
@@ -637,8 +633,7 @@ def test_3_both_links_cut_the_peer_waits_then_promotes(part: Partition) -> None:
             run.note(f"{peer}'s DRBD at the heal: {resolved[:4]}")
             assert not split, f"Split-Brain lines: {split}"
             assert p.agent(mst).wait_log("-> BACKUP", 30), p.agent(mst).log()
-            if '"frozen_at"' in evidence:
-                assert p.agent(mst).wait_log("healed:", 20), p.agent(mst).log()
+            assert p.agent(mst).wait_log("healed:", 20), p.agent(mst).log()
             run.not_before = time.monotonic() + mdi(mst) + 0.5
             run.final = no_second_failover(p, peer, m, ["INITIALIZE -> FAULT", "FAULT -> BACKUP"])
 
