@@ -99,9 +99,6 @@ PEER_POLL_INTERVAL = 2.0  # how often a backup learns the master's client connec
 TICKLE_ROUNDS = (0.0, 0.3, 1.0)  # a client answers out-of-window segments at most every 0.5 s
 RECLAIM_INTERVAL = 1.0  # at most one advert + GARP round a second for another master's adverts
 DRAIN_INTERVAL = 1.0  # a master drains its queue of routine (lower-priority) adverts once a second
-# after a cut heals, the first packets each way may wait for the kernel to resolve the neighbour
-# again (it retries every retrans_time, 1 s by default): the peer's "deaf" is stale that much longer
-NEIGHBOUR_RETRY = 1.0
 PEER_DEMOTE_POLL = 0.1  # while the peer is still Primary and connected, read DRBD again this often
 WAKE_NEVER = 256  # a doorbell threshold no advert reaches (priority 0 always rings)
 #: a restart's hand-off this recent (in advert intervals since the last advert) is adopted without
@@ -1164,7 +1161,7 @@ class Node:
             self._out.append(StatusChanged())
         deaf = not event.hears_us
         peer = self.cfg.peer
-        fresh = max(self._awake_since, self._back_since + NEIGHBOUR_RETRY)
+        fresh = max(self._awake_since, self._back_since)
         if deaf and peer is not None and now < fresh + peer.detection + peer.heartbeat:
             deaf = self._peer_deaf  # sent while we were stalled or cut off: ours since have not reached it yet
         if deaf != self._peer_deaf:

@@ -56,7 +56,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
@@ -82,19 +81,12 @@ pytestmark = pytest.mark.lab
 
 PREFIX = "umlpart"
 RUNS = int(os.environ.get("UML_PARTITION_RUNS", "5"))
-# CI's timings leave room for guests that stall under load (a 0.5 s stall must not count as a
-# lost witness or a gone peer). UML_PARTITION_TIMING=defaults runs the agent's own fast defaults
-# instead ([track] 0.2 s / 0.1 s, fall 3; heartbeat 0.1 s x 3; release_deadline 1 s): the
-# benchmark figures of the fast takeover, on an otherwise idle machine.
-FAST = os.environ.get("UML_PARTITION_TIMING") == "defaults"
-TRACK = {"interval": 0.2, "timeout": 0.1, "fall": 3, "rise": 2} if FAST else \
-    {"interval": 1.0, "timeout": 0.5, "fall": 3, "rise": 2}
-PEER: dict[str, Any] | bool = {"dead_after": 3} if FAST else True
+TRACK = {"interval": 1.0, "timeout": 0.5, "fall": 3, "rise": 2}
 WITNESS_GRACE = 5.0  # the agent's default
 AGENT_RESTART_AFTER = 10.0
 # the isolated master's bounded release (agent.node): VIP, NFS and state folder within this, or it
-# reboots; kernel nfsd's stop under a loaded UML guest can take longer than the 1 s default
-GUARD = {"release_deadline": 1.0 if FAST else 3.0}
+# reboots; kernel nfsd's stop under UML takes longer than the 1 s default
+GUARD = {"release_deadline": 3.0}
 CUT_SECONDS = 20.0  # scenario 3: how long both links of the master stay cut
 EVIDENCE = "/var/lib/failover-agent/heal-r0.json"  # agent.healer.evidence_path for the lab's config
 RELEASE = ["vip", "nfs", "nfs_state", "mount", "drbd"]
@@ -200,7 +192,7 @@ def part() -> Iterator[Partition]:
     t0 = time.monotonic()
     # demote_escalation ends in reboot: a frozen Primary leaves through it (agent.heal); the lab
     # completes UML's sysrq reboot as a power cycle (see fenced)
-    with StorageLab(PREFIX, resource=fencing_resource(), track=TRACK, peer=PEER,
+    with StorageLab(PREFIX, resource=fencing_resource(), track=TRACK, peer=True,
                     drbd={"demote_escalation": ["retry", "force", "reboot"]}, guard=GUARD) as lab:
         _ = lab.lab.image  # a first run builds the image here (minutes); not part of the timings
         t1 = time.monotonic()

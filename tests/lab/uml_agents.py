@@ -654,12 +654,11 @@ class StorageLab:
         resource: DrbdResource | None = None,
         drbd: dict[str, Any] | None = None,
         track: dict[str, Any] | None = None,
-        peer: bool | dict[str, Any] = False,
+        peer: bool = False,
         guard: dict[str, Any] | None = None,
     ) -> None:
         """``resource``: e.g. fencing_resource(); ``drbd``/``track``: extra keys of those agent
-        sections; ``peer``: a [peer] section on both agents, with a fresh shared secret (a dict:
-        keys that replace UML_HEARTBEAT's)."""
+        sections; ``peer``: a [peer] section on both agents, with a fresh shared secret."""
         self.resource = resource or DrbdResource()
         self.nfs = nfs
         self.lab = UmlLab(prefix, nodes=tuple(PRIORITIES), client=True, disk_mb=disk_mb)
@@ -669,8 +668,8 @@ class StorageLab:
         self.agents: dict[str, UmlAgent] = {}
         for name, prio in PRIORITIES.items():
             other = next(n for n in PRIORITIES if n != name)
-            beats = {**UML_HEARTBEAT, **(peer if isinstance(peer, dict) else {})}
-            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET, **beats} if peer else None
+            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET, **UML_HEARTBEAT} \
+                if peer else None
             conf = storage_conf(
                 prio,
                 nfs=nfs,
