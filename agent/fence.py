@@ -10,6 +10,7 @@ lab harness treats as the node dying.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from agent.config import Config
 from agent.journal import Event, emit
 
-__all__ = ["FENCE_RECORDED", "SYSRQ", "can_fence", "self_fence"]
+__all__ = ["FENCE_RECORDED", "SYSRQ", "can_fence", "kernel_log", "self_fence"]
 
 log = logging.getLogger("failover-agent")
 
@@ -42,6 +43,12 @@ def can_fence(cfg: Config, trigger: Path = SYSRQ_TRIGGER) -> str:
     return ""
 
 
+def kernel_log(message: str, kmsg: Path = Path("/dev/kmsg")) -> None:
+    """A line in the kernel log: a console or netconsole keeps it across the self-fence, the journal may not."""
+    with contextlib.suppress(OSError):
+        kmsg.write_text(f"failover-agent: {message}\n")
+
+
 def self_fence(cfg: Config, action: str, why: str) -> None:
     """Reboot or power off now, through the kernel (or the lab's recorded stand-in)."""
     emit(Event.FAULT, f"self-fence ({action}): {why}", logging.CRITICAL, REASON=why, FENCE=action)
@@ -51,6 +58,7 @@ def self_fence(cfg: Config, action: str, why: str) -> None:
             f.write(f"{time.time():.3f} {action} {why}\n")
         logging.shutdown()
         os._exit(FENCE_RECORDED)
+    kernel_log(f"self-fence ({action}): {why}")
     try:
         SYSRQ_TRIGGER.write_text(SYSRQ[action])
     except OSError as e:  # nothing else is left to try: say so loudly, the peer may take over

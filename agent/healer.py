@@ -40,12 +40,6 @@ def evidence_path(cfg: Config) -> Path | None:
     return Path(cfg.agent.state_file).parent / f"heal-{cfg.drbd.resource}.json"
 
 
-def kernel_log(message: str) -> None:
-    """A line in the kernel log: a console or netconsole keeps it across the self-fence, the journal may not."""
-    with contextlib.suppress(OSError):
-        Path("/dev/kmsg").write_text(f"failover-agent: {message}\n")
-
-
 class Healer:
     """One resource's frozen-Primary exit and heal check; decisions are agent.heal's."""
 
@@ -64,7 +58,6 @@ class Healer:
 
     def _self_fence(self, action: str, why: str) -> None:
         """agent.fence: SysRq at once (no sync: it would block on the frozen device), or the lab's record."""
-        kernel_log(f"self-fence ({action}): {why}")
         self_fence(self.cfg, action, why)
 
     @property

@@ -99,6 +99,9 @@ PEER_POLL_INTERVAL = 2.0  # how often a backup learns the master's client connec
 TICKLE_ROUNDS = (0.0, 0.3, 1.0)  # a client answers out-of-window segments at most every 0.5 s
 RECLAIM_INTERVAL = 1.0  # at most one advert + GARP round a second for another master's adverts
 DRAIN_INTERVAL = 1.0  # a master drains its queue of routine (lower-priority) adverts once a second
+# after a cut heals, the first packets each way may wait for the kernel to resolve the neighbour
+# again (it retries every retrans_time, 1 s by default): the peer's "deaf" is stale that much longer
+NEIGHBOUR_RETRY = 1.0
 PEER_DEMOTE_POLL = 0.1  # while the peer is still Primary and connected, read DRBD again this often
 WAKE_NEVER = 256  # a doorbell threshold no advert reaches (priority 0 always rings)
 #: a restart's hand-off this recent (in advert intervals since the last advert) is adopted without
@@ -321,6 +324,8 @@ class Node:
         self._peer_holding = True  # its last heartbeat: holds part of the chain (unknown: yes)
         self._gate: _Gate | None = None
         self._release_by: float | None = None
+        self._isolated_at: float | None = None  # when this node noticed it is isolated (release_deadline counts)
+        self._drbd_now: Status | None = None  # DRBD as drbd.follower last told (None: not known or not up)
         # the last time too few witnesses answered us: we may have been cut off ourselves then,
         # and a peer silent to us may have gone on serving (and been isolated only later)
         self._pings: dict[str, bool] = {}
@@ -837,6 +842,7 @@ class Node:
         """DRBD told us unasked (drbd.follower): log it; a held resource no longer Primary is lost at
         once, like a failed check; a peer that demoted (or a lost link) ends the acquire's peer-wait."""
         st, resource = event.status, self.cfg.drbd.resource if self.cfg.drbd else "?"
+        self._drbd_now = st
         words = st.summary() if st is not None else f"{resource}: not up"
         if words != self._drbd_seen:
             self._drbd_seen = words
@@ -1161,7 +1167,7 @@ class Node:
             self._out.append(StatusChanged())
         deaf = not event.hears_us
         peer = self.cfg.peer
-        fresh = max(self._awake_since, self._back_since)
+        fresh = max(self._awake_since, self._back_since + NEIGHBOUR_RETRY)
         if deaf and peer is not None and now < fresh + peer.detection + peer.heartbeat:
             deaf = self._peer_deaf  # sent while we were stalled or cut off: ours since have not reached it yet
         if deaf != self._peer_deaf:
@@ -1242,36 +1248,47 @@ class Node:
         return ""
 
     def _serving_parts(self) -> list[Step]:
-        """What must be released by the deadline: what lets clients write, and a shared disk's mount
-        (with DRBD the unmount may come later: fencing resource-and-stonith freezes the disk)."""
-        parts = (Step.VIP, Step.NFS, Step.NFS_STATE) if self.cfg.drbd is not None else (Step.VIP, Step.NFS,
-                                                                                        Step.NFS_STATE, Step.MOUNT)
+        """What must be released by the deadline: what lets clients write, and a shared disk's mount.
+
+        With DRBD the unmount and demote may come later while the replication link is up (DRBD
+        keeps the peer from promoting beside us); once DRBD shows it disconnected (fencing
+        resource-and-stonith has frozen our I/O), the peer may promote as soon as its bound has
+        passed, so the Primary role must be gone by the deadline too, or the node fences itself.
+        """
+        parts = [Step.VIP, Step.NFS, Step.NFS_STATE]
+        st = self._drbd_now
+        if self.cfg.drbd is None or (st is not None and st.primary and not st.connected):
+            parts += [Step.MOUNT, Step.DRBD]
         return [s for s in self.machine.held if s in parts]
 
     def _watch_release(self, now: float) -> None:
         if (self.cfg.drbd is None and self.cfg.filesystem is None) or self._self_fenced:
             return  # VIP only: no data to diverge, the release takes the time it takes
         why = self._isolated()
+        if not why:
+            self._isolated_at = self._release_by = None  # the peer hears us again: it will not take over now
+            return
+        if self._isolated_at is None:
+            self._isolated_at = now
         parts = self._serving_parts() or ([Step.DRBD] if self._acquire is not None else [])
         deadline = self.cfg.guard.release_deadline
         if self._release_by is None:
-            if why and parts:
-                self._release_by = now + deadline
-                self._emit(Kind.FAULT, f"isolated ({why}): stopping to serve within {deadline:g} s "
-                           f"({', '.join(parts)} held)", WARNING, REASON=why)
+            if parts:  # counted from noticing: a DRBD disconnect seen later may be past it already
+                self._release_by = self._isolated_at + deadline
+                self._emit(Kind.FAULT, f"isolated ({why}): stopping to serve within "
+                           f"{max(0.0, self._release_by - now):.3g} s ({', '.join(parts)} held)", WARNING, REASON=why)
             return
         if not parts:
-            self._emit(Kind.FAULT, f"stopped serving {now - self._release_by + deadline:.3f} s after noticing "
+            self._emit(Kind.FAULT, f"stopped serving {now - self._isolated_at:.3f} s after noticing "
                        f"isolation (release_deadline {deadline:g} s)", REASON="released in time")
             self._release_by = None
-        elif not why:
-            self._release_by = None  # the peer hears us again: it will not take over now
         elif now >= self._release_by:
             action = self.cfg.drbd.demote_escalation[-1] if self.cfg.drbd is not None else "none"
-            reason = (f"isolated ({why}) and still holding {', '.join(parts)} {deadline:g} s later: the peer "
-                      f"takes over after its bound")
+            reason = (f"isolated ({why}) and still holding {', '.join(parts)} {now - self._isolated_at:.2f} s "
+                      f"after noticing: the peer takes over after its bound")
             self._release_by = None
             if action == "none":
+                self._isolated_at = now  # said again a deadline later while it lasts
                 self._emit(Kind.FAULT, f"{reason}; NO self-fence configured (drbd.demote_escalation ends with "
                            "'none', or no [drbd]): two nodes may serve", CRITICAL, REASON=reason, FENCE="none")
                 return

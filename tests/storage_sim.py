@@ -37,7 +37,8 @@ both paths (the service network and the replication cable) with random delay (so
 arrive out of order) and loss. A node that cannot stop serving within release_deadline fences
 itself (`agent.actions.SelfFence`): the model crashes it and boots it again. DRBD's fence-peer
 handler runs `failoverctl fence-peer`, whose exit code (`agent.node.fence_exit_code`) 4 or 5
-makes DRBD record the peer as Outdated.
+makes DRBD record the peer as Outdated. A connection lost or back reaches each agent as
+drbd.follower's `DrbdChanged`, FOLLOWER_DELAY later.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from vrrp.packet import GROUP, Advertisement, encode
 
 WITNESS = IPv4Address("192.0.2.254")
 VIP = IPv4Address("192.0.2.100")
+FOLLOWER_DELAY = 0.05  # drbd.follower: a lost connection is a typed event within tens of ms
 HANDLER_DELAY = 0.3  # DRBD runs the fence-peer handler this long after it lost the peer
 DELAY = (0.0005, 0.03)  # a heartbeat's one-way delay, uniform: later ones may overtake earlier ones
 LOSS = 0.02  # the share of heartbeats lost on the way
@@ -234,6 +236,10 @@ class Drbd:
             if self.connected():
                 for i in (0, 1):
                     self.resume(i, "reconnected")
+        if now != self.was_connected:  # drbd.follower: the connection's change, told unasked
+            for i, agent in enumerate(self.sim.agents):
+                if agent is not None and agent.alive:
+                    agent.later(FOLLOWER_DELAY, ev.DrbdChanged(self.status(i)))
         self.was_connected = now
 
     def _handler(self, i: int) -> Callable[[], None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent import fence
 from agent.config import parse
 from agent.fence import can_fence
 
@@ -37,3 +38,10 @@ def test_nothing_to_check_without_a_self_fence_or_with_the_lab_stand_in(tmp_path
     assert can_fence(parse(BASE.format(last="none")), missing) == ""
     lab = BASE.format(last="poweroff") + '[guard]\nfence_record = "/tmp/fence.log"\n'
     assert can_fence(parse(lab), missing) == ""
+
+
+def test_the_kernel_log_line_survives_what_the_journal_may_not_and_never_raises(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    fence.kernel_log("self-fence (reboot): isolated", kmsg)
+    assert kmsg.read_text() == "failover-agent: self-fence (reboot): isolated\n"
+    fence.kernel_log("no such device", tmp_path / "missing" / "kmsg")  # an OSError is swallowed

@@ -672,6 +672,24 @@ def test_a_release_in_time_is_not_fenced() -> None:
     assert any(isinstance(a, act.Emit) and "stopped serving" in a.message for a in d.log)
 
 
+def test_an_isolated_primary_that_drbd_shows_disconnected_after_the_deadline_fences_at_once() -> None:
+    """Connected, DRBD itself keeps the peer from promoting: the demote may come late. Disconnected
+    (our I/O frozen), the peer promotes once its bound passes: still Primary then means the fence."""
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    serving(d)
+    held = Status("r0", "Primary", "UpToDate", "Connected", "Secondary", "UpToDate")
+    d.feed(ev.DrbdChanged(held))
+    beat(d, d.now, hears_us=False)
+    d.feed(ev.StepDone(Step.VIP, Op.RELEASE, True, "done"), d.now + 0.2)  # the rest of the release hangs
+    d.until(d.now + 3.0)
+    assert Step.DRBD in d.node.machine.held and not of(act.SelfFence, d.log)
+    frozen = Status("r0", "Primary", "UpToDate", "NetworkFailure", "Unknown", "DUnknown")
+    d.feed(ev.DrbdChanged(frozen), d.now + 0.01)
+    d.until(d.now + 0.05)
+    fence = of(act.SelfFence, d.log)
+    assert fence and "still holding" in fence[0].reason and "drbd" in fence[0].reason
+
+
 def test_an_isolated_master_counts_from_when_both_witnesses_and_peer_are_lost() -> None:
     d = Drive(HB.format(policy="witness", heartbeat=0.1))
     serving(d)
@@ -868,7 +886,8 @@ def test_a_deaf_report_at_the_heal_of_a_cut_does_not_make_the_master_release() -
     d.until(d.now + 2.0)  # the cut: silent on every path
     assert d.node.snapshot().peer_gone and d.node.router.state == State.MASTER
     beat(d, d.now + 0.01, hears_us=False)  # the heal
-    beat(d, d.now + 0.1, hears_us=False)
+    for _ in range(13):  # ours wait for the neighbour to be resolved again (up to 1 s)
+        beat(d, d.now + 0.1, hears_us=False)
     assert d.node.router.state == State.MASTER and "peer" not in d.node.faults
     for _ in range(6):  # still deaf to us well after ours could have reached it: an asymmetric cut
         beat(d, d.now + 0.1, hears_us=False)

@@ -136,6 +136,24 @@ def test_standalone_after_a_split_brain_refuses_even_with_the_peer_marked_outdat
     assert any("split brain detected" in e for e in sim.events), sim.events[-20:]
 
 
+def test_a_frozen_primary_fences_before_the_survivor_promotes_so_a_reconnect_resumes_nothing() -> None:
+    """Found by the long run (witness policy, both runs of 2,500): both links of the master cut
+    for 2 s. It stopped serving in time but stayed Primary with frozen I/O; the survivor promoted
+    after its bound beside it, and the replication link's return resumed the frozen Primary's
+    I/O beside the new one. Now DRBD's lost connection (drbd.follower's event) puts the Primary
+    role under the release deadline: the isolated master fences itself before the bound passes."""
+    sim = Sim("witness", 0, False)
+    sim.run_for(12)
+    sim.set_service(0, False)
+    sim.set_replication(False)
+    sim.run_for(2.0)
+    sim.set_replication(True)
+    sim.run_for(5.0)
+    assert not [v for v in sim.violations if "is Primary" in v], (sim.violations, sim.events[-30:])
+    assert any("self-fence" in e for e in sim.events), sim.events[-30:]
+    assert sim.primaries() == [1], sim.events[-30:]
+
+
 def test_a_killed_agent_restarted_by_systemd_releases_before_the_peer_promotes() -> None:
     sim = settled("witness")
     sim.kill_agent(0, restart_after=2.0)
@@ -258,8 +276,10 @@ class WitnessPair(Pair):
 
 
 # CI: 300 examples x 40 steps per policy. HYPOTHESIS_PROFILE=long: 5,000 x 80, run before a release
+# (SIM_EXAMPLES overrides the count: e.g. two processes with their own --hypothesis-seed, one per core)
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-SETTINGS = settings(max_examples=5000 if LONG else 300, stateful_step_count=80 if LONG else 40, deadline=None,
+EXAMPLES = int(os.environ.get("SIM_EXAMPLES", 5000 if LONG else 300))
+SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=80 if LONG else 40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestRefusePolicy = Pair.TestCase
 TestRefusePolicy.settings = SETTINGS

@@ -81,12 +81,19 @@ pytestmark = pytest.mark.lab
 
 PREFIX = "umlpart"
 RUNS = int(os.environ.get("UML_PARTITION_RUNS", "5"))
-TRACK = {"interval": 1.0, "timeout": 0.5, "fall": 3, "rise": 2}
+# CI's timings leave room for guests that stall under load (a 0.5 s stall must not count as a
+# lost witness). UML_PARTITION_TIMING=defaults runs the agent's fast defaults instead ([track]
+# 0.2 s / 0.1 s, fall 3; release_deadline 1 s): the benchmark figures of the fast takeover, on an
+# otherwise idle machine. Both keep the lab's heartbeat dead_after (UML_HEARTBEAT: 1 s): with the
+# default 0.3 s, a guest stalled by a resync made its peer take over from a live master.
+FAST = os.environ.get("UML_PARTITION_TIMING") == "defaults"
+TRACK = {"interval": 0.2, "timeout": 0.1, "fall": 3, "rise": 2} if FAST else \
+    {"interval": 1.0, "timeout": 0.5, "fall": 3, "rise": 2}
 WITNESS_GRACE = 5.0  # the agent's default
 AGENT_RESTART_AFTER = 10.0
 # the isolated master's bounded release (agent.node): VIP, NFS and state folder within this, or it
-# reboots; kernel nfsd's stop under UML takes longer than the 1 s default
-GUARD = {"release_deadline": 3.0}
+# reboots; kernel nfsd's stop under a loaded UML guest can take longer than the 1 s default
+GUARD = {"release_deadline": 1.0 if FAST else 3.0}
 CUT_SECONDS = 20.0  # scenario 3: how long both links of the master stay cut
 EVIDENCE = "/var/lib/failover-agent/heal-r0.json"  # agent.healer.evidence_path for the lab's config
 RELEASE = ["vip", "nfs", "nfs_state", "mount", "drbd"]
@@ -590,7 +597,11 @@ def test_3_both_links_cut_the_peer_waits_then_promotes(part: Partition) -> None:
                 said = [x for x in p.agent(mst).history().splitlines() if "fence-peer" in x or "recorded" in x]
                 run.note(f"{mst}'s agent before it went: {said[-3:]}")
                 run.note(f"{mst}'s evidence record: {' '.join(evidence.split())[:500]}")
-                assert '"frozen_at"' in evidence, f"{mst} recorded no evidence: {evidence!r}"
+                # the fence-peer verdict records the evidence before its fence; the release deadline
+                # (agent.node: a disconnected Primary past it) may fence first, with nothing to record:
+                # then DRBD's unchanged UUIDs below are the whole proof
+                deadline = any("self-fence (" in x and "): isolated (" in x for x in frozen)
+                assert deadline or '"frozen_at"' in evidence, f"{mst} recorded no evidence: {evidence!r}"
                 p.lab.wait_serving(peer, 60, since=m[peer])
                 took = time.monotonic() - t0
                 run.note(f"{peer} serves {took:.2f} s after the cut (Master_Down_Interval {mdi(peer):.2f} s + "
@@ -625,7 +636,8 @@ def test_3_both_links_cut_the_peer_waits_then_promotes(part: Partition) -> None:
             run.note(f"{peer}'s DRBD at the heal: {resolved[:4]}")
             assert not split, f"Split-Brain lines: {split}"
             assert p.agent(mst).wait_log("-> BACKUP", 30), p.agent(mst).log()
-            assert p.agent(mst).wait_log("healed:", 20), p.agent(mst).log()
+            if '"frozen_at"' in evidence:
+                assert p.agent(mst).wait_log("healed:", 20), p.agent(mst).log()
             run.not_before = time.monotonic() + mdi(mst) + 0.5
             run.final = no_second_failover(p, peer, m, ["INITIALIZE -> FAULT", "FAULT -> BACKUP"])
 

@@ -654,11 +654,12 @@ class StorageLab:
         resource: DrbdResource | None = None,
         drbd: dict[str, Any] | None = None,
         track: dict[str, Any] | None = None,
-        peer: bool = False,
+        peer: bool | dict[str, Any] = False,
         guard: dict[str, Any] | None = None,
     ) -> None:
         """``resource``: e.g. fencing_resource(); ``drbd``/``track``: extra keys of those agent
-        sections; ``peer``: a [peer] section on both agents, with a fresh shared secret."""
+        sections; ``peer``: a [peer] section on both agents, with a fresh shared secret (a dict:
+        keys that replace UML_HEARTBEAT's)."""
         self.resource = resource or DrbdResource()
         self.nfs = nfs
         self.lab = UmlLab(prefix, nodes=tuple(PRIORITIES), client=True, disk_mb=disk_mb)
@@ -668,8 +669,8 @@ class StorageLab:
         self.agents: dict[str, UmlAgent] = {}
         for name, prio in PRIORITIES.items():
             other = next(n for n in PRIORITIES if n != name)
-            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET, **UML_HEARTBEAT} \
-                if peer else None
+            beats = {**UML_HEARTBEAT, **(peer if isinstance(peer, dict) else {})}
+            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET, **beats} if peer else None
             conf = storage_conf(
                 prio,
                 nfs=nfs,
