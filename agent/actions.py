@@ -76,10 +76,6 @@ class SetWakeThreshold:
 class ReadDrbd:
     """Read DRBD's state of the resource: answered by `DrbdRead`."""
 
-    # first `drbdadm disconnect` + `connect`: the peer is gone on every path, replication
-    # included, and DRBD still waits for its ping timeout to notice
-    drop_peer: bool = False
-
 
 @dataclass(frozen=True)
 class Promote:

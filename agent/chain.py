@@ -154,11 +154,9 @@ class Chain:
         ok, detail = await self.run(step)
         return ev.StepDone(step.step, step.op, ok, detail, (time.monotonic() - t0) * 1000)
 
-    async def drbd_read(self, drop_peer: bool) -> ev.DrbdRead:
+    async def drbd_read(self) -> ev.DrbdRead:
         try:
-            if drop_peer and self.drbd is not None:
-                await self.drbd.reconnect()
-            return ev.DrbdRead(await self.drbd_status(fresh=drop_peer))
+            return ev.DrbdRead(await self.drbd_status())
         except Exception as e:
             return ev.DrbdRead(None, str(e) or type(e).__name__)
 

@@ -87,7 +87,7 @@ class Instance:
             act.DrainAdverts: lambda _: self._pending.append(ev.AdvertsHeard(tuple(self.sock.drain()))),
             act.SetWakeThreshold: lambda a: self.sock.wake_at_or_above(a.threshold),
             act.RunStep: lambda a: self._feed_when(self.chain.step_done(a)),
-            act.ReadDrbd: lambda a: self._feed_when(self.chain.drbd_read(a.drop_peer)),
+            act.ReadDrbd: lambda a: self._feed_when(self.chain.drbd_read()),
             act.Promote: lambda _: self._feed_when(self.chain.promoted()),
             act.SendProbe: lambda a: self._feed_when(self._probe(a)),
             act.RunCheck: lambda a: self._feed_when(self._check(a)),

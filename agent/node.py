@@ -203,7 +203,6 @@ class _Acquire:
     waited: str = ""
     reason: str = ""
     wait_until: float | None = None
-    dropped: bool = False  # DRBD's connection to a peer gone on every path was dropped once
 
 
 @dataclass
@@ -322,6 +321,7 @@ class Node:
         self._peer_bound = 0.0  # the isolation bound the peer announces for itself
         self._peer_restart_until = 0.0  # the peer's agent restarts (agent.handoff): not gone before this
         self._peer_holding = True  # its last heartbeat: holds part of the chain (unknown: yes)
+        self._peer_vrrp = ""  # its last heartbeat's VRRP state
         self._gate: _Gate | None = None
         self._release_by: float | None = None
         self._isolated_at: float | None = None  # when this node noticed it is isolated (release_deadline counts)
@@ -877,18 +877,12 @@ class Node:
             self._decide(plan, now)
             return
         if status is not None and status.peer_primary and status.connected and now - plan.t0 < plan.inner:
-            peer = self.cfg.peer
-            if self._peer_gone and peer is not None and len(peer.paths) > 1 and not plan.dropped:
-                # silent on the replication path too: the peer is dead, DRBD just has not noticed
-                # (ping timeout); drop its connection so the guard decides now
-                plan.dropped = True
-                plan.stage = "reread"
-                self._emit(Kind.FENCE, f"the peer is gone on every path but DRBD still shows it "
-                           f"{status.connection}/{status.peer_role}: dropping DRBD's connection (disconnect, "
-                           "connect)", WARNING, PEER_STATE="gone")
-                self._out.append(ReadDrbd(drop_peer=True))
-                return
-            # we preempted, or the partition healed: the peer is releasing; wait for its demotion
+            # we preempted, the partition healed, or the peer's agent died and its kernel lives:
+            # the peer is releasing, or will be; wait for its demotion. A live DRBD connection is
+            # never dropped on the agents' word: silence of the agent (killed, restarting) is not
+            # death of the node, and a dropped Primary would freeze (resource-and-stonith) with no
+            # agent to answer its fence-peer handler. A dead node is noticed by DRBD's own ping
+            # (README: ping-int 1, ping-timeout 5: within ~1.5 s, inside the isolation bound).
             plan.stage, plan.wait_until = "peer-wait", now + PEER_DEMOTE_POLL
             return
         if (status is not None and not status.connected and not status.primary and not status.standalone
@@ -1155,6 +1149,9 @@ class Node:
             self._adopt.why_not = f"the peer's heartbeat on {event.path} says it is MASTER"
         self._peer_bound = min(max(event.bound, 0.0), 600.0)
         self._peer_holding = event.holding
+        was, self._peer_vrrp = self._peer_vrrp, event.vrrp
+        if was == State.MASTER and event.vrrp in (State.BACKUP, State.FAULT) and now >= self._peer_restart_until:
+            self._peer_left(event, now)
         if event.path in self._path_silent:
             self._path_silent.discard(event.path)
             self._emit(Kind.FENCE, f"peer {event.path}: heartbeats again on this path", PATH=event.path,
@@ -1177,6 +1174,15 @@ class Node:
             self._set_fault("peer", reason, now, farewell=True)
             self._emit(Kind.FAULT, reason or "the peer hears us again", WARNING if deaf else INFO,
                        REASON=reason or "peer hears us")
+
+    def _peer_left(self, event: PeerHeard, now: float) -> None:
+        """The master's heartbeat says it left MASTER: its priority 0 advert may be lost on the
+        network it lost (a service link cut), the heartbeat on another path is not."""
+        master, peer = self.router.master, self.cfg.peer
+        if self.joined and peer is not None and master is not None and (str(master) in self._heard
+                                                                         or master == peer.address):
+            how = f"its heartbeat on {event.path} says {event.vrrp}"
+            self._vrrp(self.router.peer_left(master, now, how), now)
 
     def _watch_peer(self, now: float) -> None:
         peer = self.cfg.peer

@@ -129,11 +129,6 @@ class Drbdadm:
         words = (await self._checked("cstate")).split()
         return words[0] if words else "Unknown"
 
-    async def reconnect(self) -> None:
-        """Drop the connection and listen again: for a peer known dead before DRBD's ping timeout."""
-        await self._checked("disconnect")
-        await self._checked("connect")
-
     async def outdate(self, notes: list[str] | None = None, disconnect: bool = True) -> None:
         """Mark our own disk Outdated (asked by a peer that wants to promote without us).
 

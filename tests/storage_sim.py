@@ -186,13 +186,6 @@ class Drbd:
             self.sim.violations.append(f"{self.sim.now:.2f}: node {i} resumed I/O ({why}) while node {1 - i} "
                                        "is Primary")
 
-    def reconnect(self, i: int) -> None:
-        """drbdadm disconnect + connect: back at once if the link works."""
-        self.sides[i].cycling = True
-        self.changed()
-        self.sides[i].cycling = False
-        self.changed()
-
     def crash(self, i: int) -> None:
         s = self.sides[i]
         s.up, s.role, s.standalone, s.cycling, s.frozen = False, "Secondary", False, False, False
@@ -354,8 +347,6 @@ class Agent:
         elif isinstance(a, act.RunStep):
             self._resume(a, self.run(a))
         elif isinstance(a, act.ReadDrbd):
-            if a.drop_peer:
-                sim.drbd.reconnect(i)
             self.later(DRBD_CALL, ev.DrbdRead(sim.drbd.status(i)))
         elif isinstance(a, act.Promote):
             sim.at(sim.now + DRBD_CALL, self._promote)

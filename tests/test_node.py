@@ -603,6 +603,42 @@ def test_silent_on_one_path_is_a_link_cut_not_a_dead_peer() -> None:
     assert any(isinstance(a, act.Emit) and "192.0.2.2: no heartbeat" in a.message for a in d.log)
 
 
+def test_a_master_whose_heartbeat_says_it_left_is_followed_at_skew_time_like_priority_0() -> None:
+    """Service link cut: the master's priority 0 advert is lost there; its heartbeat on the
+    replication path says FAULT, and the backup takes over after Skew_Time, not Master_Down."""
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    beating_until(d, 1.5, paths=PATHS[1:])
+    assert d.node.router.state == State.BACKUP
+    left, skew = d.now, d.node.router.skew_time
+    while d.now < left + skew - 0.1:  # it keeps beating, as FAULT, on the path it still has
+        d.feed(ev.PeerHeard(PATHS[1], "FAULT", False, True, 1.836), d.now)
+        d.until(d.now + 0.1)
+    d.until(left + skew - 0.01)
+    assert d.node.router.state == State.BACKUP
+    d.until(left + skew + 0.01)
+    assert d.node.router.state == State.MASTER and not d.node.snapshot().peer_gone
+    assert "heartbeat on 198.51.100.2 says FAULT" in (d.node.last.reason if d.node.last else "")
+
+
+def test_a_peer_heartbeat_from_initialize_or_another_router_s_master_is_not_a_leave() -> None:
+    """A restarting agent says INITIALIZE before it adopts; a peer that is not the master we
+    follow (a third router is) leaves nothing we wait for: RFC timing holds in both."""
+    for says, other in (("INITIALIZE", False), ("FAULT", True)):
+        d = Drive(HB.format(policy="witness", heartbeat=0.1))
+        d.feed(ev.Start())
+        beating_until(d, 1.0)
+        d.feed(ev.AdvertsHeard(((advert(200, src=IPv4Address("192.0.2.9") if other else PEER), d.now),)))
+        heard = d.now
+        while d.now < heard + 1.5:  # the peer keeps beating, in its new state, on every path
+            d.until(d.now + 0.1)
+            for path in PATHS:
+                d.feed(ev.PeerHeard(path, says, False, True, 1.836), d.now)
+        assert d.node.router.state == State.BACKUP and not d.node.snapshot().peer_gone, (says, other)
+
+
 def test_silent_on_every_path_takes_over_at_once_without_master_down() -> None:
     d = Drive(HB.format(policy="witness", heartbeat=0.1))
     d.feed(ev.Start())
@@ -705,20 +741,25 @@ def test_an_isolated_master_counts_from_when_both_witnesses_and_peer_are_lost() 
     assert of(act.SelfFence, d.log)  # the test never answers the VIP release: it overran
 
 
-def test_drbd_still_connected_to_a_peer_gone_on_every_path_is_dropped_once() -> None:
+def test_drbd_still_connected_to_a_peer_gone_on_every_path_is_waited_for_not_dropped() -> None:
+    """Silent on every path is the agent's silence: a killed agent on a live node looks the same
+    as a crash. DRBD's live connection says the node lives; only DRBD's own ping ends it."""
     d = Drive(HB.format(policy="witness", heartbeat=0.1))
     d.feed(ev.Start())
     beating_until(d, 1.0)
     d.until(d.now + 0.31)
     assert d.node.router.state == State.MASTER
     d.answer_steps()
-    out = d.feed(ev.DrbdRead(PEER_PRIMARY))  # DRBD waits for its ping timeout to notice
-    assert of(act.ReadDrbd, out) == [act.ReadDrbd(drop_peer=True)]
-    out = d.feed(ev.DrbdRead(PEER_PRIMARY))  # still: now it only waits, it does not drop again
-    assert not of(act.ReadDrbd, out)
-    n = len(d.log)
-    d.until(d.now + 0.1001)
-    assert of(act.ReadDrbd, d.log[n:]) == [act.ReadDrbd()]
+    for _ in range(20):  # 2 s of a connected Primary peer: read again, never disconnect, never promote
+        out = d.feed(ev.DrbdRead(PEER_PRIMARY))
+        assert not of(act.ReadDrbd, out) and not of(act.Promote, out)
+        n = len(d.log)
+        d.until(d.now + 0.1001)
+        assert of(act.ReadDrbd, d.log[n:]) == [act.ReadDrbd()]
+    assert not of(act.Promote, d.log)
+    out = d.feed(ev.DrbdRead(CUT))  # DRBD's ping timed out: the guard decides (the bound has passed)
+    assert of(act.ReadDrbd, out) and not of(act.Promote, out)  # the peer was asked (unreachable): read again
+    assert of(act.Promote, d.feed(ev.DrbdRead(CUT)))
 
 
 def test_a_peer_alive_on_one_path_keeps_its_drbd_connection() -> None:

@@ -279,6 +279,7 @@ def diagnose(p: Partition, marker: str, m: dict[str, int]) -> str:
         parts.append(f"kernel: {drbd_kernel_log(node, marker, 'drbd|lab-marker')}")
         parts.append(f"fence-peer calls: {fence_log(node)[-3:]}")
         parts.append(f"agent log since the run began:\n{p.agent(name).log()[m.get(name, 0) :][-4000:]}")
+    parts.extend(node.console_tail(2500) for node in p.lab.nodes.values())
     return "\n".join(parts)
 
 
@@ -308,7 +309,8 @@ def steady(p: Partition, timeout: float = 90.0) -> str:
         return True
 
     if not wait_until(check, timeout, 0.5):
-        pytest.fail(f"no steady state within {timeout:g} s: {describe(p)}")
+        consoles = "\n".join(node.console_tail(2500) for node in p.lab.nodes.values())
+        pytest.fail(f"no steady state within {timeout:g} s: {describe(p)}\n{consoles}")
     return found[0]
 
 

@@ -86,6 +86,7 @@ class Router:
         self.last_heard_at: float | None = None
         self.preempt_at: float | None = None
         self.leaving: IPv4Address | None = None
+        self.left_how = "priority 0 advert"  # how `leaving` told us it left
         self.preempting: Heard | None = None
         self.maintenance = False  # stay backup whatever happens, until switched off
         self.yielding = False  # after a handover: do not preempt a working master
@@ -149,7 +150,7 @@ class Router:
         elif (self.state == State.BACKUP and not self.maintenance and self.master_down_at is not None
               and now >= self.master_down_at):
             if self.leaving is not None:
-                why = (f"master {self.leaving} left (priority 0 advert); "
+                why = (f"master {self.leaving} left ({self.left_how}); "
                        f"took over after Skew_Time {self.skew_time:.3f} s")
             elif self.preempting is not None:
                 p = self.preempting
@@ -212,6 +213,21 @@ class Router:
             return []
         return self._become_master(now, reason)
 
+    def peer_left(self, src: IPv4Address, now: float, how: str) -> list[Action]:
+        """The master told us it left on another channel: the same as its priority 0 advert.
+
+        The extension that goes with `peer_gone`: a master that goes FAULT because it lost its
+        service network sends its priority 0 advert into that network, where we never hear it;
+        its heartbeat on the replication network says it left. Only the master we follow
+        counts (not some other router's word), and only as fast as priority 0 would be (Skew_Time).
+        """
+        if self.state != State.BACKUP or self.maintenance or (self.master is not None and self.master != src):
+            return []
+        if self.leaving is None:
+            self.leaving, self.left_how = src, how
+            self.master_down_at = now + self.skew_time
+        return []
+
     def recover(self, now: float, reason: str = "fault cleared") -> list[Action]:
         return self.start(now, reason) if self.state == State.FAULT else []
 
@@ -239,7 +255,7 @@ class Router:
     # -- state handlers ----------------------------------------------------------------
     def _backup_receive(self, heard: Heard, now: float) -> list[Action]:
         if heard.priority == 0:
-            self.leaving = heard.src
+            self.leaving, self.left_how = heard.src, "priority 0 advert"
             self.master_down_at = now + self.skew_time
             return []
         self.leaving = None

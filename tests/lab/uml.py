@@ -114,6 +114,7 @@ IMAGE_CACHE = Path("/var/tmp/failover-agent-images")
 # tmpfs: the COW files, DRBD disks and UML's memory files are rewritten constantly and need
 # no persistence; RAM keeps the (2-core) host's I/O out of the measurements.
 WORK_ROOT = Path("/dev/shm/failover-agent-uml")
+CONSOLE_KEEP = Path("/var/tmp/failover-agent-uml-consoles")  # the last lab's consoles, per prefix
 
 GUEST_INIT = "/usr/sbin/lab-init"  # /sbin is a symlink (merged /usr), which debugfs does not follow
 GUEST_VENV = "/opt/failover-agent/venv"
@@ -1338,6 +1339,7 @@ class UmlLab(Closing):
             result = subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, text=True, timeout=10)
             if result.returncode != 0:
                 errors.append(f"ip netns del {self.ns}: {result.stderr.strip()}")
+        self._keep_consoles()
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()  # releases the flock: the next lab with this prefix may start
@@ -1349,6 +1351,16 @@ class UmlLab(Closing):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _keep_consoles(self) -> None:
+        """Copy the nodes' consoles to CONSOLE_KEEP/<prefix>/ (the last lab's only): a guest that
+        rebooted or died mid-test says why there, after the work dir is gone."""
+        keep = CONSOLE_KEEP / self.prefix
+        shutil.rmtree(keep, ignore_errors=True)
+        for node in self.nodes.values():
+            with contextlib.suppress(OSError):
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(node.console_path, keep / f"{node.name}-console.log")
 
 
 def _lock_prefix(prefix: str, timeout: float = 900.0) -> TextIO:

@@ -44,6 +44,8 @@ from tests.lab.uml import (
     CLIENT,
     GUEST_PYTHON,
     GUEST_SRC,
+    REPLICATION,
+    SERVICE,
     DrbdResource,
     DrbdTimings,
     SpawnedProcess,
@@ -670,7 +672,11 @@ class StorageLab:
         for name, prio in PRIORITIES.items():
             other = next(n for n in PRIORITIES if n != name)
             beats = {**UML_HEARTBEAT, **(peer if isinstance(peer, dict) else {})}
-            peer_section = {"address": self.lab[other].ip(), "secret_file": PEER_SECRET, **beats} if peer else None
+            # both networks, as the README recommends: a cut of one is a link cut, not a dead peer
+            paths = [self.lab[other].ip(net) for net in (SERVICE, REPLICATION)]
+            peer_section: dict[str, Any] | None = None
+            if peer:
+                peer_section = {"address": paths[0], "addresses": paths, "secret_file": PEER_SECRET, **beats}
             conf = storage_conf(
                 prio,
                 nfs=nfs,
