@@ -48,8 +48,6 @@ class Chain:
         self.nfs: Backend | None = None
         self.state: StateDir | None = None
         self._build_nfs(cfg)
-        # the admin's [[service]] steps (agent.services); a reload that changes them starts a new instance
-        self.services: dict[ChainStep, services.Control] = {s.step: services.control(s) for s in cfg.services}
         self._garp_task: asyncio.Task[None] | None = None
 
     def _build_nfs(self, cfg: Config) -> None:
@@ -79,8 +77,9 @@ class Chain:
             return False, f"{step.step} {step.op}: {e}"
 
     async def _dispatch(self, step: RunStep) -> str:
-        service = self.services.get(step.step)
-        if service is not None:
+        svc = self.cfg.service(step.step)  # the admin's [[service]] steps, from the config now (a reload's timeout)
+        if svc is not None:
+            service = services.control(svc)
             return await {Op.ACQUIRE: service.acquire, Op.RELEASE: service.release, Op.CHECK: service.check}[step.op]()
         handler: dict[tuple[ChainStep, Op], Callable[[], Awaitable[str]]] = {
             (Step.DRBD, Op.RELEASE): self._drbd_release, (Step.DRBD, Op.CHECK): self._drbd_check,
@@ -115,9 +114,9 @@ class Chain:
             held.append(Step.NFS_STATE)
         if self.nfs is not None and self.nfs.running():
             held.append(Step.NFS)
-        for step, service in self.services.items():
-            if await service.running():  # a look that fails or hangs is "not running": nothing to stop
-                held.append(step)
+        for svc in self.cfg.services:
+            if await services.control(svc).running():  # a look that fails or hangs is "not running"
+                held.append(svc.step)
         if await self.vips.present():
             held.append(Step.VIP)
         return held

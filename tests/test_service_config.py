@@ -267,3 +267,44 @@ def test_check_config_looks_up_units_and_service_programs(systemctl: str, tmp_pa
     assert lines[1:] == ["service unit unbound.service: ok (loaded, disabled)",
                          f"service db2 program {ctl}: FAILED: is not executable (mode 644; chmod +x it)",
                          "service db2 program /bin/true: ok"]
+
+
+def test_the_mariadb_example_parses_with_its_program_variant_too() -> None:
+    """The commented-out start/stop/check block, uncommented in place of the unit, is valid as well."""
+    text = (Path(__file__).resolve().parents[1] / "examples" / "drbd-mariadb.toml").read_text()
+    unit = text[text.index("[[service]]"):text.index("# The same with programs")]
+    commented = text[text.index("# [[service]]"):text.index("\n\n", text.index("# [[service]]"))]
+    programs = "\n".join(line.removeprefix("# ") for line in commented.splitlines())
+    cfg = parse(text.replace(unit, "").replace(commented, programs), "drbd-mariadb.toml (programs)")
+    (svc,) = cfg.services
+    assert svc.unit == "" and svc.start[0] == "/usr/bin/systemd-run" and svc.check[-1] == "ping"
+    assert [str(s) for s in cfg.steps] == ["drbd", "mount", "service:mariadb", "vip"]
+
+
+# -- the node: services ride the same chain ---------------------------------------------------------
+def test_a_node_takes_over_with_its_service_before_the_vip_and_restarts_it_when_it_dies() -> None:
+    from agent import actions as act
+    from agent import events as ev
+    from tests.test_node import Drive, of
+
+    d = Drive(BASE + "[monitor]\ninterval = 1.0\n" + DNS.replace('unit = "unbound.service"',
+                                                                  'unit = "unbound.service"\ntimeout = 7'))
+    d.master()
+    dns = Service("dns")
+    assert of(act.RunStep, d.log)[-1] == RunStep(dns, Op.ACQUIRE, 7.0)
+    d.feed(ev.StepDone(dns, Op.ACQUIRE, True, "unbound.service active", 812.5))
+    d.answer_steps()
+    assert d.node.machine.phase == Phase.SERVING and d.node.snapshot().held == ("service:dns", "vip")
+    assert d.node.snapshot().durations["service:dns_acquire"] == 812.5
+    step_lines = [e for e in of(act.Emit, d.log) if e.fields.get("STEP") == "service:dns_acquire"]
+    assert step_lines and step_lines[0].message.startswith("service:dns acquire done in 812.5 ms")
+
+    d.until(d.now + 1.0)  # the monitor looks at the service; it has died
+    assert d.node.machine.running == RunStep(dns, Op.CHECK, 7.0)
+    d.feed(ev.StepDone(dns, Op.CHECK, False, "unbound.service failed"))
+    released = [str(d.node.machine.running.step if d.node.machine.running else None)]
+    d.answer_steps()
+    assert released == ["vip"]  # the VIP goes first: no client reaches a node without its resolver
+    assert [f"{r.op} {r.step}" for r in of(act.RunStep, d.log)[-5:]] == [
+        "check service:dns", "release vip", "release service:dns", "acquire service:dns", "acquire vip"]
+    assert d.node.machine.phase == Phase.SERVING

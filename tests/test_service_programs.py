@@ -313,8 +313,14 @@ def test_a_held_service_that_dies_is_restarted_with_what_follows_it_then_failed_
 def test_a_start_that_hangs_past_the_timeout_rolls_back_and_leaves_nothing_running(tiny: dict[str, Tiny]) -> None:
     a, b = tiny["a"], tiny["b"]
     b.flag("hang-start")
-    d = Driven(services_only(a.toml(), b.toml(timeout=1.5)))
+    d = Driven(services_only(a.toml(), b.toml(timeout=60)))
+    # a reload that only shortens the timeout applies live, as agent.instance.reconfigure hands it on
+    new = services_only(a.toml(), b.toml(timeout=1.5))
+    d.chain.cfg = new
+    d.machine.s = replace(machine_settings(new), steps=d.machine.s.steps)
+    t0 = time.monotonic()
     asyncio.run(d.carry_out(d.machine.vrrp_master(0.0, "test")))
+    assert time.monotonic() - t0 < 5.0
     assert d.log == ["acquire service:a", "acquire service:b FAILED", "release service:a"]
     assert "did not finish within" in d.details[1]
     assert not a.running() and d.machine.phase == Phase.FAULT
