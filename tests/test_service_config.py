@@ -21,21 +21,14 @@ from agent.config import ConfigError, ServiceConfig, describe_changes, identity_
 from agent.machine import ORDER, Machine, Op, Phase, RunStep, Service, Settings, Step
 from agent.node import machine_settings
 from drbd.runner import run
+from tests.test_config import BASE
 
-BASE = """
-[vrrp]
-interface = "eth0"
-vrid = 51
-vips = ["192.0.2.100/24"]
-"""
 STORAGE = BASE + """
 [drbd]
 resource = "r0"
-
 [filesystem]
 device = "/dev/drbd0"
 mountpoint = "/srv/data"
-
 [nfs]
 exports = [{ path = "/srv/data/export", clients = "192.0.2.0/24", options = "rw,fsid=1" }]
 """

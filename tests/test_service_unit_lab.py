@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab.agent import render_agent_conf
-from tests.lab.netns import wait_until
 from tests.lab.nspawn import NspawnLab, NspawnNode, ensure_image
+from tests.test_systemd_unit_failures import wait
 
 pytestmark = pytest.mark.lab
 
@@ -51,12 +51,6 @@ def node() -> Iterator[NspawnNode]:
         a.install_agent(CONF)
         yield a
         a.systemctl("stop", AGENT, check=False)
-
-
-def wait(predicate: object, timeout: float, what: str, details: object = None) -> None:
-    if not wait_until(predicate, timeout, interval=0.05):  # type: ignore[arg-type]
-        extra = details() if callable(details) else ""
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{extra}")
 
 
 def agent_log(node: NspawnNode, since: float) -> list[str]:
