@@ -115,7 +115,7 @@ class Chain:
         if self.nfs is not None and self.nfs.running():
             held.append(Step.NFS)
         for svc in self.cfg.services:
-            if await services.control(svc).running():  # a look that fails or hangs is "not running"
+            if await services.control(svc).running():
                 held.append(svc.step)
         if await self.vips.present():
             held.append(Step.VIP)

@@ -121,7 +121,12 @@ class Control:
         return seen.detail
 
     async def running(self) -> bool:
-        return (await self.look(self._left(self._deadline()))).up
+        """At startup: a look that fails, hangs or cannot even run (a missing program) finds nothing to
+        stop; the first acquire then fails with that reason, instead of the agent not starting."""
+        try:
+            return (await self.look(self._left(self._deadline()))).up
+        except OSError:
+            return False
 
     async def _wait(self, deadline: float, up: bool) -> Look:
         """Look until the service is up (or down), or the time is over: the last look."""

@@ -25,7 +25,7 @@ import pytest
 from agent import services
 from agent.chain import Chain
 from agent.config import Config, ServiceConfig, parse
-from agent.machine import Machine, Phase, RunStep, Service
+from agent.machine import Machine, Op, Phase, RunStep, Service
 from agent.node import machine_settings
 from vrrp.vip import Garp, VipHolder
 
@@ -324,3 +324,13 @@ def test_a_start_that_hangs_past_the_timeout_rolls_back_and_leaves_nothing_runni
     assert d.log == ["acquire service:a", "acquire service:b FAILED", "release service:a"]
     assert "did not finish within" in d.details[1]
     assert not a.running() and d.machine.phase == Phase.FAULT
+
+
+def test_a_missing_check_program_finds_nothing_at_startup_and_fails_the_acquire(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-program")
+    svc = services.control(ServiceConfig("db", start=(missing,), stop=(missing,), check=(missing,), timeout=2.0))
+    assert asyncio.run(svc.running()) is False
+    chain = Chain(services_only(f'\n[[service]]\nname = "db"\nstart = ["{missing}"]\nstop = ["{missing}"]\n'
+                                f'check = ["{missing}"]\n'), cast(VipHolder, None), cast(Garp, None))
+    ok, detail = asyncio.run(chain.run(RunStep(Service("db"), Op.ACQUIRE, 2.0)))
+    assert not ok and detail.startswith("service:db acquire: [Errno 2] No such file or directory"), detail
