@@ -1,4 +1,4 @@
-"""Runs the commands of the steps the node asks for: DRBD, the filesystem, NFS, the VIPs.
+"""Runs the commands of the steps the node asks for: DRBD, the filesystem, NFS, services, the VIPs.
 
 Each step has three operations (acquire, release, check), runs under its own timeout, and
 reports `(ok, detail)` instead of raising: a missing binary, garbage output or a refused
@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 
 from agent import actions as act
 from agent import events as ev
-from agent import fs
+from agent import fs, services
 from agent.config import Config
 from agent.fence import self_fence
-from agent.machine import Op, RunStep, Step
+from agent.machine import ChainStep, Op, RunStep, Step
 from drbd import drbdadm
 from drbd.follower import Follower
 from drbd.runner import Runner, run
@@ -71,13 +71,17 @@ class Chain:
             return True, await asyncio.wait_for(self._dispatch(step), step.timeout)
         except TimeoutError:
             return False, f"{step.step} {step.op} did not finish within {step.timeout:g} s"
-        except (StepFailed, fs.FsError, drbdadm.DrbdError, NfsError) as e:
+        except (StepFailed, fs.FsError, drbdadm.DrbdError, NfsError, services.ServiceError) as e:
             return False, str(e)
         except OSError as e:
             return False, f"{step.step} {step.op}: {e}"
 
     async def _dispatch(self, step: RunStep) -> str:
-        handler: dict[tuple[Step, Op], Callable[[], Awaitable[str]]] = {
+        svc = self.cfg.service(step.step)  # the admin's [[service]] steps, from the config now (a reload's timeout)
+        if svc is not None:
+            service = services.control(svc)
+            return await {Op.ACQUIRE: service.acquire, Op.RELEASE: service.release, Op.CHECK: service.check}[step.op]()
+        handler: dict[tuple[ChainStep, Op], Callable[[], Awaitable[str]]] = {
             (Step.DRBD, Op.RELEASE): self._drbd_release, (Step.DRBD, Op.CHECK): self._drbd_check,
             (Step.MOUNT, Op.ACQUIRE): self._mount_acquire, (Step.MOUNT, Op.RELEASE): self._mount_release,
             (Step.MOUNT, Op.CHECK): self._mount_check,
@@ -91,9 +95,9 @@ class Chain:
         return await fn()
 
     # -- probing (startup reconciliation) ------------------------------------------------
-    async def probe(self) -> list[Step]:
+    async def probe(self) -> list[ChainStep]:
         """Steps an earlier run left held: released at startup, or adopted if that is the whole chain."""
-        held = []
+        held: list[ChainStep] = []
         if self.drbd and (st := await self.drbd_status()) is not None and st.primary:
             held.append(Step.DRBD)
         if self.drbd and self.cfg.drbd is not None:
@@ -110,6 +114,9 @@ class Chain:
             held.append(Step.NFS_STATE)
         if self.nfs is not None and self.nfs.running():
             held.append(Step.NFS)
+        for svc in self.cfg.services:
+            if await services.control(svc).running():
+                held.append(svc.step)
         if await self.vips.present():
             held.append(Step.VIP)
         return held
@@ -246,7 +253,7 @@ class Chain:
         """Inside the step's own timeout, so a backend cleans up after itself before it is cancelled."""
         return max(1.0, self.cfg.monitor.step_timeout - 2.0)
 
-    def _nfs_handlers(self) -> dict[tuple[Step, Op], Callable[[], Awaitable[str]]]:
+    def _nfs_handlers(self) -> dict[tuple[ChainStep, Op], Callable[[], Awaitable[str]]]:
         state, nfs, timeout = self.state, self.nfs, self._inner_timeout()
         if state is None or nfs is None:
             return {}

@@ -143,6 +143,30 @@ async def check_drbd_resource(resource: str, runner: Runner, timeout: float = DR
     return Finding(what, detail=f"defined at {where.group(1)}" if where else "known to drbdadm")
 
 
+async def check_unit(unit: str, runner: Runner, timeout: float = DRBD_TIMEOUT) -> Finding:
+    """A `[[service]]` unit: known to systemd (`LoadState=loaded`), and not enabled to start at boot,
+    where it would run on both nodes at once (the agent starts it on the master only)."""
+    what = f"service unit {unit}"
+    try:
+        code, out, err = await runner(["systemctl", "show", "--property=LoadState,UnitFileState", unit], timeout)
+    except FileNotFoundError:
+        return Finding(what, "systemctl not found in PATH: a unit needs systemd (or use start/stop/check)")
+    except OSError as e:
+        return Finding(what, f"cannot run systemctl: {e.strerror or e}")
+    props = dict(line.partition("=")[::2] for line in out.splitlines())
+    if code != 0 or "LoadState" not in props:
+        text = " ".join((err.strip() or out.strip() or "no message").split())
+        return Finding(what, f"systemctl show {unit} exit {code}: {text[:300]}")
+    load, state = props["LoadState"], props.get("UnitFileState", "")
+    if load != "loaded":
+        return Finding(what, f"systemd does not know it (LoadState={load}): install its package, or check the "
+                             "name (systemctl list-unit-files)")
+    if state in ("enabled", "enabled-runtime"):
+        return Finding(what, f"is {state}: systemd would start it at boot beside the agent, on both nodes; "
+                             f"`systemctl disable {unit}`, the agent starts it on the master")
+    return Finding(what, detail=f"loaded, {state or 'static'}")
+
+
 def nfs_programs(cfg: NfsConfig) -> tuple[str, list[str], str]:
     """What the NFS backend runs by name, as nfs/kernel.py and nfs/ganesha.py do: (label, programs, hint)."""
     if cfg.backend == "ganesha":
@@ -172,6 +196,11 @@ async def host_findings(cfg: Config, primary_of: PrimaryOf, runner: Runner,
     if cfg.nfs is not None:
         label, programs, hint = nfs_programs(cfg.nfs)
         out.append(check_programs(f"NFS programs, {label}", programs, hint, which))
+    for svc in cfg.services:
+        if svc.unit:
+            out.append(await check_unit(svc.unit, runner))
+        for path in dict.fromkeys(argv[0] for argv in (svc.start, svc.stop, svc.check) if argv):
+            out.append(check_executable(path, f"service {svc.name} program {path}"))
     return out
 
 
@@ -253,6 +282,7 @@ def takeover_time(cfg: Config) -> list[str]:
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""")
 _INDEXED = re.compile(r"^([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\[(\d+)\](?:\.([A-Za-z0-9_-]+))?$")
+_TOP_INDEXED = re.compile(r"^([A-Za-z0-9_-]+)\[(\d+)\](?:\.([A-Za-z0-9_-]+))?$")  # [[service]], [[notify]]
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
@@ -292,13 +322,17 @@ def _find(lines: list[tuple[int, str]], table: str, nth: int, key: str | None) -
 
 def key_line(text: str, key: str) -> int | None:
     """The line of a ConfigError's dotted key ("vrrp.priority", "track.check[2].timeout",
-    "nfs.exports[1]"): `name =` inside its [section], else the section's header (a required
+    "nfs.exports[1]", "service[2].start"): `name =` inside its [section], else the section's header (a required
     key, a whole section), else None.
 
     tomllib keeps no positions, so this reads the text the way an admin does; keys written as
     dotted keys or inline tables elsewhere are not found, and the caller prints no line then.
     """
     lines = _logical_lines(text)
+    top = _TOP_INDEXED.match(key)
+    if top:
+        header, line = _find(lines, top.group(1), int(top.group(2)), top.group(3))
+        return line or header
     m = _INDEXED.match(key)
     if m:
         section, name, nth, sub = m.group(1), m.group(2), int(m.group(3)), m.group(4)

@@ -55,10 +55,11 @@ def _storage_lines(s: dict[str, Any]) -> list[str]:
         return ["storage   none configured (VIP-only mode)"]
     lines = [f"storage   phase {st['phase']}; chain {' -> '.join(st['chain'])}"]
     steps = s.get("steps", {})
+    width = max([10, *(len(step) + 2 for step in st["chain"])])  # service:NAME steps are longer
     for step in st["chain"]:
         took = "; ".join(f"{op} {_ms(steps[f'{step}_{op}'])}" for op in ("acquire", "release")
                          if f"{step}_{op}" in steps)
-        lines.append(f"  {step:<10}{'held' if step in st['held'] else 'not held':<10}{took and 'last ' + took}")
+        lines.append(f"  {step:<{width}}{'held' if step in st['held'] else 'not held':<10}{took and 'last ' + took}")
     d = st.get("drbd")
     if d and "error" in d:
         lines.append(f"DRBD      cannot be read: {d['error']}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.journal import Event
-from agent.machine import ORDER, Step
+from agent.machine import ORDER, ChainStep, Service, Step
 from nfs.exports import ExportError, parse_export
 from nfs.settings import NfsConfig
 
@@ -560,6 +560,90 @@ _MONITOR_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+#: unit types `systemctl start` can start (a template "name@.service" cannot be started itself)
+UNIT_TYPES = ("service", "socket", "target", "mount", "automount", "swap", "timer", "path")
+#: units the [nfs] section starts and stops itself: a [[service]] must not run them a second time
+NFS_UNITS = ("nfs-server.service", "nfs-kernel-server.service", "nfs-ganesha.service")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One `[[service]]` step: a systemd `unit`, or the `start` / `stop` / `check` argument lists.
+
+    Acquire starts it and waits until it is verified running (the unit active, or `check` exiting
+    0); release stops it and waits until it is verified stopped; the monitor runs the same check.
+    `timeout` bounds each of these operations as a whole (default: [monitor] step_timeout).
+    """
+
+    name: str
+    unit: str = ""
+    start: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    check: tuple[str, ...] = ()
+    timeout: float = MonitorConfig.step_timeout
+
+    @property
+    def step(self) -> Service:
+        return Service(self.name)
+
+    def describe(self) -> str:
+        return f"unit {self.unit}" if self.unit else f"{self.start[0]} (start/stop/check)"
+
+
+def _unit(v: Any) -> str:
+    text = _str(256)(v)
+    stem, dot, kind = text.rpartition(".")
+    if not dot or not stem or kind not in UNIT_TYPES or stem.endswith("@") or \
+            not all(c.isalnum() or c in ":_.@-\\" for c in text):
+        raise _Invalid(f"{text!r} is not a unit systemctl can start: a full name such as \"mariadb.service\" "
+                       f"(one of the types {', '.join(UNIT_TYPES)}; a template needs its instance: name@x.service)")
+    return text
+
+
+_SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": lambda v: _word(v, "a service name"),
+    "unit": _unit,
+    "start": _argv,
+    "stop": _argv,
+    "check": _argv,
+    "timeout": _float(1, 3600),
+}
+
+_SERVICE_ARGV = ("start", "stop", "check")
+
+
+def _check_services(file: str, raw: Any, monitor: MonitorConfig, nfs: NfsConfig | None) -> tuple[ServiceConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(file, "service", "must be [[service]] tables (an array of tables), one per service")
+    out: list[ServiceConfig] = []
+    for i, table in enumerate(raw):
+        key = f"service[{i + 1}]"
+        values = _section(file, key, table, _SERVICE_KEYS, ServiceConfig)
+        values.setdefault("timeout", monitor.step_timeout)
+        given = [k for k in _SERVICE_ARGV if k in values]
+        if "unit" in values and given:
+            raise ConfigError(file, f"{key}.{given[0]}", "a service is either a systemd `unit` or `start`/`stop`/"
+                              "`check` argument lists, not both")
+        if "unit" not in values and len(given) < len(_SERVICE_ARGV):
+            missing = next(k for k in _SERVICE_ARGV if k not in values)
+            raise ConfigError(file, f"{key}.{missing}" if given else key,
+                              "is required: a service without `unit` needs `start`, `stop` and `check` (the agent "
+                              "verifies every start and stop with `check`)" if given else
+                              "needs a systemd `unit`, or `start`, `stop` and `check` argument lists")
+        svc = ServiceConfig(**values)
+        twin = next((j for j, other in enumerate(out) if other.name == svc.name), None)
+        if twin is not None:
+            raise ConfigError(file, f"{key}.name", f"{svc.name!r} is already the name of service[{twin + 1}]")
+        same = next((j for j, other in enumerate(out) if svc.unit and other.unit == svc.unit), None)
+        if same is not None:
+            raise ConfigError(file, f"{key}.unit", f"{svc.unit} is already started by service[{same + 1}]")
+        if nfs is not None and svc.unit in NFS_UNITS:
+            raise ConfigError(file, f"{key}.unit", f"{svc.unit} is the NFS server the [nfs] section starts and "
+                              "stops already")
+        out.append(svc)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Config:
     file: str
@@ -573,13 +657,24 @@ class Config:
     peer: PeerConfig | None = None
     notify: tuple[NotifyConfig, ...] = ()
     guard: GuardConfig = GuardConfig()
+    services: tuple[ServiceConfig, ...] = ()
 
     @property
-    def steps(self) -> tuple[Step, ...]:
-        """The acquire chain this config asks for, in order (VIP-only without storage sections)."""
+    def steps(self) -> tuple[ChainStep, ...]:
+        """The acquire chain this config asks for, in order (VIP-only without storage sections and services):
+        the admin's services come after the filesystem and NFS, and before the VIP."""
         wanted = {Step.DRBD: self.drbd, Step.MOUNT: self.filesystem, Step.NFS_STATE: self.nfs, Step.NFS: self.nfs,
                   Step.VIP: True}
-        return tuple(s for s in ORDER if wanted[s])
+        *storage, vip = (s for s in ORDER if wanted[s])
+        return (*storage, *(svc.step for svc in self.services), vip)
+
+    def timeout(self, step: ChainStep) -> float:
+        """How long one operation of `step` may take: a service's own timeout, else [monitor] step_timeout."""
+        svc = self.service(step)
+        return svc.timeout if svc is not None else self.monitor.step_timeout
+
+    def service(self, step: ChainStep) -> ServiceConfig | None:
+        return next((svc for svc in self.services if svc.step == step), None) if isinstance(step, Service) else None
 
     @property
     def state_path(self) -> str:
@@ -639,7 +734,7 @@ def parse(text: str, file: str = "<config>") -> Config:
     huge = _beyond_64_bits(doc)
     if huge is not None:
         raise ConfigError(file, huge, "integer out of TOML's 64-bit range")
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "notify", "guard"}
+    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "notify", "guard", "service"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
@@ -664,8 +759,9 @@ def parse(text: str, file: str = "<config>") -> Config:
                                                 frozenset({"address"}))) if "peer" in doc else None
     notify = _check_notify(file, doc.get("notify", []))
     guard = GuardConfig(**_section(file, "guard", doc.get("guard", {}), _GUARD_KEYS, GuardConfig))
+    services = _check_services(file, doc.get("service", []), monitor, nfs)
     return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs,
-                  track=track, peer=peer, notify=notify, guard=guard)
+                  track=track, peer=peer, notify=notify, guard=guard, services=services)
 
 
 def _beyond_64_bits(doc: dict[str, Any]) -> str | None:
@@ -717,12 +813,30 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     if old.notify != new.notify:
         out.append(f"notify: [{', '.join(h.describe() for h in old.notify)}] -> "
                    f"[{', '.join(h.describe() for h in new.notify)}]")
+    return out + _service_changes(old, new, every=True)
+
+
+def _service_changes(old: Config, new: Config, every: bool) -> list[str]:
+    """`[[service]]` entries added, removed, reordered or changed (`every`: timeouts too, which apply live)."""
+    before, after = {s.name: s for s in old.services}, {s.name: s for s in new.services}
+    out = []
+    for name in dict.fromkeys([*before, *after]):
+        a, b = before.get(name), after.get(name)
+        if a is None or b is None:
+            out.append(f"[[service]] {name} {'added' if a is None else 'removed'}")
+            continue
+        out += [f"service.{name}.{f.name}: {_show(getattr(a, f.name))} -> {_show(getattr(b, f.name))}"
+                for f in fields(a) if getattr(a, f.name) != getattr(b, f.name) and (every or f.name != "timeout")]
+    common = [n for n in before if n in after]
+    if common != [n for n in after if n in before]:
+        out.append(f"[[service]] order: {', '.join(common)} -> {', '.join(n for n in after if n in before)}")
     return out
 
 
 #: keys whose change needs an ordered leave (release, then the new instance): what the VRRP
-#: instance is, and what a running NFS server, mount or DRBD resource was started with; every
-#: other key applies live on the master without releasing anything
+#: instance is, and what a running NFS server, mount or DRBD resource was started with (and
+#: every [[service]] key but timeout, see identity_changes); every other key applies live on
+#: the master without releasing anything
 IDENTITY_KEYS: dict[str, tuple[str, ...]] = {
     "vrrp": ("interface", "vrid", "version", "unicast_peers"),
     "drbd": ("resource",),
@@ -741,7 +855,9 @@ def identity_changes(old: Config, new: Config) -> list[str]:
             out.append(f"[{section}] {'added' if a is None else 'removed'}")
         elif a is not None:
             out += [f"{section}.{k}" for k in keys if getattr(a, k) != getattr(b, k)]
-    return out
+    # a service is a step of the chain: adding, removing or reordering one (or changing what runs it)
+    # changes the chain itself, which only a new instance takes; its timeout applies live
+    return out + [line.split(":")[0] for line in _service_changes(old, new, every=False)]
 
 
 def _show(v: Any) -> str:

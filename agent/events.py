@@ -15,7 +15,7 @@ from ipaddress import IPv4Interface
 from typing import Any
 
 from agent.config import Config
-from agent.machine import Op, Step
+from agent.machine import ChainStep, Op
 from drbd.status import Status
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 class Start:
     """The adapters are up and have looked at the system: what an earlier run left held."""
 
-    found: tuple[Step, ...] = ()
+    found: tuple[ChainStep, ...] = ()
     link_up: bool = True
     maintenance: bool = False  # the admin's maintenance mode, kept across restarts (state file)
     # seconds since the previous run's last advert, when it stopped for a restart and left its
@@ -72,7 +72,7 @@ class VipDeleted:
 class StepDone:
     """Answer to `RunStep`; `ms` is how long the adapter took."""
 
-    step: Step
+    step: ChainStep
     op: Op
     ok: bool
     detail: str

@@ -1,7 +1,7 @@
 """The failover state machine between VRRP and the storage steps, sans I/O.
 
 VRRP mastership is a claim, not a right: when VRRP says MASTER the machine acquires the
-steps in order (DRBD Primary, mount, NFS state dir, NFS, VIP), one at a time, and serves
+steps in order (DRBD Primary, mount, NFS state dir, NFS, the admin's services, VIP), one at a time, and serves
 only when all succeeded; whatever stops it (VRRP leaving MASTER, a failed step, a monitor
 failure past its restarts) releases exactly what was acquired, in reverse. A failed
 acquire rolls back first and only then tells VRRP to step aside (priority 0, silence for a
@@ -18,8 +18,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ORDER", "Action", "Machine", "Op", "Phase", "PhaseChange", "RunStep", "Settings", "Step", "VrrpFault",
-           "VrrpRecover"]
+__all__ = ["ORDER", "Action", "ChainStep", "Machine", "Op", "Phase", "PhaseChange", "RunStep", "Service", "Settings",
+           "Step", "VrrpFault", "VrrpRecover", "in_chain_order"]
 
 
 class Step(enum.StrEnum):
@@ -33,6 +33,48 @@ class Step(enum.StrEnum):
 
 
 ORDER = tuple(Step)
+
+
+class Service(str):
+    """An admin's `[[service]]` step (agent.config.ServiceConfig): "service:NAME".
+
+    The built-in steps are a fixed enum; services are as many as the config lists, so they are a
+    value of their own, a string like the enum's members, so status, journal and durations name
+    every step the same way. They sit between the NFS server and the VIP, in the order of the
+    file: what they serve lives on the filesystem, and clients reach them only once the VIP is up.
+    """
+
+    __slots__ = ()
+    PREFIX = "service:"
+
+    def __new__(cls, name: str) -> Service:
+        return super().__new__(cls, cls.PREFIX + name)
+
+    def __getnewargs__(self) -> tuple[str]:  # copy and pickle build it from its name again
+        return (self.name,)
+
+    @property
+    def name(self) -> str:
+        return self[len(self.PREFIX):]
+
+    @property
+    def value(self) -> str:
+        """The step's name in status and journal, as `Step.value` is."""
+        return str(self)
+
+
+ChainStep = Step | Service
+
+
+def _rank(step: ChainStep) -> float:
+    """Where a step sits in the chain; every service ranks just before the VIP."""
+    return ORDER.index(Step.VIP) - 0.5 if isinstance(step, Service) else ORDER.index(step)
+
+
+def in_chain_order(steps: Sequence[ChainStep]) -> bool:
+    """Built-in steps in ORDER, services together between NFS and the VIP (in any order among themselves)."""
+    return all(isinstance(s, Service) or s in ORDER for s in steps) and \
+        list(steps) == sorted(steps, key=_rank) and len(set(steps)) == len(steps)
 
 
 class Phase(enum.StrEnum):
@@ -51,7 +93,7 @@ class Op(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RunStep:
-    step: Step
+    step: ChainStep
     op: Op
     timeout: float
 
@@ -80,8 +122,8 @@ Action = RunStep | VrrpFault | VrrpRecover | PhaseChange
 
 @dataclass(frozen=True)
 class Settings:
-    steps: tuple[Step, ...] = (Step.VIP,)
-    timeouts: Mapping[Step, float] = field(default_factory=dict)
+    steps: tuple[ChainStep, ...] = (Step.VIP,)
+    timeouts: Mapping[ChainStep, float] = field(default_factory=dict)
     monitor_interval: float = 2.0
     max_restarts: int = 2
     hold_down: float = 5.0
@@ -89,31 +131,30 @@ class Settings:
     release_retry: float = 1.0
     # steps whose loss the kernel reports as an event (VIPs: RTM_DELADDR), so polling them
     # would only cost wakeups; they are checked through `lost`
-    event_watched: frozenset[Step] = frozenset()
+    event_watched: frozenset[ChainStep] = frozenset()
 
-    def timeout(self, step: Step) -> float:
+    def timeout(self, step: ChainStep) -> float:
         return self.timeouts.get(step, 30.0)
 
 
 class Machine:
     def __init__(self, settings: Settings) -> None:
-        unknown = [s for s in settings.steps if s not in ORDER]
-        if unknown or list(settings.steps) != sorted(settings.steps, key=ORDER.index):
-            raise ValueError(f"steps must be a subsequence of {ORDER}, got {settings.steps}")
+        if not in_chain_order(settings.steps):
+            raise ValueError(f"steps must be a subsequence of {ORDER} (services before the VIP), got {settings.steps}")
         self.s = settings
         self.phase = Phase.IDLE
-        self.held: list[Step] = []  # acquired steps, in acquire order
+        self.held: list[ChainStep] = []  # acquired steps, in acquire order
         self.running: RunStep | None = None
         self.want = False  # VRRP says MASTER
         self.failures = 0  # consecutive failed takeovers, for the hold-down backoff
-        self.restarts: dict[Step, int] = {}
+        self.restarts: dict[ChainStep, int] = {}
         self.fault_reason = ""
         self.hold_until: float | None = None
         self.check_at: float | None = None
         self.retry_at: float | None = None
         self._after_release: str | None = None  # fault reason once the rollback is done
-        self._checking: list[Step] = []
-        self._restart_from: Step | None = None
+        self._checking: list[ChainStep] = []
+        self._restart_from: ChainStep | None = None
 
     # -- inputs --------------------------------------------------------------------------
     def vrrp_master(self, now: float, reason: str) -> list[Action]:
@@ -124,7 +165,7 @@ class Machine:
         self.want = False
         return self._advance(now, f"VRRP no longer MASTER: {reason}")
 
-    def step_done(self, step: Step, op: Op, ok: bool, detail: str, now: float) -> list[Action]:
+    def step_done(self, step: ChainStep, op: Op, ok: bool, detail: str, now: float) -> list[Action]:
         run = self.running
         if run is None or run.step != step or run.op != op:
             return []  # a late answer for something we no longer wait for
@@ -162,7 +203,7 @@ class Machine:
             actions += self._advance(now, "monitor")
         return actions
 
-    def abandon(self, step: Step, now: float) -> list[Action]:
+    def abandon(self, step: ChainStep, now: float) -> list[Action]:
         """The running acquire of `step` was held back and never carried out, and VRRP no longer
         wants it: nothing to roll back for it and no failure; the release goes on from there."""
         run = self.running
@@ -180,23 +221,23 @@ class Machine:
         self.hold_until = now
         return self.tick(now)
 
-    def lost(self, step: Step, detail: str, now: float) -> list[Action]:
+    def lost(self, step: ChainStep, detail: str, now: float) -> list[Action]:
         """An event says a held step is gone (e.g. a VIP deleted by hand): like a failed check."""
         if self.phase != Phase.SERVING or step not in self.held or self.running is not None:
             return []
         return self._monitor_failed(step, detail, now)
 
-    def _polled(self) -> list[Step]:
+    def _polled(self) -> list[ChainStep]:
         return [s for s in self.held if s not in self.s.event_watched]
 
-    def reconcile(self, found: Sequence[Step], now: float) -> list[Action]:
+    def reconcile(self, found: Sequence[ChainStep], now: float) -> list[Action]:
         """At startup: whatever a crashed agent left held is released before we take part."""
         self.held = [s for s in self.s.steps if s in found]
         if not self.held:
             return []
         return self._advance(now, f"startup found {', '.join(self.held)} still held")
 
-    def adopt(self, steps: Sequence[Step], now: float, reason: str) -> list[Action]:
+    def adopt(self, steps: Sequence[ChainStep], now: float, reason: str) -> list[Action]:
         """At startup: the whole chain an earlier run of this node served was found held and verified.
 
         Serve it as it is instead of releasing and acquiring it again (an upgrade's restart must not
@@ -264,7 +305,7 @@ class Machine:
             self.check_at = now + self.s.monitor_interval
         return actions
 
-    def _monitor_failed(self, step: Step, detail: str, now: float) -> list[Action]:
+    def _monitor_failed(self, step: ChainStep, detail: str, now: float) -> list[Action]:
         self._checking = []
         count = self.restarts.get(step, 0) + 1
         self.restarts[step] = count
@@ -287,7 +328,7 @@ class Machine:
         self.restarts.clear()
         return [self._go(Phase.FAULT, f"{reason}; rolled back, silent for {hold:g} s"), VrrpFault(reason)]
 
-    def _run(self, step: Step, op: Op) -> RunStep:
+    def _run(self, step: ChainStep, op: Op) -> RunStep:
         self.running = RunStep(step, op, self.s.timeout(step))
         return self.running
 

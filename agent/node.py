@@ -82,7 +82,19 @@ from agent.events import (
 from agent.guard import PeerView, isolation_bound, may_promote, takeover_wait, witness_wait
 from agent.journal import Event as Kind
 from agent.machine import Action as MachineAction
-from agent.machine import Machine, Op, Phase, PhaseChange, RunStep, Settings, Step, VrrpFault, VrrpRecover
+from agent.machine import (
+    ChainStep,
+    Machine,
+    Op,
+    Phase,
+    PhaseChange,
+    RunStep,
+    Service,
+    Settings,
+    Step,
+    VrrpFault,
+    VrrpRecover,
+)
 from agent.track import Tracker
 from drbd.status import Status
 from vrrp.packet import Drop, Validator
@@ -131,7 +143,7 @@ def router_params(cfg: Config, address: IPv4Address) -> Params:
 
 def machine_settings(cfg: Config) -> Settings:
     m = cfg.monitor
-    return Settings(steps=cfg.steps, timeouts=dict.fromkeys(cfg.steps, m.step_timeout), monitor_interval=m.interval,
+    return Settings(steps=cfg.steps, timeouts={s: cfg.timeout(s) for s in cfg.steps}, monitor_interval=m.interval,
                     max_restarts=m.max_restarts, hold_down=m.hold_down, event_watched=frozenset({Step.VIP}))
 
 
@@ -235,12 +247,12 @@ class _Adopt:
     another router, queued or heard while listening. The first thing that does not hold is `why_not`.
     """
 
-    found: tuple[Step, ...]
+    found: tuple[ChainStep, ...]
     t0: float
     listen_until: float
     give_up: float
     evidence: list[str]
-    checks: list[Step]
+    checks: list[ChainStep]
     drbd: bool = False  # a ReadDrbd is awaited
     ask: int | None = None  # the AskPeer awaited
     why_not: str = ""
@@ -450,7 +462,7 @@ class Node:
         else:
             self._start_until = now
 
-    def _release_found(self, found: Sequence[Step], now: float, why: str) -> None:
+    def _release_found(self, found: Sequence[ChainStep], now: float, why: str) -> None:
         """Startup reconciliation: whatever an earlier run left held is released before we take part."""
         vips = addrs(self.cfg.vrrp.vips)
         if Step.VIP in found:
@@ -467,7 +479,7 @@ class Node:
         self._machine(self.machine.reconcile(found, now), now)
 
     # -- adopting the chain a restarted agent's predecessor left held ------------------------
-    def _begin_adopt(self, found: tuple[Step, ...], handoff_age: float | None, now: float) -> None:
+    def _begin_adopt(self, found: tuple[ChainStep, ...], handoff_age: float | None, now: float) -> None:
         """Verify before adopting; meanwhile nothing is released and nothing is advertised."""
         interval = self.cfg.vrrp.advert_interval
         if handoff_age is not None and handoff_age <= ADOPT_FRESH * interval:
@@ -587,8 +599,8 @@ class Node:
         else:
             self._vrrp(self.router.start(now), now)
 
-    def _release_budget(self, held: Sequence[Step]) -> float:
-        return 0.8 if list(held) in ([Step.VIP], []) else len(held) * self.cfg.monitor.step_timeout + 1
+    def _release_budget(self, held: Sequence[ChainStep]) -> float:
+        return 0.8 if list(held) in ([Step.VIP], []) else sum(self.machine.s.timeout(s) for s in held) + 1
 
     def _settle(self, now: float) -> None:
         """After every event: what waited for the node to be released, and the doorbell."""
@@ -801,7 +813,7 @@ class Node:
             elif isinstance(action, PhaseChange):
                 self._phase(action, now)
 
-    def _step_done(self, step: Step, op: Op, ok: bool, detail: str, ms: float, now: float) -> None:
+    def _step_done(self, step: ChainStep, op: Op, ok: bool, detail: str, ms: float, now: float) -> None:
         if op != Op.CHECK or not ok:
             self.durations[f"{step}_{op}"] = round(ms, 3)
             self._emit(Kind.STEP, f"{step} {op} {'done' if ok else 'FAILED'} in {ms:.1f} ms: {detail}",
@@ -1253,19 +1265,20 @@ class Node:
             return "no witness answers and the peer is silent on every path"
         return ""
 
-    def _serving_parts(self) -> list[Step]:
+    def _serving_parts(self) -> list[ChainStep]:
         """What must be released by the deadline: what lets clients write, and a shared disk's mount.
 
         With DRBD the unmount and demote may come later while the replication link is up (DRBD
         keeps the peer from promoting beside us); once DRBD shows it disconnected (fencing
         resource-and-stonith has frozen our I/O), the peer may promote as soon as its bound has
-        passed, so the Primary role must be gone by the deadline too, or the node fences itself.
+        passed, so the Primary role must be gone by the deadline too, or the node fences itself. The
+        admin's services serve clients (and may write to the data) like NFS does: they go too.
         """
-        parts = [Step.VIP, Step.NFS, Step.NFS_STATE]
+        parts: list[ChainStep] = [Step.VIP, Step.NFS, Step.NFS_STATE]
         st = self._drbd_now
         if self.cfg.drbd is None or (st is not None and st.primary and not st.connected):
             parts += [Step.MOUNT, Step.DRBD]
-        return [s for s in self.machine.held if s in parts]
+        return [s for s in self.machine.held if s in parts or isinstance(s, Service)]
 
     def _watch_release(self, now: float) -> None:
         if (self.cfg.drbd is None and self.cfg.filesystem is None) or self._self_fenced:

@@ -55,7 +55,7 @@ from agent import actions as act
 from agent import events as ev
 from agent.config import Config, parse
 from agent.journal import Event as Kind
-from agent.machine import Op, Phase, Step
+from agent.machine import ChainStep, Op, Phase, Step
 from agent.node import Node, fence_exit_code
 from drbd.drbdadm import GAVE_UP
 from drbd.status import Status
@@ -437,7 +437,7 @@ class Sim:
         self.service = [True, True]
         self.switch_split = False
         self.node_up = [True, True]
-        self.held: list[set[Step]] = [set(), set()]
+        self.held: list[set[ChainStep]] = [set(), set()]
         self.drbd = Drbd(self)
         self.agents: list[Agent | None] = [None, None]
         self._heap: list[tuple[float, int, Callable[[], None]]] = []

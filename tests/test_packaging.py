@@ -35,6 +35,8 @@ def pyproject() -> dict[str, Any]:
     ("vip-only.toml", ("vip",), None),
     ("drbd-kernel-nfs.toml", ("drbd", "mount", "nfs_state", "nfs", "vip"), "kernel"),
     ("drbd-ganesha.toml", ("drbd", "mount", "nfs_state", "nfs", "vip"), "ganesha"),
+    ("drbd-mariadb.toml", ("drbd", "mount", "service:mariadb", "vip"), None),
+    ("vip-dns.toml", ("service:dns", "vip"), None),
 ])  # fmt: skip
 def test_examples_parse(name: str, steps: tuple[str, ...], backend: str | None) -> None:
     cfg = config.load(EXAMPLES / name)

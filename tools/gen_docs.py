@@ -38,6 +38,8 @@ SECTIONS: dict[str, tuple[Mapping[str, Callable[[Any], Any]], type[Any], str]] =
     "track": (config._TRACK_KEYS, config.TrackConfig, "Reachability tracking."),
     "track.check": (config._CHECK_KEYS, config.CheckConfig, "[[track.check]]: any number of check programs."),
     "monitor": (config._MONITOR_KEYS, config.MonitorConfig, "Checks of the held steps while serving."),
+    "service": (config._SERVICE_KEYS, config.ServiceConfig, "[[service]]: the admin's services, started after "
+                "the filesystem and NFS and before the VIP, stopped in reverse."),
 }
 
 KEY_DOCS: dict[str, str] = {
@@ -108,6 +110,12 @@ KEY_DOCS: dict[str, str] = {
     "monitor.max_restarts": "restarts of a failed step before failing over",
     "monitor.hold_down": "after a failed takeover: silent this long (doubling per failure, at most 60 s)",
     "monitor.step_timeout": "seconds per step",
+    "service.name": "letters, digits, '-', '.' and '_'; the step is service:NAME in status and journal",
+    "service.unit": "a systemd unit: systemctl start / stop, up while systemctl is-active says active",
+    "service.start": "instead of unit: argument list, no shell; must exit 0, then check must pass",
+    "service.stop": "argument list; then check must fail (the service is verified down)",
+    "service.check": "argument list; exit 0 = running (acquire, release, the monitor and startup use it)",
+    "service.timeout": "seconds for each start, stop or check with its verification (default monitor.step_timeout)",
 }
 
 
