@@ -1389,8 +1389,8 @@ class Node:
             self._keep_for_restart(req)
         elif req.command in (Admin.STOP, Admin.RESTART) and self._stop is None:
             if req.command == Admin.RESTART:
-                self._emit(None, "stopping for a restart while %s/%s: an ordered leave, nothing kept", INFO,
-                           args=(self.router.state, self.machine.phase))
+                self._emit(None, f"stopping for a restart while {self.router.state}/{self.machine.phase}: "
+                           "an ordered leave, nothing kept", INFO)
             self._stop = _Waiter(req.id, req.command, now + budget, budget)
             self._vrrp(self.router.shutdown(now), now, why=req.reason)
 
@@ -1409,8 +1409,8 @@ class Node:
         if peer is not None and peer.heartbeat:  # or the peer counts us gone after heartbeat x dead_after
             self._out.append(SendHeartbeat(str(self.router.state), True, not self._peer_gone,
                                            round(self.own_bound(), 3), 3 * self.cfg.vrrp.advert_interval))
-        self._emit(None, "stopping for a restart (%s): keeping %s held for the next agent, no priority-0 advert",
-                   WARNING, args=(req.reason, ", ".join(held)))
+        self._emit(None, f"stopping for a restart ({req.reason}): keeping {', '.join(held)} held for the next "
+                   "agent, no priority-0 advert", WARNING)
         self._out.append(Stopped(held, kept=True))
         self.stopped, self.kept = True, held
 
