@@ -62,7 +62,7 @@ import pytest
 from agent.heal import Gi
 from tests.lab.agent import TRANSITION
 from tests.lab.netns import LabError, wait_until
-from tests.lab.uml import REPLICATION, SERVICE, UmlNode, connected_uptodate, drbd_state, wait_drbd
+from tests.lab.uml import REPLICATION, SERVICE, DrbdResource, UmlNode, connected_uptodate, drbd_state, wait_drbd
 from tests.lab.uml_agents import (
     FENCE_PEER_LOG,
     PRIORITIES,
@@ -94,6 +94,11 @@ AGENT_RESTART_AFTER = 10.0
 # the isolated master's bounded release (agent.node): VIP, NFS and state folder within this, or it
 # reboots; kernel nfsd's stop under a loaded UML guest can take longer than the 1 s default
 GUARD = {"release_deadline": 1.0 if FAST else 3.0}
+# DRBD's ping-timeout (tenths): a guest stalled ~0.5 s by a resync made DRBD drop a live link
+# (PingAck did not arrive in time) and, during a service cut, the master fence itself. With CI
+# timings the survivor waits its 6.7 s bound anyway, so 1 s costs nothing; the fast defaults keep
+# the README's 0.5 s (DRBD must notice a dead peer within their 1.8 s bound).
+DRBD_NET = tuple((k, "10" if k == "ping-timeout" and not FAST else v) for k, v in DrbdResource().net)
 CUT_SECONDS = 20.0  # scenario 3: how long both links of the master stay cut
 EVIDENCE = "/var/lib/failover-agent/heal-r0.json"  # agent.healer.evidence_path for the lab's config
 RELEASE = ["vip", "nfs", "nfs_state", "mount", "drbd"]
@@ -199,7 +204,7 @@ def part() -> Iterator[Partition]:
     t0 = time.monotonic()
     # demote_escalation ends in reboot: a frozen Primary leaves through it (agent.heal); the lab
     # completes UML's sysrq reboot as a power cycle (see fenced)
-    with StorageLab(PREFIX, resource=fencing_resource(), track=TRACK, peer=True,
+    with StorageLab(PREFIX, resource=fencing_resource(net=DRBD_NET), track=TRACK, peer=True,
                     drbd={"demote_escalation": ["retry", "force", "reboot"]}, guard=GUARD) as lab:
         _ = lab.lab.image  # a first run builds the image here (minutes); not part of the timings
         t1 = time.monotonic()
