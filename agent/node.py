@@ -338,6 +338,7 @@ class Node:
         self._release_by: float | None = None
         self._isolated_at: float | None = None  # when this node noticed it is isolated (release_deadline counts)
         self._drbd_now: Status | None = None  # DRBD as drbd.follower last told (None: not known or not up)
+        self._drbd_linked = False  # this run has seen DRBD connected to the peer
         # the last time too few witnesses answered us: we may have been cut off ourselves then,
         # and a peer silent to us may have gone on serving (and been isolated only later)
         self._pings: dict[str, bool] = {}
@@ -855,6 +856,8 @@ class Node:
         once, like a failed check; a peer that demoted (or a lost link) ends the acquire's peer-wait."""
         st, resource = event.status, self.cfg.drbd.resource if self.cfg.drbd else "?"
         self._drbd_now = st
+        self._drbd_linked = self._drbd_linked or (st is not None and st.connected)
+        self._frozen_before_us(st)
         words = st.summary() if st is not None else f"{resource}: not up"
         if words != self._drbd_seen:
             self._drbd_seen = words
@@ -1264,6 +1267,27 @@ class Node:
         if self.tracker is not None and self.tracker.isolated and (not self._beats() or silent):
             return "no witness answers and the peer is silent on every path"
         return ""
+
+    def _frozen_before_us(self, st: Status | None) -> None:
+        """A Primary whose I/O DRBD froze before this run saw it connected: the fence-peer handler
+        asked an agent that is gone (killed, or restarting) and got no verdict, so nothing tells
+        when the isolation began: with unknown_peer = witness the peer may have promoted already.
+        A frozen Primary can neither unmount nor demote, and if the link came back DRBD would
+        resume it beside that new Primary: the demote escalation's last stage, now."""
+        drbd = self.cfg.drbd
+        if (st is None or not st.primary or not st.suspended or st.connected or self._drbd_linked
+                or self._self_fenced or drbd is None or drbd.unknown_peer != "witness"):
+            return
+        action = drbd.demote_escalation[-1]
+        reason = (f"found {st.summary()} with its I/O frozen before this agent saw it connected: the fence-peer "
+                  "verdict of an earlier run never came, and the peer may have promoted since")
+        if action == "none":
+            self._emit(Kind.FAULT, f"{reason}; NO self-fence configured (drbd.demote_escalation ends with 'none')",
+                       CRITICAL, REASON=reason, FENCE="none")
+            return
+        self._self_fenced = True
+        self._emit(Kind.FAULT, f"self-fence ({action}): {reason}", CRITICAL, REASON=reason, FENCE=action)
+        self._out.append(SelfFence(action, reason))
 
     def _serving_parts(self) -> list[ChainStep]:
         """What must be released by the deadline: what lets clients write, and a shared disk's mount.

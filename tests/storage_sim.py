@@ -151,7 +151,7 @@ class Drbd:
         if self.connected():
             return Status("r0", me.role, me.disk, "Connected", peer.role, peer.disk)
         return Status("r0", me.role, me.disk, "StandAlone" if me.standalone else "WFConnection", "Unknown",
-                      "Outdated" if me.peer_outdated else "DUnknown")
+                      "Outdated" if me.peer_outdated else "DUnknown", suspended=me.frozen)
 
     def promote(self, i: int) -> str:
         me, peer = self.sides[i], self.sides[1 - i]
@@ -298,6 +298,7 @@ class Agent:
         if Step.DRBD not in found and self.sim.drbd.sides[self.i].role == "Primary":
             found.insert(0, Step.DRBD)
         self.feed(ev.Start(tuple(found), True))
+        self.feed(ev.DrbdChanged(self.sim.drbd.status(self.i)))  # drbd.follower's first report
 
     # -- the adapter: one event at a time, then one timer ----------------------------------------
     def feed(self, event: ev.Event) -> None:

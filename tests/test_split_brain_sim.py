@@ -154,6 +154,26 @@ def test_a_frozen_primary_fences_before_the_survivor_promotes_so_a_reconnect_res
     assert sim.primaries() == [1], sim.events[-30:]
 
 
+def test_an_agent_killed_as_its_node_is_cut_off_finds_the_frozen_primary_and_fences_at_start() -> None:
+    """Found by the long run (witness policy, seed 1207): both links of the master cut and its
+    agent killed at that moment. DRBD froze the Primary and ran its handler against the dead
+    agent (no verdict); the survivor promoted after its bound; the restarted agent began an
+    ordinary release (which a frozen mount never finishes) and the link's return resumed the
+    frozen Primary beside the new one. A frozen Primary found before this run saw DRBD connected
+    has no known isolation start: it fences at once."""
+    sim = Sim("witness", 0, False)
+    sim.run_for(12)
+    sim.set_service(0, False)
+    sim.set_replication(False)
+    sim.kill_agent(0, restart_after=1.0)
+    sim.run_for(2.0)
+    sim.set_replication(True)
+    sim.run_for(5.0)
+    assert not [v for v in sim.violations if "is Primary" in v], (sim.violations, sim.events[-30:])
+    assert any("self-fence" in e and "frozen before this agent" in e for e in sim.events), sim.events[-30:]
+    assert sim.primaries() == [1], sim.events[-30:]
+
+
 def test_a_killed_agent_restarted_by_systemd_releases_before_the_peer_promotes() -> None:
     sim = settled("witness")
     sim.kill_agent(0, restart_after=2.0)

@@ -94,11 +94,16 @@ AGENT_RESTART_AFTER = 10.0
 # the isolated master's bounded release (agent.node): VIP, NFS and state folder within this, or it
 # reboots; kernel nfsd's stop under a loaded UML guest can take longer than the 1 s default
 GUARD = {"release_deadline": 1.0 if FAST else 3.0}
-# DRBD's ping-timeout (tenths): a guest stalled ~0.5 s by a resync made DRBD drop a live link
-# (PingAck did not arrive in time) and, during a service cut, the master fence itself. With CI
-# timings the survivor waits its 6.7 s bound anyway, so 1 s costs nothing; the fast defaults keep
-# the README's 0.5 s (DRBD must notice a dead peer within their 1.8 s bound).
-DRBD_NET = tuple((k, "10" if k == "ping-timeout" and not FAST else v) for k, v in DrbdResource().net)
+# DRBD's keep-alive with CI timings. The README's ping-int 1 / ping-timeout 0.5 s / timeout 0.5 s
+# are too tight for UML guests on a loaded host: a guest stalled ~0.5 s by a resync made DRBD
+# drop a live link ("PingAck did not arrive in time") just before a cut, the master's fence-peer
+# handler got the peer outdated but never heard the answer and fenced itself (both disks
+# Outdated), and reconnects then failed the 0.5 s handshake timeout over and over ("initial
+# packet S crossed"). With CI timings the survivor waits its 6.7 s bound anyway, so DRBD noticing
+# a dead peer within ping-int 2 + ping-timeout 1 s costs nothing; the fast defaults keep the
+# README's values (DRBD must notice a dead peer within their 1.8 s bound).
+SLOW_DRBD = {"ping-int": "2", "ping-timeout": "10", "connect-int": "2", "timeout": "15"}
+DRBD_NET = DrbdResource().net if FAST else tuple((k, SLOW_DRBD.get(k, v)) for k, v in DrbdResource().net)
 CUT_SECONDS = 20.0  # scenario 3: how long both links of the master stay cut
 EVIDENCE = "/var/lib/failover-agent/heal-r0.json"  # agent.healer.evidence_path for the lab's config
 RELEASE = ["vip", "nfs", "nfs_state", "mount", "drbd"]

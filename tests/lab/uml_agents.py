@@ -44,6 +44,7 @@ from tests.lab.uml import (
     CLIENT,
     GUEST_PYTHON,
     GUEST_SRC,
+    REPLICATION,
     SERVICE,
     DrbdResource,
     DrbdTimings,
@@ -79,12 +80,6 @@ SERVING_LOG = re.compile(r"became MASTER: .*\(([\d.]+) ms after the transition\)
 # pings and heartbeats arrive that late), so the peer counts as gone only after 1 s of silence on
 # every path, not the default 0.3 s, which would make a loaded backup take over from a live master.
 UML_HEARTBEAT: dict[str, Any] = {"heartbeat": 0.1, "dead_after": 10}
-# The peer channel's paths in the lab. With both networks (2026-12-07) scenario 3 of
-# tests/test_uml_partition.py once ended with both disks Outdated: a spontaneous DRBD ping
-# timeout (a guest stalled by a resync) just before the cut made the master's fence-peer handler
-# ask the peer to outdate; the request got through, its answer did not, and the master fenced
-# itself as isolated. Open work: an outdate the asker never saw answered must not stand alone.
-PEER_PATHS = (SERVICE,)
 # VRRPv2 with 1 s adverts: Master_Down_Interval 3.41 s (a) / 3.61 s (b).  preempt off: a node
 # that comes back stays BACKUP instead of taking the data back (a second outage for nothing).
 VRRP: dict[str, Any] = {"version": 2, "advert_interval": 1, "preempt": False}
@@ -677,9 +672,8 @@ class StorageLab:
         for name, prio in PRIORITIES.items():
             other = next(n for n in PRIORITIES if n != name)
             beats = {**UML_HEARTBEAT, **(peer if isinstance(peer, dict) else {})}
-            # the service network only: with the replication path too (as the README recommends), the
-            # partition scenarios met a double fault this lab cannot yet pass (see PEER_PATHS)
-            paths = [self.lab[other].ip(net) for net in PEER_PATHS]
+            # both networks, as the README recommends: a cut of one is a link cut, not a dead peer
+            paths = [self.lab[other].ip(net) for net in (SERVICE, REPLICATION)]
             peer_section: dict[str, Any] | None = None
             if peer:
                 peer_section = {"address": paths[0], "addresses": paths, "secret_file": PEER_SECRET, **beats}
