@@ -55,7 +55,8 @@ def _storage_lines(s: dict[str, Any]) -> list[str]:
         return ["storage   none configured (VIP-only mode)"]
     lines = [f"storage   phase {st['phase']}; chain {' -> '.join(st['chain'])}"]
     steps = s.get("steps", {})
-    width = max([10, *(len(step) + 2 for step in st["chain"])])  # service:NAME steps are longer
+    longest = max(map(len, st["chain"]), default=0)
+    width = 10 if longest < 10 else longest + 2  # the built-in steps' column; service:NAME steps are longer
     for step in st["chain"]:
         took = "; ".join(f"{op} {_ms(steps[f'{step}_{op}'])}" for op in ("acquire", "release")
                          if f"{step}_{op}" in steps)

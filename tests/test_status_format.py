@@ -50,3 +50,12 @@ def test_vip_only_status_says_so() -> None:
     s["instance"]["track"] = s["instance"]["peer"] = None
     text = format_status(s)
     assert "storage   none configured (VIP-only mode)" in text and "\npeer " not in text
+
+
+def test_the_nfs_chain_keeps_the_step_column_scripts_read() -> None:
+    """The built-in steps keep their 10-character column (nfs_state is the longest); only a
+    longer service:NAME widens it."""
+    s = sample()
+    s["storage"]["chain"] = ["drbd", "mount", "nfs_state", "nfs", "vip"]
+    text = format_status(s)
+    assert "  drbd      not held  last acquire 1.52 s" in text and "  nfs_state not held" in text, text
