@@ -334,6 +334,7 @@ class Node:
         self._peer_restart_until = 0.0  # the peer's agent restarts (agent.handoff): not gone before this
         self._peer_holding = True  # its last heartbeat: holds part of the chain (unknown: yes)
         self._peer_vrrp = ""  # its last heartbeat's VRRP state
+        self._left_at = -1.0  # when the master's heartbeat said it left (its adverts queued before are stale)
         self._gate: _Gate | None = None
         self._release_by: float | None = None
         self._isolated_at: float | None = None  # when this node noticed it is isolated (release_deadline counts)
@@ -716,6 +717,8 @@ class Node:
                 self._adopt.why_not = f"{result.src} advertises priority {result.priority}: another master"
             if router.state == State.MASTER and at < self._master_since:
                 continue  # queued before we took over (the peer went silent since): its next advert counts
+            if router.state == State.BACKUP and result.src == router.leaving and at <= self._left_at:
+                continue  # queued before its heartbeat said it left: drained late, it must not undo the leave
             self._vrrp(router.receive(Heard(result.src, result.priority, result.interval), at), at)
         self.counters.drops = dict(self.validator.drops)
         if self.joined:
@@ -1197,6 +1200,7 @@ class Node:
         if self.joined and peer is not None and master is not None and (str(master) in self._heard
                                                                          or master == peer.address):
             how = f"its heartbeat on {event.path} says {event.vrrp}"
+            self._left_at = now
             self._vrrp(self.router.peer_left(master, now, how), now)
 
     def _watch_peer(self, now: float) -> None:

@@ -623,6 +623,25 @@ def test_a_master_whose_heartbeat_says_it_left_is_followed_at_skew_time_like_pri
     assert "heartbeat on 198.51.100.2 says FAULT" in (d.node.last.reason if d.node.last else "")
 
 
+def test_an_advert_queued_before_the_leave_but_drained_after_it_does_not_undo_it() -> None:
+    """Adverts wait in the socket until the doorbell or a timer drains them: the master's last
+    advert before the cut is often read after its heartbeat said FAULT. Seen on the UML lab:
+    the backup then waited Master_Down_Interval from that stale advert."""
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    beating_until(d, 1.0)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    beating_until(d, 1.4, paths=PATHS[1:])
+    queued, left, skew = d.now - 0.05, d.now, d.node.router.skew_time
+    d.feed(ev.PeerHeard(PATHS[1], "FAULT", False, True, 1.836), left)
+    d.feed(ev.AdvertsHeard(((advert(200), queued),)), left + 0.01)
+    while d.now < left + skew - 0.1:
+        d.feed(ev.PeerHeard(PATHS[1], "FAULT", False, True, 1.836), d.now)
+        d.until(d.now + 0.1)
+    d.until(left + skew + 0.01)
+    assert d.node.router.state == State.MASTER, d.node.last
+
+
 def test_a_peer_heartbeat_from_initialize_or_another_router_s_master_is_not_a_leave() -> None:
     """A restarting agent says INITIALIZE before it adopts; a peer that is not the master we
     follow (a third router is) leaves nothing we wait for: RFC timing holds in both."""
