@@ -122,13 +122,10 @@ class Chain:
         return held
 
     # -- DRBD ----------------------------------------------------------------------------
-    async def drbd_status(self, fresh: bool = False) -> Status | None:
-        """DRBD's view of our resource: the follower's while it runs, else one `events2 --now`.
-
-        `fresh`: read once even so, right after our own DRBD command (the follower's events may
-        still be on their way, a few ms behind the kernel)."""
+    async def drbd_status(self) -> Status | None:
+        """DRBD's view of our resource: the follower's while it runs, else one `events2 --now`."""
         assert self.cfg.drbd is not None
-        if self.follower is not None and self.follower.live and not fresh:
+        if self.follower is not None and self.follower.live:
             return self.follower.status
         res = self.cfg.drbd.resource
         code, out, err = await self.runner(["drbdsetup", "events2", "--now", res], 10.0)
