@@ -104,6 +104,8 @@ def _peer_lines(i: dict[str, Any]) -> list[str]:
         lines.append(f"          heartbeats every {p['heartbeat']:g} s: {alive}; last heard per path: {paths}")
     if i.get("release_left") is not None:
         lines.append(f"          ISOLATED: must stop serving within {i['release_left']:g} s or fence itself")
+    if i.get("waiting_for"):
+        lines.append(f"          NOT TAKING OVER: {i['waiting_for']}")
     return lines
 
 
@@ -341,12 +343,24 @@ def cmd_sniff(args: argparse.Namespace) -> int:
     return sniff.main(args)
 
 
+#: systemd's $SERVICE_RESULT for a main process that was killed (SIGKILL, the watchdog, a crash)
+KILLED = ("signal", "core-dump", "watchdog")
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """After the agent died (ExecStopPost=): drop its VIPs so the peer is the only holder.
 
     The VIPs come from the config the agent ran (its snapshot), not from the file as it is now.
     An agent that stopped for a restart (agent.handoff) left them held on purpose for the next
     one: kept after its clean exit; removed (from its record) when the start that followed failed.
+
+    A killed agent whose node serves with DRBD Primary, UpToDate and connected to a Secondary
+    peer leaves the VIPs too: its node still serves the clients (the kernel's nfsd or the
+    agent's NFS server, which KillMode=process leaves running), and the peer cannot promote
+    while it is connected to a Primary; it waits for the agent (agent.node `_vouch`), which
+    systemd restarts and which adopts the chain. Removing the VIPs would only turn the kill into
+    an outage. Without DRBD, or with the connection lost, nothing keeps the peer from taking
+    over: the VIPs go.
     """
     try:
         source = snapshot.for_cleanup(args.config)
@@ -368,6 +382,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             return 0
         except control.ControlError:
             pass
+    if cfg is not None and cfg.drbd is not None and kept is None and os.environ.get("SERVICE_RESULT") in KILLED:
+        serving, drbd_words = asyncio.run(_drbd_serving(cfg.drbd.resource))
+        if serving:
+            print(f"the agent was killed ({os.environ.get('SERVICE_RESULT')}) while DRBD {drbd_words}: the VIPs stay "
+                  "and the node keeps serving; the peer cannot promote while this node is Primary and connected, "
+                  "and waits for the restarted agent to adopt the chain")
+            return 0
+        print(f"the agent was killed; DRBD {drbd_words}: not serving with a connected peer, so the VIPs go")
     interface, vips = (cfg.vrrp.interface, [str(v) for v in cfg.vrrp.vips]) if cfg is not None else \
         (kept.interface, list(kept.vips)) if kept is not None else ("", [])
     if kept is not None:
@@ -378,6 +400,22 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     removed = asyncio.run(_remove_vips(interface, vips))
     print(f"removed {', '.join(removed)}" if removed else "no VIP of ours was present")
     return 0
+
+
+async def _drbd_serving(resource: str) -> tuple[bool, str]:
+    """(is this node Primary, UpToDate and connected to a Secondary peer?, DRBD's state in words)."""
+    from drbd.status import parse_events2
+
+    try:
+        code, out, err = await runner.run(["drbdsetup", "events2", "--now", resource], 10.0)
+    except OSError as e:
+        return False, f"cannot be read: {e}"
+    if code != 0:
+        return False, f"cannot be read (drbdsetup exit {code}: {err.strip() or out.strip()})"
+    st = parse_events2(out).get(resource)
+    if st is None:
+        return False, f"{resource} is not up"
+    return st.primary and st.disk == "UpToDate" and st.connected and not st.peer_primary, st.summary()
 
 
 async def _remove_vips(interface: str, addresses: list[str]) -> list[str]:
@@ -458,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH),
                    help="judge adverts by this config's VRRP settings (if readable)")
     p.set_defaults(func=cmd_sniff, parser=p)
-    p = sub.add_parser("cleanup", help="remove this node's VIPs after the agent died (ExecStopPost)")
+    p = sub.add_parser("cleanup", help="remove this node's VIPs after the agent died (ExecStopPost); "
+                       "kept on a killed DRBD master that serves on")
     p.add_argument("--config", "-c", default=str(configmod.DEFAULT_PATH))
     p.set_defaults(func=cmd_cleanup)
     args = parser.parse_args(argv)

@@ -238,20 +238,23 @@ class Machine:
         return self._advance(now, f"startup found {', '.join(self.held)} still held")
 
     def adopt(self, steps: Sequence[ChainStep], now: float, reason: str) -> list[Action]:
-        """At startup: the whole chain an earlier run of this node served was found held and verified.
+        """At startup: the chain, or its first steps, an earlier run of this node held, found and verified.
 
-        Serve it as it is instead of releasing and acquiring it again (an upgrade's restart must not
-        fail over); the monitor takes over from here, so a step that was not what the checks said
-        is restarted like any failed check.
+        Serve it as it is instead of releasing and acquiring it again (an upgrade's restart, or an
+        agent killed and restarted, must not fail over); a chain held only up to some step (after
+        a kill, ExecStopPost removed the VIPs) is acquired on from there. The monitor takes over,
+        so a step that was not what the checks said is restarted like any failed check.
         """
         if self.phase != Phase.IDLE or self.held or self.running is not None:
             raise ValueError(f"adopt() is for a machine that has not started, not one {self.phase}")
-        if list(steps) != list(self.s.steps):
-            raise ValueError(f"adopt() takes the whole chain {self.s.steps}, got {tuple(steps)}")
-        self.held = list(self.s.steps)
+        if not steps or list(steps) != list(self.s.steps[:len(steps)]):
+            raise ValueError(f"adopt() takes the chain {self.s.steps} or its first steps, got {tuple(steps)}")
+        self.held = list(steps)
         self.want = True
         self.failures = 0
         self.restarts.clear()
+        if len(self.held) < len(self.s.steps):
+            return self._advance(now, reason)
         actions: list[Action] = [self._go(Phase.SERVING, reason)]
         if self._polled():
             self.check_at = now + self.s.monitor_interval

@@ -200,6 +200,7 @@ class NodeStatus:
     peer_paths: Mapping[str, float] = field(default_factory=dict)  # path -> the node's clock when last heard
     peer_gone: bool = False  # silent on every path for dead_after heartbeats
     release_by: float | None = None  # isolated: the node's clock by which it must have stopped serving
+    waiting_for: str = ""  # a backup not taking over from a silent master whose node is alive: why
 
 
 @dataclass
@@ -240,9 +241,10 @@ class _Fence:
 
 @dataclass
 class _Adopt:
-    """A starting node found its whole chain held: what must hold before it adopts instead of releasing.
+    """A starting node found its chain held (whole, or up to some step): what must hold before it
+    adopts instead of releasing.
 
-    Each step's own check, DRBD Primary with an UpToDate disk and the peer not Primary, the peer
+    Each step's own check, DRBD Primary with an UpToDate disk, connected to a Secondary peer, the peer
     (asked over the peer channel, if any) neither master nor holding anything, and no advert from
     another router, queued or heard while listening. The first thing that does not hold is `why_not`.
     """
@@ -340,6 +342,8 @@ class Node:
         self._isolated_at: float | None = None  # when this node noticed it is isolated (release_deadline counts)
         self._drbd_now: Status | None = None  # DRBD as drbd.follower last told (None: not known or not up)
         self._drbd_linked = False  # this run has seen DRBD connected to the peer
+        self._waiting_for = ""  # `_vouch`: why this backup waits for a silent master's agent
+        self._drained_at = -1.0  # when the VRRP queue was last read to the end
         # the last time too few witnesses answered us: we may have been cut off ourselves then,
         # and a peer silent to us may have gone on serving (and been isolated only later)
         self._pings: dict[str, bool] = {}
@@ -421,7 +425,10 @@ class Node:
                  self._tickles[0] if self._tickles else None, self._beat_at, self._release_by,
                  self._next_silence(), self._gate.until if self._gate else None]
         if self.joined and not self._draining:
-            times.append(self.router.deadline)
+            down = self.router.deadline
+            if down is not None and self.router.state == State.BACKUP and self.router.held_back:
+                down = max(down, self._next_drain)  # waiting for a silent master's agent: look once a second
+            times.append(down)
         times += self._probe_at.values()
         times += self._check_at.values()
         times += [w.until for w in self._waiters]
@@ -455,12 +462,13 @@ class Node:
             self._poll_at = now
             self._beat_at = now if self.cfg.peer.heartbeat else None
         found = tuple(s for s in self.cfg.steps if s in event.found)
-        if found and found == self.cfg.steps and event.link_up and not event.maintenance:
+        first = found == self.cfg.steps[:len(found)]  # the whole chain, or held up to some step
+        if found and first and event.link_up and not event.maintenance:
             self._begin_adopt(found, event.handoff_age, now)
         elif found:
             why = "maintenance mode is on" if event.maintenance else "the interface is down" \
-                if not event.link_up else "not the whole chain"
-            self._release_found(found, now, why if found == self.cfg.steps else "")
+                if not event.link_up else "not the chain's first steps"
+            self._release_found(found, now, why if first else "")
         else:
             self._start_until = now
 
@@ -498,7 +506,8 @@ class Node:
                                                          else "missing (killed?)") + f": listened {listen:g} s")
         budget = max(self.cfg.monitor.step_timeout, self.cfg.peer.timeout if self.cfg.peer else 0.0)
         a = self._adopt = _Adopt(found, now, now + listen, now + budget, [how], [s for s in found if s != Step.DRBD])
-        self._emit(Kind.CLEANUP, f"startup: the whole chain ({', '.join(found)}) is still held by an earlier run: "
+        what = "the whole chain" if found == self.cfg.steps else "the chain up to " + str(found[-1])
+        self._emit(Kind.CLEANUP, f"startup: {what} ({', '.join(found)}) is still held by an earlier run: "
                    "checking it to adopt it instead of releasing it", HELD=",".join(found))
         if Step.DRBD in found:
             a.drbd = True
@@ -530,8 +539,11 @@ class Node:
         st = event.status
         if event.error or st is None:
             a.why_not = a.why_not or f"DRBD cannot be read: {event.error or 'the resource is down'}"
-        elif not st.primary or st.disk != "UpToDate" or st.peer_primary:
-            a.why_not = a.why_not or f"DRBD is not Primary with an UpToDate disk and a Secondary peer: {st.summary()}"
+        elif not st.primary or st.disk != "UpToDate" or st.peer_primary or not st.connected:
+            # disconnected: the peer may have promoted since (its isolation bound counts from a
+            # moment we cannot know), so only the guard of an ordinary takeover may decide
+            a.why_not = a.why_not or ("DRBD is not Primary with an UpToDate disk, connected to a Secondary peer: "
+                                      + st.summary())
         else:
             a.evidence.append(f"DRBD {st.summary()}")
         return True
@@ -607,6 +619,7 @@ class Node:
     def _settle(self, now: float) -> None:
         """After every event: what waited for the node to be released, and the doorbell."""
         self._adopt_progress(now)
+        self._vouch(now)
         quiet = self.quiet
         if quiet and self._farewell:
             self._farewell = False
@@ -652,7 +665,9 @@ class Node:
     def _timer(self, now: float) -> None:
         deadline = self.router.deadline
         if self.joined and not self._draining and deadline is not None and deadline <= now:
-            if self.router.state == State.MASTER and now < self._next_drain:
+            if self.router.state == State.BACKUP and self.router.held_back and now < self._next_drain:
+                pass  # a held-back takeover looks for the master's adverts once a second (DRAIN_INTERVAL)
+            elif self.router.state == State.MASTER and now < self._next_drain:
                 # a master's own advert timer: whatever could unseat it rings the doorbell, so the
                 # queue (lower-priority adverts, counted only) is drained once a second, not per advert
                 self._vrrp(self.router.tick(now), now)
@@ -703,6 +718,7 @@ class Node:
     def _adverts(self, event: AdvertsHeard, now: float) -> None:
         """Feed the router everything queued, in arrival order, then let its timers run."""
         self._draining = False
+        self._drained_at = now
         router = self.router
         for data, at in event.datagrams:
             deadline = router.deadline
@@ -826,10 +842,13 @@ class Node:
         self._machine(self.machine.step_done(step, op, ok, detail, now), now)
 
     def _phase(self, change: PhaseChange, now: float) -> None:
-        if change.new == Phase.SERVING and self._adopted:
+        if change.new in (Phase.SERVING, Phase.ACQUIRING) and self._adopted:
             held = ",".join(self.machine.held)
-            self._emit(Kind.ADOPTED, f"{self._adopted}; serving on without a failover", VRRP_STATE="MASTER",
-                       HELD=held, EVIDENCE=self._adopted.split(": ", 1)[-1], VIPS=addrs(self.cfg.vrrp.vips))
+            rest = [str(s) for s in self.cfg.steps if s not in self.machine.held]
+            how = f"acquiring {', '.join(rest)} on as master" if rest else "serving on"
+            self._emit(Kind.ADOPTED, f"{self._adopted}; {how} without a failover", VRRP_STATE="MASTER",
+                       HELD=held, EVIDENCE=self._adopted.split(": ", 1)[-1], VIPS=addrs(self.cfg.vrrp.vips),
+                       ACQUIRING=",".join(rest) or None)
         elif change.new == Phase.SERVING:
             total = (now - self._master_since) * 1000
             done = "; ".join(f"{k.rsplit('_', 1)[0]} {v:g} ms" for k, v in self.durations.items()
@@ -875,6 +894,41 @@ class Node:
         plan = self._acquire
         if plan is not None and plan.stage == "peer-wait" and not (st is not None and st.peer_primary and st.connected):
             plan.wait_until = now  # `_due` re-reads at once instead of at the next poll
+
+    def _vouch(self, now: float) -> None:
+        """A peer whose DRBD is Primary and connected to ours is a live node holding the data: if its
+        agent falls silent (killed, hung, restarting) we wait for the agent instead of taking over.
+
+        A takeover could not promote while that node is Primary, and claiming mastership would make
+        its restarting agent hear another master and release a chain it can adopt (agent.handoff).
+        A dead node loses the connection within DRBD's ping timeout, and a peer that demotes ends
+        the wait, both reported by drbd.follower at once; a leave or our preemption is not held
+        back (vrrp.router's `vouch`).
+        """
+        st, drbd = self._drbd_now, self.cfg.drbd
+        alive = ""
+        if drbd is not None and self.joined and st is not None and st.connected and st.peer_primary \
+                and not st.primary:
+            alive = f"DRBD {drbd.resource} shows the peer Primary and connected"
+        if alive != self.router.master_alive:
+            self._vrrp(self.router.vouch(alive, now), now)
+        r = self.router
+        # silent: the queue was read after Master_Down fell due (or `peer_gone` made it due) and held no advert
+        due = r.state == State.BACKUP and r.held_back and r.master_down_at is not None \
+            and self._drained_at >= r.master_down_at
+        waiting = f"the master is silent, but {alive}: waiting for its agent, not taking over" if due else ""
+        if waiting != self._waiting_for:
+            self._waiting_for = waiting
+            if waiting:
+                silent = f" for {now - self._last_heard():.2f} s"
+                self._emit(Kind.FENCE, f"the master's agent is silent{silent}, but {alive}: its node lives and "
+                           "holds the data, so this node waits for its agent instead of taking over (a promote "
+                           "could not succeed while it is Primary)", WARNING, PEER_STATE="agent-silent")
+            else:
+                why = "the master is heard again, or it left" if alive else \
+                    f"DRBD: {st.summary()}" if st is not None else "DRBD is down"
+                self._emit(Kind.FENCE, f"no longer waiting for the master's agent: {why}", PEER_STATE="wait-over")
+            self._out.append(StatusChanged())
 
     # -- the DRBD acquire plan (the split-brain guard's inputs gathered one at a time) ---------
     def _begin_acquire(self, step: RunStep, now: float) -> None:
@@ -1282,16 +1336,20 @@ class Node:
         if (st is None or not st.primary or not st.suspended or st.connected or self._drbd_linked
                 or self._self_fenced or drbd is None or drbd.unknown_peer != "witness"):
             return
-        action = drbd.demote_escalation[-1]
-        reason = (f"found {st.summary()} with its I/O frozen before this agent saw it connected: the fence-peer "
-                  "verdict of an earlier run never came, and the peer may have promoted since")
+        self._fence(f"found {st.summary()} with its I/O frozen before this agent saw it connected: the fence-peer "
+                    "verdict of an earlier run never came, and the peer may have promoted since")
+
+    def _fence(self, reason: str) -> bool:
+        """The demote escalation's last stage, now (False: none is configured, which is said loudly)."""
+        action = self.cfg.drbd.demote_escalation[-1] if self.cfg.drbd is not None else "none"
         if action == "none":
-            self._emit(Kind.FAULT, f"{reason}; NO self-fence configured (drbd.demote_escalation ends with 'none')",
-                       CRITICAL, REASON=reason, FENCE="none")
-            return
+            self._emit(Kind.FAULT, f"{reason}; NO self-fence configured (drbd.demote_escalation ends with 'none', "
+                       "or no [drbd]): two nodes may serve", CRITICAL, REASON=reason, FENCE="none")
+            return False
         self._self_fenced = True
         self._emit(Kind.FAULT, f"self-fence ({action}): {reason}", CRITICAL, REASON=reason, FENCE=action)
         self._out.append(SelfFence(action, reason))
+        return True
 
     def _serving_parts(self) -> list[ChainStep]:
         """What must be released by the deadline: what lets clients write, and a shared disk's mount.
@@ -1330,18 +1388,10 @@ class Node:
                        f"isolation (release_deadline {deadline:g} s)", REASON="released in time")
             self._release_by = None
         elif now >= self._release_by:
-            action = self.cfg.drbd.demote_escalation[-1] if self.cfg.drbd is not None else "none"
-            reason = (f"isolated ({why}) and still holding {', '.join(parts)} {now - self._isolated_at:.2f} s "
-                      f"after noticing: the peer takes over after its bound")
             self._release_by = None
-            if action == "none":
+            if not self._fence(f"isolated ({why}) and still holding {', '.join(parts)} "
+                               f"{now - self._isolated_at:.2f} s after noticing: the peer takes over after its bound"):
                 self._isolated_at = now  # said again a deadline later while it lasts
-                self._emit(Kind.FAULT, f"{reason}; NO self-fence configured (drbd.demote_escalation ends with "
-                           "'none', or no [drbd]): two nodes may serve", CRITICAL, REASON=reason, FENCE="none")
-                return
-            self._self_fenced = True
-            self._emit(Kind.FAULT, f"self-fence ({action}): {reason}", CRITICAL, REASON=reason, FENCE=action)
-            self._out.append(SelfFence(action, reason))
 
     # -- reachability tracking ------------------------------------------------------------------
     def _schedule_tracking(self, now: float) -> None:
@@ -1511,5 +1561,5 @@ class Node:
             fault_reason=self.machine.fault_reason if self.machine.phase == Phase.FAULT else "",
             hold_left=None if self.machine.hold_until is None else max(0.0, self.machine.hold_until - self._now),
             peer_heard_at=self._peer_heard_at, peer_paths=dict(self._heard), peer_gone=self._peer_gone,
-            release_by=self._release_by)
+            release_by=self._release_by, waiting_for=self._waiting_for)
 

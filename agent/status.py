@@ -45,6 +45,7 @@ def as_json(s: NodeStatus, cfg: Config, wire: Wire, clock: float, wall: float) -
             "paths": {str(a): None if str(a) not in s.peer_paths else round(clock - s.peer_paths[str(a)], 2)
                       for a in peer.paths}},
         "release_left": None if s.release_by is None else round(max(0.0, s.release_by - clock), 2),
+        "waiting_for": s.waiting_for or None,
         "track": s.track,
         "monitor": {"interval": m.interval, "max_restarts": m.max_restarts, "hold_down": m.hold_down},
         "last_transition": None if last is None else {

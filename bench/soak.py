@@ -10,9 +10,10 @@ There is no systemd in the netns lab, so ``Supervisor`` does its part from the s
 reads, only from the main PID as NotifyAccess=main), the watchdog (WATCHDOG_USEC given to the
 agent; no WATCHDOG=1 within WatchdogSec after READY=1 or the last ping: WatchdogSignal to the
 main PID), Restart=on-failure after RestartSec, RestartPreventExitStatus, TimeoutStartSec, and
-what happens when the main process died: the rest of its "cgroup" (every other process of the
-node's mount namespace: ganesha) gets SIGKILL (KillMode=mixed), then ExecStopPost
-(``failoverctl cleanup``) runs before the restart.
+what happens when the main process died: with KillMode=process (the unit's) the rest of its
+"cgroup" (every other process of the node's mount namespace: ganesha) lives on, with mixed or
+control-group it gets SIGKILL; then ExecStopPost (``failoverctl cleanup``, with systemd's
+SERVICE_RESULT, EXIT_CODE and EXIT_STATUS) runs before the restart.
 
 Faults, one at a time, each followed by a wait until the pair converged again (one node
 SERVING, the other idle, one VIP holder, one mount, a write acknowledged after the heal), then
@@ -124,6 +125,7 @@ class Unit:
     watchdog_signal: int = signal.SIGABRT
     prevent_exit: frozenset[int] = frozenset()
     start_timeout: float = 90.0
+    kill_mode: str = "control-group"
 
     @classmethod
     def from_file(cls, path: Path) -> Unit:
@@ -140,6 +142,7 @@ class Unit:
             watchdog_signal=int(signal.Signals[kv.get("WatchdogSignal", "SIGABRT")]),
             prevent_exit=frozenset(int(x) for x in kv.get("RestartPreventExitStatus", "").split() if x.isdigit()),
             start_timeout=_seconds(kv.get("TimeoutStartSec", "90")),
+            kill_mode=kv.get("KillMode", "control-group"),
         )
 
 
@@ -172,6 +175,7 @@ class Supervisor:
         self.unexpected: list[str] = []
         self.exits: list[dict[str, Any]] = []
         self.watchdog_kills = 0
+        self._watchdog_seen = 0  # watchdog_kills when the last exit was handled
         self.restarts = 0
         self.foreign_notify = 0
         self.incarnations: list[Incarnation] = []
@@ -248,18 +252,26 @@ class Supervisor:
         if not self.expect_exit:
             tail = "\n".join(self.agent.log().splitlines()[-15:])
             self.unexpected.append(f"{self.node}: agent pid {self.pid} ended ({cause}) without a fault:\n{tail}")
+        watchdog = self.expect_exit and self.watchdog_kills > self._watchdog_seen
+        self._watchdog_seen = self.watchdog_kills
         self.frozen = False
-        # KillMode=mixed: what is left of the unit (ganesha) gets SIGKILL once the main process is gone
-        holder = self.ns.holder_pid if self.ns.running else -1
-        for ref in map(ProcRef.of, self.ns.pids()):
-            if ref is not None and ref.pid != holder:
-                ref.send_signal(signal.SIGKILL)
-        wait_until(lambda: all(p == holder for p in self.ns.pids()), 5, interval=0.01)
+        if self.unit.kill_mode != "process":
+            # mixed / control-group: what is left of the unit (ganesha) gets SIGKILL once the main process is gone
+            holder = self.ns.holder_pid if self.ns.running else -1
+            for ref in map(ProcRef.of, self.ns.pids()):
+                if ref is not None and ref.pid != holder:
+                    ref.send_signal(signal.SIGKILL)
+            wait_until(lambda: all(p == holder for p in self.ns.pids()), 5, interval=0.01)
+        # KillMode=process: ganesha, started by the agent, serves on and the restarted agent finds it
         if code == 0 or -code == signal.SIGTERM or code in self.unit.prevent_exit:
             self.state = "failed"  # Restart=on-failure / RestartPreventExitStatus: no restart
             self.unexpected.append(f"{self.node}: the unit would stay down ({cause})")
             return
-        env = {**os.environ, "RUNTIME_DIRECTORY": str(self.agent.control_socket.parent)}
+        # what systemd tells ExecStopPost= about the main process's end
+        result = "watchdog" if watchdog else "signal" if code < 0 else "exit-code"
+        exit_code = ("dumped" if -code in (signal.SIGABRT, signal.SIGSEGV) else "killed") if code < 0 else "exited"
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(self.agent.control_socket.parent), "SERVICE_RESULT": result,
+               "EXIT_CODE": exit_code, "EXIT_STATUS": signal.Signals(-code).name[3:] if code < 0 else str(code)}
         argv = self.ns.argv([sys.executable, "-m", "agent.cli", "cleanup", "--config", str(self.agent.config_path)],
                             cwd=REPO)
         self._cleanup = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

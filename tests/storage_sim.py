@@ -26,9 +26,10 @@ Data is a list of write numbers per node; a handshake makes the shorter history 
 target, two diverged histories are split brain (StandAlone). The client writes every 0.1 s
 through the node that serves with its service link up; a write is acknowledged once on the
 Primary (and on the peer too while connected). `violations` records every promotion while
-the other node is a Primary that can write (not frozen, its agent serving or acquiring: a
-killed agent's VIP is dropped by the unit's ExecStopPost, and a restarted or isolated agent
-that no longer holds the VIP or NFS must pass the guard again before it serves), every
+the other node is a Primary that can write (not frozen, its agent serving or acquiring, or
+killed with the VIP left in place: the unit's ExecStopPost keeps it only on a Primary connected
+to a Secondary; a restarted agent adopts only a Primary connected to a Secondary, and an
+isolated agent that no longer holds the VIP or NFS must pass the guard again before it serves), every
 moment both nodes serve as writable Primaries, every frozen Primary that resumes while the
 other one is Primary, and every promotion of data that lacks an acknowledged write.
 
@@ -163,6 +164,7 @@ class Drbd:
         m = agent.node.machine if agent is not None and agent.alive else None
         may_serve = m is not None and (m.phase in (Phase.ACQUIRING, Phase.SERVING)
                                        or any(s in m.held for s in (Step.VIP, Step.NFS, Step.NFS_STATE)))
+        may_serve = may_serve or (m is None and Step.VIP in self.sim.held[1 - i])  # a killed agent's VIP kept
         if peer.up and peer.role == "Primary" and not peer.frozen and may_serve:
             self.sim.violations.append(f"{self.sim.now:.2f}: node {i} promoted while node {1 - i} is Primary")
         lost = self.sim.acked - set(me.data)
@@ -170,11 +172,13 @@ class Drbd:
             self.sim.violations.append(f"{self.sim.now:.2f}: node {i} promoted without {len(lost)} acknowledged "
                                        f"write(s), e.g. {sorted(lost)[:3]}")
         me.role = "Primary"
+        self.tell()
         return ""
 
     def demote(self, i: int) -> None:
         self.sides[i].role = "Secondary"
         self.sides[i].frozen = False
+        self.tell()
 
     def resume(self, i: int, why: str) -> None:
         """A frozen Primary writes again: fine unless the other node is Primary meanwhile."""
@@ -185,6 +189,7 @@ class Drbd:
         if me.role == "Primary" and peer.up and peer.role == "Primary":
             self.sim.violations.append(f"{self.sim.now:.2f}: node {i} resumed I/O ({why}) while node {1 - i} "
                                        "is Primary")
+        self.tell()
 
     def crash(self, i: int) -> None:
         s = self.sides[i]
@@ -205,6 +210,7 @@ class Drbd:
             return ""
         if not self.connected():
             s.disk = "Outdated"
+            self.tell()
             return ""
         if not may_disconnect:
             return "still Connected; not disconnecting it again so soon"
@@ -229,11 +235,18 @@ class Drbd:
             if self.connected():
                 for i in (0, 1):
                     self.resume(i, "reconnected")
-        if now != self.was_connected:  # drbd.follower: the connection's change, told unasked
-            for i, agent in enumerate(self.sim.agents):
-                if agent is not None and agent.alive:
-                    agent.later(FOLLOWER_DELAY, ev.DrbdChanged(self.status(i)))
         self.was_connected = now
+        self.tell()
+
+    def tell(self) -> None:
+        """drbd.follower: any change of what `status` shows (roles, disks, connection, I/O frozen)
+        reaches each live agent unasked, FOLLOWER_DELAY later."""
+        for i, agent in enumerate(self.sim.agents):
+            if agent is not None and agent.alive:
+                st = self.status(i)
+                if st != agent.told:
+                    agent.told = st
+                    agent.later(FOLLOWER_DELAY, ev.DrbdChanged(st))
 
     def _handler(self, i: int) -> Callable[[], None]:
         return lambda: self.sim.fence_peer_handler(i)
@@ -270,6 +283,7 @@ class Drbd:
             for s in self.sides:
                 if s.disk == "Inconsistent":
                     s.disk = "UpToDate"
+            self.tell()
 
 
 class Agent:
@@ -284,6 +298,7 @@ class Agent:
         self.alive = True
         self.queue: list[tuple[bytes, float]] = []  # the VRRP socket's receive queue
         self.threshold = 256  # the doorbell's: adverts of this priority or above ring it
+        self.told: Status | None = None  # what drbd.follower last reported
         self.timer_at: float | None = None
         self.asks: dict[int, bool] = {}  # our AskPeer ids still waiting
         self.replies: dict[int, Callable[[act.AnswerPeer], None]] = {}
@@ -293,12 +308,12 @@ class Agent:
 
     def start(self) -> None:
         held = self.sim.held[self.i]
-        held.discard(Step.VIP)  # stale VIPs go first (agent.instance), then the probe (agent.chain)
-        found = [s for s in (Step.DRBD, Step.MOUNT) if s in held]
+        found = [s for s in (Step.DRBD, Step.MOUNT, Step.VIP) if s in held]  # agent.chain's probe
         if Step.DRBD not in found and self.sim.drbd.sides[self.i].role == "Primary":
             found.insert(0, Step.DRBD)
         self.feed(ev.Start(tuple(found), True))
-        self.feed(ev.DrbdChanged(self.sim.drbd.status(self.i)))  # drbd.follower's first report
+        self.told = self.sim.drbd.status(self.i)
+        self.feed(ev.DrbdChanged(self.told))  # drbd.follower's first report
 
     # -- the adapter: one event at a time, then one timer ----------------------------------------
     def feed(self, event: ev.Event) -> None:
@@ -547,20 +562,28 @@ class Sim:
         if code in (4, 5) and current and self.drbd.sides[i].up:
             self.drbd.sides[i].peer_outdated = True  # DRBD records the peer as Outdated
             self.drbd.resume(i, f"fence-peer exit {code}")
+            self.drbd.tell()
         late = "" if current else ", ignored by DRBD: it reconnected meanwhile"
         self.log(f"node {i} fence-peer: {answer} (exit {code}{late})")
 
+    def serves(self, i: int) -> bool:
+        """Node i acknowledges its clients' writes: a writable Primary whose agent serves, or whose
+        killed agent left the VIP (ExecStopPost keeps it on a connected Primary: agent.cli cleanup)."""
+        side, agent = self.drbd.sides[i], self.agents[i]
+        if not (self.node_up[i] and side.up and side.role == "Primary" and not side.frozen):
+            return False
+        if agent is not None and agent.alive:
+            return agent.node.machine.serving
+        return Step.VIP in self.held[i]
+
     def _client(self) -> None:
-        serving = [i for i, agent in enumerate(self.agents)
-                   if agent is not None and agent.alive and agent.node.machine.serving and self.drbd.sides[i].up
-                   and self.drbd.sides[i].role == "Primary" and not self.drbd.sides[i].frozen]
+        serving = [i for i in range(2) if self.serves(i)]
         if len(serving) > 1 and not any("both serve" in v for v in self.violations[-1:]):
             self.violations.append(f"{self.now:.2f}: both serve as writable Primaries: node 0 is Primary while "
                                    "node 1 is Primary")
-        for i, agent in enumerate(self.agents):
+        for i in range(2):
             side = self.drbd.sides[i]
-            if (agent is not None and agent.alive and agent.node.machine.serving and self.service[i]
-                    and side.up and side.role == "Primary" and not side.frozen):
+            if self.serves(i) and self.service[i]:
                 self.writes += 1
                 side.data.append(self.writes)
                 peer = self.drbd.sides[1 - i]
@@ -592,6 +615,13 @@ class Sim:
             self.agents[i] = None
             self.log(f"agent {i} killed")
             if restart_after is not None:
+                # systemd runs ExecStopPost (agent.cli cleanup): the VIPs stay only on a node
+                # serving with DRBD Primary, UpToDate and connected to a Secondary peer
+                st = self.drbd.status(i)
+                if Step.VIP in self.held[i] and not (st is not None and st.primary and st.disk == "UpToDate"
+                                                     and st.connected and not st.peer_primary):
+                    self.held[i].discard(Step.VIP)
+                    self.log(f"node {i}: ExecStopPost removed the VIP")
                 self.at(self.now + restart_after, lambda: self.start_agent(i))
 
     def start_agent(self, i: int) -> None:

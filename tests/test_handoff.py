@@ -7,6 +7,7 @@ pin the parsing and the record's rules without a container.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -97,3 +98,37 @@ def test_cleanup_after_the_adopting_start_failed_removes_the_recorded_vips(clean
     out = capsys.readouterr().out
     assert "did not start: removing its VIPs" in out and "no VIP of ours was present" in out
     assert taken == ["/var/lib/failover-agent/state.json"]
+
+
+@pytest.mark.parametrize("fixture, result, kept", [
+    ("events2-connected-primary.txt", "signal", True),  # SIGKILL of a serving master: its node serves on
+    ("events2-connected-primary.txt", "watchdog", True),
+    ("events2-wfconnection-primary.txt", "signal", False),  # cut off: the peer may take over, the VIPs go
+    ("events2-connected-secondary.txt", "signal", False),  # a backup: nothing to keep
+    ("events2-connected-primary.txt", "exit-code", False),  # not a kill: the agent exited, as before
+])
+def test_cleanup_after_a_kill_keeps_the_vips_only_of_a_connected_drbd_primary(
+        cleanup_env: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], fixture: str, result: str, kept: bool) -> None:
+    """The real drbdsetup argv against the faithful fake (tests/fake_drbdsetup.py) printing a capture."""
+    from tests.test_drbd_follower import Fake
+
+    conf, _ = cleanup_env
+    conf.write_text(conf.read_text() + '[drbd]\nresource = "r0"\n\n[filesystem]\ndevice = "/dev/drbd0"\n'
+                    'mountpoint = "/srv/nfs"\n')
+    fake = Fake(tmp_path / "drbd", fixture)
+    monkeypatch.setenv("FAKE_DRBD_DIR", str(fake.base))
+    monkeypatch.setenv("PATH", f"{fake.base}:{os.environ['PATH']}")
+    monkeypatch.setenv("SERVICE_RESULT", result)
+    monkeypatch.setenv("EXIT_CODE", "killed" if result != "exit-code" else "exited")
+    assert cli.main(["cleanup", "--config", str(conf)]) == 0
+    out = capsys.readouterr().out
+    asked = fake.calls()
+    if result == "exit-code":
+        assert not asked and "no VIP of ours was present" in out
+    elif kept:
+        assert asked == [["events2", "--now", "r0"]]
+        assert "the VIPs stay and the node keeps serving" in out and "no VIP of ours" not in out
+    else:
+        assert asked == [["events2", "--now", "r0"]]
+        assert "so the VIPs go" in out and "no VIP of ours was present" in out

@@ -285,9 +285,21 @@ def test_adopt_serves_the_whole_chain_as_found_and_monitors_it() -> None:
     assert m.step_done(Step.DRBD, Op.CHECK, True, "ok", 12.2)[-1] == RunStep(Step.VIP, Op.RELEASE, 30.0)
 
 
-def test_adopt_takes_only_the_whole_chain_of_a_fresh_machine() -> None:
-    with pytest.raises(ValueError, match="whole chain"):
-        Machine(STORAGE).adopt((Step.DRBD, Step.MOUNT), 0.0, "partial")
+def test_adopt_of_the_first_steps_acquires_the_rest_as_master() -> None:
+    """After a kill, ExecStopPost removed the VIPs; the rest of the chain was found and verified."""
+    m = Machine(STORAGE)
+    out = m.adopt(ORDER[:-1], 5.0, "adopted up to nfs")
+    assert out == [PhaseChange(Phase.IDLE, Phase.ACQUIRING, "adopted up to nfs"), RunStep(Step.VIP, Op.ACQUIRE, 30.0)]
+    assert m.vrrp_master(5.0, "startup") == [], "VRRP's MASTER that follows changes nothing"
+    assert m.step_done(Step.VIP, Op.ACQUIRE, True, "up", 5.1) == [PhaseChange(Phase.ACQUIRING, Phase.SERVING,
+                                                                               "every step acquired")]
+    assert m.held == list(ORDER) and m.failures == 0
+
+
+def test_adopt_takes_only_the_chain_s_first_steps_on_a_fresh_machine() -> None:
+    for steps in [(Step.MOUNT, Step.VIP), (), (Step.DRBD, Step.NFS)]:
+        with pytest.raises(ValueError, match="first steps"):
+            Machine(STORAGE).adopt(steps, 0.0, "not a prefix")
     m = Machine(STORAGE)
     m.vrrp_master(0.0, "x")
     with pytest.raises(ValueError, match="not started"):

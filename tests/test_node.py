@@ -122,7 +122,7 @@ def test_startup_with_nothing_held_joins_vrrp_as_backup() -> None:
 
 def test_what_an_earlier_run_left_is_released_before_joining() -> None:
     d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
-    out = d.feed(ev.Start(found=(Step.DRBD, Step.MOUNT)))
+    out = d.feed(ev.Start(found=(Step.DRBD, Step.MOUNT), link_up=False))  # nothing to adopt with the link down
     assert of(act.RunStep, out) == [RunStep(Step.MOUNT, Op.RELEASE, 30.0)] and not of(act.Joined, out)
     assert d.node.router.state == State.INITIALIZE
     d.feed(ev.StepDone(Step.MOUNT, Op.RELEASE, True, "unmounted"))
@@ -132,7 +132,7 @@ def test_what_an_earlier_run_left_is_released_before_joining() -> None:
 
 def test_a_release_that_never_finishes_fails_the_start_after_its_budget() -> None:
     d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
-    d.feed(ev.Start(found=(Step.DRBD,)))
+    d.feed(ev.Start(found=(Step.DRBD,), maintenance=True))
     for _ in range(40):
         run = d.node.machine.running
         if run is not None:
@@ -500,6 +500,8 @@ def test_a_storage_chain_is_released_when_drbd_or_the_peer_disagree() -> None:
     for drbd, reply, why in [
         (Status("r0", "Secondary", "UpToDate", "Connected", "Secondary", "UpToDate"), None, "DRBD is not Primary"),
         (Status("r0", "Primary", "Outdated", "WFConnection", "Unknown", "DUnknown"), None, "DRBD is not Primary"),
+        # isolated (killed while cut off?): the peer may have promoted; only an ordinary takeover decides
+        (Status("r0", "Primary", "UpToDate", "WFConnection", "Unknown", "DUnknown"), None, "connected to a Secondary"),
         (PRIMARY, {"vrrp": "MASTER", "phase": "ACQUIRING", "held": []}, "the peer is MASTER"),
         (PRIMARY, {"vrrp": "BACKUP", "phase": "IDLE", "held": ["vip"]}, "holding vip"),
     ]:
@@ -522,6 +524,124 @@ def test_a_silent_peer_channel_leaves_the_decision_to_drbd_and_the_adverts() -> 
     settle_drain(d)
     assert d.node.router.state == State.MASTER
     assert "the peer channel had no answer" in emitted(d, Kind.ADOPTED)[0].message
+
+
+def test_after_a_kill_the_chain_up_to_the_vip_is_adopted_and_the_vip_acquired_again() -> None:
+    """systemd killed the agent (or its watchdog did): ExecStopPost removed the VIPs, DRBD and the
+    mount stayed. No hand-off: the node listens first, then keeps what it found and adds the VIP."""
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    out = d.feed(ev.Start(found=(Step.DRBD, Step.MOUNT)))
+    assert of(act.ReadDrbd, out) and of(act.RunStep, out) == [RunStep(Step.MOUNT, Op.CHECK, 30.0)]
+    ask = of(act.AskPeer, out)[0]
+    d.feed(ev.DrbdRead(PRIMARY))
+    answer_checks(d)
+    d.feed(ev.PeerAnswer(ask.id, {"vrrp": "BACKUP", "phase": "IDLE", "held": []}))
+    assert d.node.router.state == State.INITIALIZE and d.node.deadline() == 1.25, "listens for another master"
+    out = d.tick()
+    assert d.node.router.state == State.MASTER and of(act.RunStep, out) == [RunStep(Step.VIP, Op.ACQUIRE, 30.0)]
+    assert d.node.machine.phase == Phase.ACQUIRING and d.node.machine.held == [Step.DRBD, Step.MOUNT]
+    adopted = emitted(d, Kind.ADOPTED)
+    assert adopted and adopted[0].fields["HELD"] == "drbd,mount" and adopted[0].fields["ACQUIRING"] == "vip"
+    assert "acquiring vip on as master" in adopted[0].message
+    d.feed(ev.StepDone(Step.VIP, Op.ACQUIRE, True, "up"))
+    assert d.node.machine.phase == Phase.SERVING
+    done = [a for a in d.log if isinstance(a, act.RunStep) and a.op != Op.CHECK]
+    assert done == [RunStep(Step.VIP, Op.ACQUIRE, 30.0)], "nothing released, DRBD not promoted again"
+    assert not of(act.Promote, d.log)
+
+
+def test_after_a_kill_another_master_or_a_gap_in_the_chain_still_means_release() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    out = d.feed(ev.Start(found=(Step.DRBD, Step.MOUNT)))
+    d.feed(ev.DrbdRead(PRIMARY))
+    answer_checks(d)
+    d.feed(ev.PeerAnswer(of(act.AskPeer, out)[0].id, {"vrrp": "MASTER", "phase": "ACQUIRING", "held": []}))
+    assert of(act.RunStep, d.log)[-1] == RunStep(Step.MOUNT, Op.RELEASE, 30.0)
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    out = d.feed(ev.Start(found=(Step.DRBD, Step.VIP)))  # the mount is missing: not the chain's first steps
+    assert of(act.RunStep, out) == [RunStep(Step.VIP, Op.RELEASE, 30.0)] and not of(act.ReadDrbd, out)
+
+
+def backup_following(d: Drive, drbd: Status = PEER_PRIMARY) -> float:
+    """A backup that follows the peer's adverts, its DRBD connected to the peer's Primary: the
+    time of the last advert heard."""
+    d.feed(ev.Start())
+    d.until(1.01)  # the witnesses' first verdict
+    d.feed(ev.DrbdChanged(drbd))
+    d.feed(ev.AdvertsHeard(((advert(200), 1.5),)), 1.5)
+    assert d.node.router.state == State.BACKUP and d.node.router.master == PEER
+    return 1.5
+
+
+def test_a_silent_master_whose_drbd_is_primary_and_connected_is_waited_for_not_taken_over() -> None:
+    """Its agent was killed (or hangs, or restarts); its node lives: DRBD still connects to its Primary.
+    Taking over could not promote, and a MASTER here would make the restarted agent release instead
+    of adopting: the backup waits. A lost connection (the node died) ends the wait at once."""
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    last = backup_following(d)
+    mdi = d.node.router.master_down_interval
+    d.until(last + mdi + 5.0)
+    assert d.node.router.state == State.BACKUP and d.node.deadline() != last + mdi
+    waiting = [e for e in emitted(d, Kind.FENCE) if "waits for its agent" in e.message]
+    assert len(waiting) == 1 and "shows the peer Primary and connected" in waiting[0].message
+    assert "waiting for its agent" in d.node.snapshot().waiting_for
+    d.feed(ev.DrbdChanged(CUT), last + mdi + 5.5)  # DRBD's ping: the node is gone
+    assert (d.node.deadline() or 1e9) <= d.now, "due at once: the queue is read, then the takeover"
+    d.tick()
+    assert d.node.router.state == State.MASTER and not d.node.snapshot().waiting_for
+    # a master that demotes behind its silent agent ends the wait too
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    backup_following(d)
+    d.until(8.0)
+    assert d.node.router.state == State.BACKUP
+    d.feed(ev.DrbdChanged(CONNECTED), 8.1)
+    d.tick()
+    assert d.node.router.state == State.MASTER and d.now == 8.1
+
+
+def test_the_wait_for_a_live_master_node_never_holds_back_a_leave_or_a_preemption() -> None:
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))
+    last = backup_following(d)
+    d.feed(ev.AdvertsHeard(((advert(0), last + 1),)), last + 1)  # it leaves (releasing: still Primary)
+    d.until(last + 1 + d.node.router.skew_time + 0.01)
+    assert d.node.router.state == State.MASTER, "a leave is taken over after Skew_Time as always"
+    d = Drive(STORAGE.format(policy="refuse", heartbeat=0))  # priority 100, preempt on by default
+    d.feed(ev.Start())
+    d.until(1.01)
+    d.feed(ev.DrbdChanged(PEER_PRIMARY))
+    for t in (1.5, 2.5, 3.5, 4.5):
+        d.feed(ev.AdvertsHeard(((advert(50), t),)), t)
+    d.until(5.5)
+    assert d.node.router.state == State.MASTER, "a lower-priority master is preempted as always"
+
+
+def test_a_peer_gone_on_every_heartbeat_path_but_alive_in_drbd_is_waited_for() -> None:
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    d.feed(ev.DrbdChanged(PEER_PRIMARY))
+    beating_until(d, 1.0)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    d.until(3.0)  # heartbeats and adverts stop: the agent is gone, the node is not
+    assert d.node.snapshot().peer_gone and d.node.router.state == State.BACKUP
+    d.until(8.0)
+    assert d.node.router.state == State.BACKUP
+    drains = len(of(act.DrainAdverts, d.log))
+    assert 4 <= drains <= 9, f"{drains} drains: the held-back backup reads the queue about once a second"
+    beat(d, 8.0)  # its agent is back (restarted): heard again, still no takeover
+    d.until(8.05)
+    assert d.node.router.state == State.BACKUP
+    d = Drive(HB.format(policy="witness", heartbeat=0.1))
+    d.feed(ev.Start())
+    d.feed(ev.DrbdChanged(PEER_PRIMARY))
+    beating_until(d, 1.0)
+    d.feed(ev.AdvertsHeard(((advert(200), d.now),)))
+    d.until(1.5)
+    assert d.node.snapshot().peer_gone and d.node.router.state == State.BACKUP
+    d.feed(ev.DrbdChanged(CUT), 1.6)
+    d.tick()
+    master = [e for e in emitted(d, Kind.TRANSITION) if e.fields.get("VRRP_STATE") == "MASTER"]
+    assert d.node.router.state == State.MASTER and master, "taken over at once, not at Master_Down"
+    assert "the peer is gone" in str(master[0].fields["REASON"]), master[0]
 
 
 def test_a_restart_keeps_a_serving_chain_without_priority_zero_and_a_stop_still_releases() -> None:

@@ -542,3 +542,55 @@ def test_handover_when_not_master_does_nothing() -> None:
     r = Router(params())
     r.start(0.0)
     assert r.handover(1.0) == [] and not r.yielding
+
+
+def backup_of(master: IPv4Address = A, at: float = 0.5) -> Router:
+    r = Router(params(priority=100))
+    r.start(0.0)
+    r.receive(Heard(master, 200, 1.0), at)
+    return r
+
+
+def test_a_vouched_master_s_silence_waits_and_the_takeover_comes_the_moment_the_vouch_ends() -> None:
+    r = backup_of()
+    due = 0.5 + mdi(100, 1.0, 2)
+    assert r.vouch("its DRBD is Primary and connected", 1.0) == [] and r.held_back
+    assert r.deadline == due, "the caller still looks for adverts at Master_Down"
+    assert r.tick(due + 10) == [] and r.state == State.BACKUP
+    assert r.peer_gone(due + 11, "silent on every path") == [] and r.state == State.BACKUP
+    assert r.vouch("", due + 12) == [] and r.deadline == due + 11, "due since peer_gone: the next tick takes over"
+    out = r.tick(due + 12)
+    assert out == [SendAdvert(100), Transition(State.BACKUP, State.MASTER, "silent on every path")]
+    # ended before it was due: Master_Down keeps its own time
+    r = backup_of()
+    r.vouch("alive", 1.0)
+    assert r.vouch("", 2.0) == [] and r.deadline == due
+    assert next(a for a in r.tick(due) if isinstance(a, Transition)).new == State.MASTER
+
+
+def test_a_vouch_never_holds_back_a_leave_or_a_preemption() -> None:
+    r = backup_of()
+    r.vouch("alive", 1.0)
+    r.receive(Heard(A, 0, 1.0), 1.5)
+    assert not r.held_back and r.deadline == 1.5 + r.skew_time
+    assert r.tick(1.5 + r.skew_time)[-1].new == State.MASTER  # type: ignore[union-attr]
+    r = backup_of()
+    r.vouch("alive", 1.0)
+    r.peer_left(A, 1.5, "its heartbeat says FAULT")
+    assert r.tick(1.5 + r.skew_time)[-1].new == State.MASTER  # type: ignore[union-attr]
+    r = Router(params(priority=100))
+    r.start(0.0)
+    r.vouch("alive", 0.1)
+    for t in every(A, 50, 1.0, 0.5, 5.0):
+        r.receive(t[1], t[0])
+    r.tick(5.0)
+    assert r.state == State.MASTER, "a lower-priority master is preempted whatever vouches for it"
+
+
+def test_an_advert_after_a_held_peer_gone_restores_ordinary_timing() -> None:
+    r = backup_of()
+    r.vouch("alive", 1.0)
+    r.peer_gone(2.0, "silent on every path")
+    r.receive(Heard(A, 200, 1.0), 3.0)  # its restarted agent adverts again
+    r.vouch("", 3.1)
+    assert r.state == State.BACKUP and r.deadline == 3.0 + mdi(100, 1.0, 2) and not r.gone_how

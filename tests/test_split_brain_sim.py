@@ -174,11 +174,22 @@ def test_an_agent_killed_as_its_node_is_cut_off_finds_the_frozen_primary_and_fen
     assert sim.primaries() == [1], sim.events[-30:]
 
 
-def test_a_killed_agent_restarted_by_systemd_releases_before_the_peer_promotes() -> None:
+def test_a_killed_agent_restarted_by_systemd_adopts_and_the_peer_waits_for_it() -> None:
+    """The master's agent killed, its node alive: ExecStopPost keeps the VIP of a Primary connected
+    to a Secondary, the node serves on, the peer (DRBD shows it Primary and connected) waits
+    instead of taking over, and the restarted agent adopts the chain: no failover."""
     sim = settled("witness")
-    sim.kill_agent(0, restart_after=2.0)
+    assert sim.primaries() == [0]
+    writes = sim.writes
+    sim.kill_agent(0, restart_after=6.0)  # longer than Master_Down: the peer must wait, not just not notice
     sim.run_for(30)
-    assert len(sim.primaries()) == 1 and not sim.violations
+    assert sim.primaries() == [0] and not sim.violations, (sim.violations, sim.events[-30:])
+    assert sim.writes > writes + 250, "the clients' writes went on throughout (one every 0.1 s)"
+    peer = sim.agents[1]
+    assert peer is not None and peer.node.router.state == State.BACKUP and peer.node.counters.became_master == 0
+    adopted = sim.agents[0]
+    assert adopted is not None and adopted.node.machine.serving
+    assert any("waits for its agent" in e for e in sim.events), sim.events[-30:]
 
 
 def test_the_newer_data_is_never_outdated_at_the_stale_node_s_request() -> None:

@@ -59,3 +59,12 @@ def test_the_nfs_chain_keeps_the_step_column_scripts_read() -> None:
     s["storage"]["chain"] = ["drbd", "mount", "nfs_state", "nfs", "vip"]
     text = format_status(s)
     assert "  drbd      not held  last acquire 1.52 s" in text and "  nfs_state not held" in text, text
+
+
+def test_a_backup_waiting_for_a_silent_master_s_agent_says_so() -> None:
+    s = sample()
+    why = "the master is silent, but DRBD r0 shows the peer Primary and connected: waiting for its agent"
+    s["instance"]["waiting_for"] = why
+    assert f"NOT TAKING OVER: {why}" in format_status(s)
+    s["instance"]["waiting_for"] = None
+    assert "NOT TAKING OVER" not in format_status(s)

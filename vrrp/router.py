@@ -90,6 +90,8 @@ class Router:
         self.preempting: Heard | None = None
         self.maintenance = False  # stay backup whatever happens, until switched off
         self.yielding = False  # after a handover: do not preempt a working master
+        self.master_alive = ""  # why the silent master is known alive (`vouch`): no takeover meanwhile
+        self.gone_how = ""  # `peer_gone` said so while `master_alive` held the takeover back
 
     # -- derived timing (RFC 3768 6.1 / RFC 5798 6.1) -------------------------------------
     @property
@@ -105,6 +107,13 @@ class Router:
     @property
     def master_down_interval(self) -> float:
         return 3 * self.master_adver_interval + self.skew_time
+
+    @property
+    def held_back(self) -> bool:
+        """A silent master's takeover waits: its node is alive (`vouch`) and it neither left nor is
+        being preempted. The deadline stays Master_Down's, so the caller still looks for adverts
+        then; it decides how often to look again while the takeover waits."""
+        return bool(self.master_alive) and self.leaving is None and self.preempting is None
 
     @property
     def deadline(self) -> float | None:
@@ -148,13 +157,15 @@ class Router:
             self.adver_at = now + self.params.advert_interval
             actions.append(SendAdvert(self.priority))
         elif (self.state == State.BACKUP and not self.maintenance and self.master_down_at is not None
-              and now >= self.master_down_at):
+              and now >= self.master_down_at and not self.held_back):
             if self.leaving is not None:
                 why = (f"master {self.leaving} left ({self.left_how}); "
                        f"took over after Skew_Time {self.skew_time:.3f} s")
             elif self.preempting is not None:
                 p = self.preempting
                 why = f"preempting lower-priority master {p.src} ({p.priority} < {self.priority})"
+            elif self.gone_how:
+                why = self.gone_how
             elif self.last_heard_at is None:
                 why = f"no advertisement heard within {self.master_down_interval:.3f} s of startup"
             else:
@@ -211,7 +222,24 @@ class Router:
         """
         if self.state != State.BACKUP or self.maintenance:
             return []
+        if self.held_back:
+            self.master_down_at, self.gone_how = now, reason  # due the moment the hold ends
+            return []
         return self._become_master(now, reason)
+
+    def vouch(self, alive: str, now: float) -> list[Action]:
+        """The master is silent, but something other than VRRP shows its node alive and holding the
+        service (`alive` says what; "" withdraws it): its agent died or restarts, the node did not.
+
+        The second extension for a pair (agent.node: DRBD reports the peer Primary and
+        connected). Taking over could not succeed anyway, since the live node holds what we would
+        need, and claiming mastership would make a restarting agent see another master and give
+        up a chain it could simply adopt. So Master_Down and `peer_gone` wait while it holds;
+        a leave (priority 0, `peer_left`) and a preemption do not. Withdrawn, a takeover that
+        fell due meanwhile happens at the next `tick` (the deadline has passed already).
+        """
+        self.master_alive = alive
+        return []
 
     def peer_left(self, src: IPv4Address, now: float, how: str) -> list[Action]:
         """The master told us it left on another channel: the same as its priority 0 advert.
@@ -259,6 +287,7 @@ class Router:
             self.master_down_at = now + self.skew_time
             return []
         self.leaving = None
+        self.gone_how = ""
         lower = heard.priority < self.priority
         if lower and self.params.preempt and not self.yielding:
             if self.params.preempt_delay <= 0:
@@ -313,12 +342,14 @@ class Router:
         self.preempt_at = None
         self.leaving = self.preempting = None
         self.yielding = False
+        self.gone_how = ""
         return [SendAdvert(self.priority), self._go(State.MASTER, reason)]
 
     def _become_backup(self, now: float, reason: str) -> list[Action]:
         self.adver_at = None
         self.preempt_at = None
         self.leaving = self.preempting = None
+        self.gone_how = ""
         self.master_down_at = now + self.master_down_interval
         return [self._go(State.BACKUP, reason)]
 

@@ -328,6 +328,17 @@ class UmlAgent:
                                  f"(exit {result.returncode}): {result.stderr.strip()}")  # fmt: skip
         return result
 
+    def exec_stop_post(self, result: str = "signal") -> str:
+        """What the unit's ExecStopPost= runs after the agent died (`failoverctl cleanup`), with the
+        environment systemd gives it for a main process killed by SIGKILL; its output."""
+        env = [f"SERVICE_RESULT={result}", "EXIT_CODE=killed", "EXIT_STATUS=KILL"]
+        argv = ["env", *env, GUEST_PYTHON, "-m", "agent.cli", "cleanup", "--config", GUEST_CONF]
+        result_ = self.node.run(argv, check=False, timeout=60, cwd=GUEST_SRC)
+        if result_.returncode != 0:
+            raise AssertionError(f"failoverctl cleanup on {self.node.name} failed (exit {result_.returncode}): "
+                                 f"{result_.stdout}{result_.stderr}")
+        return result_.stdout
+
     def status(self) -> dict[str, Any]:
         answer: dict[str, Any] = json.loads(self.ctl("status", "--json").stdout)
         return answer
