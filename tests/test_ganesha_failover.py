@@ -123,18 +123,41 @@ def test_nfs_that_cannot_start_rolls_back_faults_and_the_peer_serves(lab: NetnsL
     all_acked_present(w)
 
 
-def test_a_restarted_agent_stops_the_ganesha_its_killed_predecessor_left(lab: NetnsLab) -> None:
+def test_a_restarted_agent_adopts_the_ganesha_its_killed_predecessor_left_and_adds_the_vip(lab: NetnsLab) -> None:
+    """A kill under systemd without DRBD: ExecStopPost removed the VIP, ganesha (KillMode=process)
+    and the mount stayed. The restarted agent, hearing no other master, keeps them and adds the VIP."""
     g = GaneshaAgents(lab, priorities={"a": 150})
     g.start()
     a = g.agents["a"]
     first = re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1]
     a.kill()  # the agent only: ganesha, the mount and the VIP stay
     assert g.disk.mounted_in(g.ns["a"]) and lab.has_address("a", VIP)
-    lab.run("a", ["ip", "addr", "del", f"{VIP}/24", "dev", "eth0"])  # not the whole chain: no adoption
+    lab.run("a", ["ip", "addr", "del", f"{VIP}/24", "dev", "eth0"])  # what ExecStopPost's cleanup does here
     a.start()
+    assert wait_until(lambda: "acquiring vip on as master without a failover" in a.log(), 10), a.log()[-3000:]
+    g.wait_serving("a", 20)
     log = a.log()
-    assert "startup: mount, nfs_state, nfs still held by an earlier run" in log, log[-3000:]
-    assert f"nfs-ganesha pid {first} stopped" in log, log[-3000:]
+    assert "adopted mount, nfs_state, nfs as the earlier run left them" in log, log[-3000:]
+    assert "release done" not in log and f"nfs-ganesha pid {first} stopped" not in log, log[-3000:]
+    assert lab.has_address("a", VIP)
+    writer_for(g)
+
+
+def test_a_restarted_agent_stops_the_ganesha_its_killed_predecessor_left_when_it_cannot_adopt(
+        lab: NetnsLab) -> None:
+    g = GaneshaAgents(lab, priorities={"a": 150})
+    g.start()
+    a = g.agents["a"]
+    first = re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1]
+    a.kill()  # the agent only: ganesha, the mount and the VIP stay
+    lab.run("a", ["ip", "link", "set", "eth0", "down"])  # nothing is adopted on an interface that is down
+    try:
+        a.start()
+        log = a.log()
+        assert "not adopting what the earlier run left held: the interface is down" in log, log[-3000:]
+        assert f"nfs-ganesha pid {first} stopped" in log, log[-3000:]
+    finally:
+        lab.run("a", ["ip", "link", "set", "eth0", "up"])
     g.wait_serving("a", 20)
     assert re.findall(r"nfs-ganesha pid (\d+) serving", a.log())[-1] != first
     writer_for(g)

@@ -89,20 +89,38 @@ def test_monitor_remounts_a_vanished_filesystem(lab: NetnsLab, tmp_path: Path, l
     assert VIP in lab.addresses("a")
 
 
-def test_startup_releases_what_a_killed_agent_left_when_it_is_not_the_whole_chain(lab: NetnsLab, tmp_path: Path,
-                                                                                  loopdev: str) -> None:
+def test_startup_adopts_the_chain_up_to_the_vip_a_kill_s_cleanup_removed(lab: NetnsLab, tmp_path: Path,
+                                                                         loopdev: str) -> None:
     a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
     assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
     a.kill()
     assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
-    lab.run("a", ["ip", "addr", "del", VIP, "dev", "eth0"])  # the chain is no longer whole: nothing to adopt
+    lab.run("a", ["ip", "addr", "del", VIP, "dev", "eth0"])  # what ExecStopPost's cleanup does without DRBD
+    again = AgentProc(lab, "a", tmp_path / "again", priority=150, **FAST)
+    again.write_config(a.config_path.read_text().replace(str(a.control_socket), str(again.control_socket)))
+    lab.add_cleanup(again.close)
+    again.start()
+    assert wait_until(lambda: again.status()["instance"]["phase"] == "SERVING", 5), again.log()
+    log = again.log()
+    assert "adopted mount as the earlier run left them" in log and "acquiring vip on as master" in log, log
+    assert "mount release done" not in log and "vip acquire done" in log, log
+    assert VIP in lab.addresses("a")
+
+
+def test_startup_releases_what_a_killed_agent_left_when_it_is_not_the_chain_s_first_steps(
+        lab: NetnsLab, tmp_path: Path, loopdev: str) -> None:
+    a = storage_agent(lab, "a", tmp_path, loopdev, 150).start()
+    assert wait_until(lambda: a.status()["instance"]["phase"] == "SERVING", 5), a.log()
+    a.kill()
+    assert mounted_on(tmp_path, "a") and VIP in lab.addresses("a")
+    subprocess.run(["umount", str(tmp_path / "mnt-a")], check=True)  # a VIP without its mount: nothing to adopt
     again = AgentProc(lab, "a", tmp_path / "again", priority=150, **FAST)
     again.write_config(a.config_path.read_text().replace(str(a.control_socket), str(again.control_socket)))
     lab.add_cleanup(again.close)
     again.start()
     log = again.log()
-    assert "mount still held by an earlier run" in log and "adopted" not in log
-    assert log.index("mount release done") < log.index("INITIALIZE -> BACKUP")
+    assert "VIP(s) 192.0.2.100/24 left on eth0 by an earlier run: removing" in log and "adopted" not in log, log
+    assert log.index("vip release done") < log.index("INITIALIZE -> BACKUP")
     assert wait_until(lambda: again.status()["instance"]["phase"] == "SERVING", 5), again.log()
 
 
