@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
 from typing import Any
 
 from agent.journal import Event as Kind
 from agent.machine import RunStep
+from vrrp.packet import Interface
 
 __all__ = [
     "Action",
@@ -159,10 +159,10 @@ class Tickle:
 
 @dataclass(frozen=True)
 class ChangeVips:
-    """Reload while holding the VIPs: remove and add these now (and GARP the added ones)."""
+    """Reload while holding the VIPs: remove and add these now (and announce the added ones: GARP or unsolicited NA)."""
 
-    gone: tuple[IPv4Interface, ...]
-    added: tuple[IPv4Interface, ...]
+    gone: tuple[Interface, ...]
+    added: tuple[Interface, ...]
 
 
 @dataclass(frozen=True)

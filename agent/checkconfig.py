@@ -27,6 +27,7 @@ from agent.peerwire import load_secret
 from agent.track import Tracker
 from drbd.runner import Runner
 from nfs.settings import NfsConfig
+from vrrp.packet import Address
 from vrrp.router import Params, Router
 
 #: how long `drbdadm dump` may take; it only parses drbd.conf
@@ -52,19 +53,21 @@ class Finding:
 
 
 # -- host checks ------------------------------------------------------------------------------
-PrimaryOf = Callable[[str], Awaitable[IPv4Address | None]]
+PrimaryOf = Callable[[str], Awaitable[Address | None]]
 
 
-async def check_interface(name: str, primary_of: PrimaryOf) -> Finding:
-    """`primary_of` gives the interface's own IPv4 address (not a VIP), None, or raises LookupError."""
+async def check_interface(name: str, primary_of: PrimaryOf, ipv6: bool = False) -> Finding:
+    """`primary_of` gives the interface's own address (not a VIP) that adverts come from, IPv4 or
+    (`ipv6`) link-local IPv6, None, or raises LookupError."""
     what = f"interface {name}"
     try:
         primary = await primary_of(name)
     except LookupError:
         return Finding(what, "no such interface on this host (see `ip -br link`)")
     if primary is None:
-        return Finding(what, "has no IPv4 address of its own: adverts need a source address that is not a VIP")
-    return Finding(what, detail=f"IPv4 {primary}")
+        own = "IPv6 link-local address" if ipv6 else "IPv4 address of its own"
+        return Finding(what, f"has no {own}: adverts need a source address that is not a VIP")
+    return Finding(what, detail=f"IPv{primary.version} {primary}")
 
 
 def check_secret_file(path: str, load: Callable[[str], bytes] = load_secret) -> Finding:
@@ -183,7 +186,7 @@ async def host_findings(cfg: Config, primary_of: PrimaryOf, runner: Runner,
                         load: Callable[[str], bytes] = load_secret,
                         which: Callable[[str], str | None] = shutil.which) -> list[Finding]:
     """Every host check the config calls for, in the order the agent would need them."""
-    out = [await check_interface(cfg.vrrp.interface, primary_of)]
+    out = [await check_interface(cfg.vrrp.interface, primary_of, cfg.vrrp.ipv6)]
     if cfg.peer is not None:
         out.append(check_secret_file(cfg.peer.secret_file, load))
     if cfg.track is not None:

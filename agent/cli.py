@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +23,7 @@ from agent.journal import IDENTIFIER, Event
 from agent.keepalived_import import ImportError_, convert
 from agent.version import version
 from drbd import runner
+from vrrp.packet import Address
 
 #: exit codes: 2 keeps meaning "invalid config", so usage errors get sysexits' EX_USAGE
 EXIT_HOST_CHECK = 1
@@ -215,10 +215,10 @@ def _invalid(e: configmod.ConfigError) -> str:
     return f"{where}: {e.key}: {e.reason}" if e.key else f"{where}: {e.reason}"
 
 
-async def _primary_of(name: str, exclude: list[IPv4Address]) -> IPv4Address | None:
+async def _primary_of(name: str, exclude: list[Address], ipv6: bool) -> Address | None:
     from vrrp.vip import primary_address  # pyroute2: only for the commands that need it
 
-    return await primary_address(name, exclude)
+    return await primary_address(name, exclude, ipv6)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -234,7 +234,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.offline:
         return 0
     vips = [x.ip for x in v.vips]
-    findings = asyncio.run(checkconfig.host_findings(cfg, lambda name: _primary_of(name, vips), runner.run))
+    findings = asyncio.run(checkconfig.host_findings(cfg, lambda name: _primary_of(name, vips, v.ipv6), runner.run))
     for finding in findings:
         print(finding.line())
     for line in checkconfig.takeover_time(cfg):
@@ -419,15 +419,16 @@ async def _drbd_serving(resource: str) -> tuple[bool, str]:
 
 
 async def _remove_vips(interface: str, addresses: list[str]) -> list[str]:
-    from ipaddress import IPv4Interface
+    from ipaddress import ip_interface
 
     from vrrp.netlink import AsyncIPRoute
     from vrrp.vip import LinkInfo, VipHolder
 
-    vips = [IPv4Interface(a) for a in addresses]
+    vips = [ip_interface(a) for a in addresses]
     async with AsyncIPRoute() as ipr:
         try:
-            info = await LinkInfo.query(ipr, interface, exclude=[v.ip for v in vips])
+            info = await LinkInfo.query(ipr, interface, exclude=[v.ip for v in vips],
+                                        ipv6=any(v.version == 6 for v in vips))
         except LookupError:
             return []
         keep = {info.primary} if info.primary else set()

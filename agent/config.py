@@ -12,7 +12,7 @@ import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
-from ipaddress import AddressValueError, IPv4Address, IPv4Interface, NetmaskValueError
+from ipaddress import AddressValueError, IPv4Address, NetmaskValueError, ip_address, ip_interface
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from agent.journal import Event
 from agent.machine import ORDER, ChainStep, Service, Step
 from nfs.exports import ExportError, parse_export
 from nfs.settings import NfsConfig
+from vrrp.packet import Address, Interface
 
 DEFAULT_PATH = Path("/etc/failover-agent/agent.toml")
 
@@ -108,12 +109,20 @@ def _ipv4(v: Any) -> IPv4Address:
         raise _Invalid(f"{v!r} is not an IPv4 address") from e
 
 
-def _vip(v: Any) -> IPv4Interface:
-    """'192.0.2.100/24' or bare '192.0.2.100' (taken as /32, like keepalived)."""
+def _ip(v: Any) -> Address:
+    """An IPv4 or IPv6 address (a VRRP peer: [vrrp] checks that the family is the instance's)."""
     try:
-        iface = IPv4Interface(_str()(v))
+        return ip_address(_str()(v))
+    except ValueError as e:
+        raise _Invalid(f"{v!r} is not an IPv4 or IPv6 address") from e
+
+
+def _vip(v: Any) -> Interface:
+    """'192.0.2.100/24' or bare '192.0.2.100' (taken as /32, like keepalived); IPv6 alike (bare: /128)."""
+    try:
+        iface = ip_interface(_str()(v))
     except (AddressValueError, NetmaskValueError, ValueError) as e:
-        raise _Invalid(f"{v!r} is not an IPv4 address with optional /prefix") from e
+        raise _Invalid(f"{v!r} is not an IPv4 or IPv6 address with optional /prefix") from e
     if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
         raise _Invalid(f"{v!r} cannot be a virtual address")
     return iface
@@ -123,17 +132,22 @@ def _vip(v: Any) -> IPv4Interface:
 class VrrpConfig:
     interface: str
     vrid: int
-    vips: tuple[IPv4Interface, ...]
+    vips: tuple[Interface, ...]
     priority: int = 100
     version: int = 2
     advert_interval: float = 1.0
     preempt: bool = True
     preempt_delay: float = 0.0
-    unicast_peers: tuple[IPv4Address, ...] = ()
+    unicast_peers: tuple[Address, ...] = ()
     auth_pass: str = ""
     garp_count: int = 5
     garp_interval: float = 0.2
     garp_refresh: float = 0.0
+
+    @property
+    def ipv6(self) -> bool:
+        """An IPv6 instance (VRRPv3 over IPv6, RFC 5798): its VIPs say so, all of one family."""
+        return self.vips[0].version == 6
 
 
 _VRRP_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -145,7 +159,7 @@ _VRRP_KEYS: dict[str, Callable[[Any], Any]] = {
     "preempt": _bool,
     "preempt_delay": _float(0, 3600),
     "vips": _list_of(_vip, min_len=1),
-    "unicast_peers": _list_of(_ipv4),
+    "unicast_peers": _list_of(_ip),
     "auth_pass": _str(8),
     "garp_count": _int(0, 100),
     "garp_interval": _float(0.001, 10),
@@ -722,6 +736,23 @@ def _check_vrrp(file: str, v: dict[str, Any]) -> VrrpConfig:
     ips = [v.ip for v in cfg.vips]
     if len(set(ips)) != len(ips):
         raise ConfigError(file, "vrrp.vips", "the same address is listed twice")
+    family = ips[0].version
+    other = next((ip for ip in ips if ip.version != family), None)
+    if other is not None:
+        raise ConfigError(file, "vrrp.vips", f"mixes IPv{family} ({ips[0]}) and IPv{other.version} ({other}): a VRRP "
+                          "instance is one address family (RFC 5798); run one instance per family")
+    if family == 6 and cfg.version == 2:
+        raise ConfigError(file, "vrrp.version", f"VRRPv2 (RFC 3768) is IPv4 only; the IPv6 VIPs ({ips[0]}) need "
+                          "version = 3")
+    peer = next((p for p in cfg.unicast_peers if p.version != family), None)
+    if peer is not None:
+        raise ConfigError(file, "vrrp.unicast_peers", f"{peer} is IPv{peer.version}, the VIPs are IPv{family}: "
+                          "an instance is one address family")
+    if family == 6:
+        peer = next((p for p in cfg.unicast_peers if not p.is_link_local), None)
+        if peer is not None:
+            raise ConfigError(file, "vrrp.unicast_peers", f"{peer} is not link-local: IPv6 adverts come from the "
+                              "peer's link-local address (RFC 5798 5.1.2.1), list that one (fe80::...)")
     return cfg
 
 
@@ -757,6 +788,9 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError(file, "drbd.unknown_peer", "'witness' needs [track] witnesses to ask")
     peer = _check_peer(file, _section(file, "peer", doc["peer"], _PEER_KEYS, PeerConfig,
                                                 frozenset({"address"}))) if "peer" in doc else None
+    if peer is not None and vrrp.ipv6:
+        raise ConfigError(file, "peer", "the peer channel runs over IPv4 from the VRRP interface's IPv4 address; "
+                          "an IPv6 instance cannot use it yet")
     notify = _check_notify(file, doc.get("notify", []))
     guard = GuardConfig(**_section(file, "guard", doc.get("guard", {}), _GUARD_KEYS, GuardConfig))
     services = _check_services(file, doc.get("service", []), monitor, nfs)

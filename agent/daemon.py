@@ -207,11 +207,13 @@ class Agent:
         assert self._ipr is not None
         v = cfg.vrrp
         try:
-            info = await LinkInfo.query(self._ipr, v.interface, exclude=[vip.ip for vip in v.vips])
+            info = await LinkInfo.query(self._ipr, v.interface, exclude=[vip.ip for vip in v.vips],
+                                        ipv6=v.ipv6)
         except LookupError as e:
             raise SetupError(f"{cfg.file}: vrrp.interface: {e}") from None
         if info.primary is None:
-            raise SetupError(f"{cfg.file}: vrrp.interface: {v.interface} has no IPv4 address of its own "
+            own = "IPv6 link-local address" if v.ipv6 else "IPv4 address of its own"
+            raise SetupError(f"{cfg.file}: vrrp.interface: {v.interface} has no {own} "
                              "(adverts need a source address that is not a VIP)")
         problem = can_fence(cfg)
         if problem and cfg.drbd is not None and cfg.drbd.unknown_peer == "witness":

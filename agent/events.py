@@ -11,12 +11,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
 from typing import Any
 
 from agent.config import Config
 from agent.machine import ChainStep, Op
 from drbd.status import Status
+from vrrp.packet import Interface
 
 __all__ = [
     "Admin", "AdminRequest", "AdvertsHeard", "CheckResult", "Doorbell", "DrbdChanged", "DrbdRead", "Event",
@@ -65,7 +65,7 @@ class LinkChanged:
 class VipDeleted:
     """Someone removed an address from our interface (RTM_DELADDR)."""
 
-    address: IPv4Interface
+    address: Interface
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from agent import actions as act
@@ -59,8 +60,9 @@ class Instance:
         self.loop = asyncio.get_running_loop()
         self.node = Node(cfg, info.primary, counters)
         v = cfg.vrrp
-        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._doorbell)
-        self.garp = Garp(v.interface, info.mac)
+        source = info.primary if isinstance(info.primary, IPv6Address) else None  # IPv6: the link-local address
+        self.sock = VrrpSocket(v.interface, info.index, v.unicast_peers, self._doorbell, ipv6_source=source)
+        self.garp = Garp(v.interface, info.mac, ipv6=v.ipv6)
         self.vips = VipHolder(ipr, info.index, v.vips, keep={info.primary})
         self.link = LinkMonitor(info.index, info.up, lambda up, why: self.feed(ev.LinkChanged(up, why)),
                                 lambda address: self.feed(ev.VipDeleted(address)))
@@ -306,7 +308,7 @@ class Instance:
     def _answer_peer(self, a: act.AnswerPeer) -> None:
         body = dict(a.body)
         if a.connections:
-            body["connections"] = client_connections(v.ip for v in self.cfg.vrrp.vips)
+            body["connections"] = client_connections(v.ip for v in self.cfg.vrrp.vips if isinstance(v.ip, IPv4Address))
         self._reply(a.id, body)
 
     async def _ask_peer(self, a: act.AskPeer) -> ev.PeerAnswer:

@@ -21,7 +21,6 @@ import itertools
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from typing import Any
 
 from agent.actions import (
@@ -97,7 +96,7 @@ from agent.machine import (
 )
 from agent.track import Tracker
 from drbd.status import Status
-from vrrp.packet import Drop, Validator
+from vrrp.packet import Address, Drop, Validator
 from vrrp.router import Heard, OtherMaster, Params, Router, State, Transition
 from vrrp.router import SendAdvert as RouterAdvert
 
@@ -135,7 +134,7 @@ def fence_exit_code(answer: Mapping[str, Any]) -> int:
     return FENCE_EXIT.get(result, FENCE_EXIT["primary"])
 
 
-def router_params(cfg: Config, address: IPv4Address) -> Params:
+def router_params(cfg: Config, address: Address) -> Params:
     v = cfg.vrrp
     return Params(vrid=v.vrid, priority=v.priority, address=address, version=v.version,
                   advert_interval=v.advert_interval, preempt=v.preempt, preempt_delay=v.preempt_delay)
@@ -275,7 +274,7 @@ class _Waiter:
 class Node:
     """One VRRP instance and the storage chain it guards; see the module docstring."""
 
-    def __init__(self, cfg: Config, address: IPv4Address, counters: Counters | None = None) -> None:
+    def __init__(self, cfg: Config, address: Address, counters: Counters | None = None) -> None:
         self.cfg = cfg
         self.address = address
         self.counters = counters if counters is not None else Counters()

@@ -22,14 +22,13 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address
 from pathlib import Path
 
 from scapy.layers.inet import IP
 from scapy.layers.vrrp import VRRP, VRRPv3
 
 from agent import config as configmod
-from vrrp.packet import AUTH_PASS, PROTO_VRRP, TTL, Advertisement, Drop, DropReason, Validator, decode
+from vrrp.packet import AUTH_PASS, PROTO_VRRP, TTL, Address, Advertisement, Drop, DropReason, Validator, decode
 from vrrp.rawsock import attach_filter
 
 ETH_P_IP = 0x0800
@@ -101,7 +100,7 @@ def describe(datagram: bytes, validator: Validator | None, when: float | None = 
     return f"{stamp}{where}{head}{sent}: {verdict(datagram, validator)}"
 
 
-def validator_for(cfg: configmod.VrrpConfig, own: IPv4Address | None) -> Validator:
+def validator_for(cfg: configmod.VrrpConfig, own: Address | None) -> Validator:
     """The receive checks the agent's instance applies (agent/instance.py builds the same)."""
     return Validator(version=cfg.version, vrid=cfg.vrid, interval=cfg.advert_interval, auth_pass=cfg.auth_pass,
                      own=frozenset({own}) if own else frozenset(), peers=frozenset(cfg.unicast_peers))
@@ -139,11 +138,11 @@ def capture(sock: socket.socket, show: Callable[[bytes, str, bool], bool], count
     return seen
 
 
-def _own_address(ifname: str, vips: list[IPv4Address]) -> IPv4Address | None:
+def _own_address(ifname: str, vips: list[Address]) -> Address | None:
     from vrrp.vip import primary_address
 
     try:
-        return asyncio.run(primary_address(ifname, vips))
+        return asyncio.run(primary_address(ifname, vips, ipv6=any(v.version == 6 for v in vips)))
     except (LookupError, OSError):
         return None
 

@@ -7,8 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Coroutine, Sequence
-from ipaddress import IPv4Address
+from collections.abc import Coroutine, Mapping, Sequence
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from agent import checkconfig, cli
 from agent import config as configmod
 from agent.checkconfig import Finding
 from agent.peerwire import load_secret
+from vrrp.packet import Address
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "drbd"
@@ -97,8 +98,8 @@ def run(coro: Coroutine[Any, Any, Finding]) -> Finding:
 
 
 # -- each host check ----------------------------------------------------------------------------
-def _lookup(table: dict[str, IPv4Address | None]) -> checkconfig.PrimaryOf:
-    async def primary_of(name: str) -> IPv4Address | None:
+def _lookup(table: Mapping[str, Address | None]) -> checkconfig.PrimaryOf:
+    async def primary_of(name: str) -> Address | None:
         if name not in table:
             raise LookupError(f"interface {name} not found")
         return table[name]
@@ -110,6 +111,10 @@ def test_interface_exists_with_an_address_of_its_own() -> None:
     table = {"eth0": IPv4Address("192.0.2.1"), "eth1": None}
     assert run(checkconfig.check_interface("eth0", _lookup(table))).line() == "interface eth0: ok (IPv4 192.0.2.1)"
     assert "no such interface" in run(checkconfig.check_interface("eth9", _lookup(table))).line()
+    six = {"eth0": IPv6Address("fe80::1"), "eth1": None}
+    found = run(checkconfig.check_interface("eth0", _lookup(six), ipv6=True)).line()
+    assert found == "interface eth0: ok (IPv6 fe80::1)"
+    assert "has no IPv6 link-local address" in run(checkconfig.check_interface("eth1", _lookup(six), ipv6=True)).line()
     only_vips = run(checkconfig.check_interface("eth1", _lookup(table)))
     assert not only_vips.ok and "no IPv4 address of its own" in only_vips.problem
 
@@ -314,7 +319,7 @@ def test_host_checks_in_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "agent.toml"
     path.write_text(BASE + '\n[filesystem]\ndevice = "/dev/sdb1"\nmountpoint = "' + str(tmp_path / "m") + '"\n')
 
-    async def primary_of(name: str, exclude: list[IPv4Address]) -> IPv4Address | None:
+    async def primary_of(name: str, exclude: list[Address], ipv6: bool) -> Address | None:
         return IPv4Address("192.0.2.1")
 
     monkeypatch.setattr(cli, "_primary_of", primary_of)

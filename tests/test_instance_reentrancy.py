@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from typing import Any
 
 import pytest
@@ -44,7 +44,8 @@ class FakeSocket:
 
     instances: list[FakeSocket] = []
 
-    def __init__(self, ifname: str, ifindex: int, peers: tuple[IPv4Address, ...], on_wake: Callable[[], None]) -> None:
+    def __init__(self, ifname: str, ifindex: int, peers: tuple[IPv4Address, ...], on_wake: Callable[[], None],
+                 ipv6_source: IPv6Address | None = None) -> None:
         self.on_wake = on_wake
         self.queue: list[tuple[bytes, float]] = []
         self.sent = self.wakeups = 0
@@ -74,7 +75,7 @@ class FakeSocket:
 
 
 class FakeGarp:
-    def __init__(self, ifname: str, mac: bytes) -> None:
+    def __init__(self, ifname: str, mac: bytes, ipv6: bool = False) -> None:
         self.sent = 0
 
     def open(self) -> None:

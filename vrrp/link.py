@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Interface
+from ipaddress import ip_interface
 
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
 from vrrp.netlink import AsyncIPRoute
+from vrrp.packet import Interface
 from vrrp.vip import link_is_up
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ def describe(msg: object) -> str:
 
 class LinkMonitor:
     """Calls `on_change(up, detail)` when the interface's usable state flips, and
-    `on_addr_removed(address)` when an IPv4 address leaves it (how a deleted VIP is noticed
-    without polling)."""
+    `on_addr_removed(address)` when an IPv4 or IPv6 address leaves it (how a deleted VIP is
+    noticed without polling)."""
 
     def __init__(self, ifindex: int, up: bool, on_change: Callable[[bool, str], None],
-                 on_addr_removed: Callable[[IPv4Interface], None] = lambda _: None) -> None:
+                 on_addr_removed: Callable[[Interface], None] = lambda _: None) -> None:
         self.ifindex = ifindex
         self.up = up
         self.on_change = on_change
@@ -40,7 +41,7 @@ class LinkMonitor:
 
     async def run(self) -> None:
         async with AsyncIPRoute() as ipr:
-            await ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+            await ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
             while True:  # pyroute2 0.9's get() ends after one datagram
                 async for msg in ipr.get():
                     self.feed(msg)
@@ -54,7 +55,7 @@ class LinkMonitor:
         if event in ("RTM_NEWADDR", "RTM_DELADDR"):
             if event == "RTM_DELADDR" and get("address"):
                 try:
-                    address = IPv4Interface(f"{get('address')}/{get('prefixlen')}")
+                    address = ip_interface(f"{get('address')}/{get('prefixlen')}")
                 except ValueError:
                     return
                 self.on_addr_removed(address)

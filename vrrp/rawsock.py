@@ -14,13 +14,15 @@ import ctypes
 import socket
 import struct
 
-#: one classic BPF program: (code, jt, jf, k) instructions, run over the whole IP datagram
+#: one classic BPF program: (code, jt, jf, k) instructions, run over what the socket receives
+#: (an AF_INET raw socket: the whole IP datagram; an AF_INET6 one: the payload after the IPv6 header)
 BpfProgram = list[tuple[int, int, int, int]]
 
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; Python's socket module does not name it
 
 # classic BPF opcodes
 LDX_MSH = 0xB1  # X = 4 * (pkt[k] & 0xf)
+LDX_IMM = 0x01  # X = k
 LD_B_IND = 0x50  # A = pkt[X + k]
 JEQ = 0x15
 JGE = 0x35
@@ -42,6 +44,8 @@ def run_program(prog: BpfProgram, pkt: bytes) -> bool:
             if k >= len(pkt):
                 return False
             x = 4 * (pkt[k] & 0xF)
+        elif code == LDX_IMM:
+            x = k
         elif code == LD_B_IND:
             if x + k >= len(pkt):
                 return False

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+
+from vrrp.packet import Address
 
 __all__ = ["Action", "Heard", "OtherMaster", "Params", "Router", "SendAdvert", "State", "Transition"]
 
@@ -28,7 +29,7 @@ class Params:
 
     vrid: int
     priority: int
-    address: IPv4Address
+    address: Address
     version: int = 2
     advert_interval: float = 1.0
     preempt: bool = True
@@ -39,7 +40,7 @@ class Params:
 class Heard:
     """The parts of a validated advertisement that drive the state machine."""
 
-    src: IPv4Address
+    src: Address
     priority: int
     interval: float
 
@@ -66,7 +67,7 @@ class OtherMaster:
     ARP at once instead of waiting for caches to expire.
     """
 
-    src: IPv4Address
+    src: Address
     priority: int
 
 
@@ -82,10 +83,10 @@ class Router:
         self.master_adver_interval = params.advert_interval
         self.master_down_at: float | None = None
         self.adver_at: float | None = None
-        self.master: IPv4Address | None = None
+        self.master: Address | None = None
         self.last_heard_at: float | None = None
         self.preempt_at: float | None = None
-        self.leaving: IPv4Address | None = None
+        self.leaving: Address | None = None
         self.left_how = "priority 0 advert"  # how `leaving` told us it left
         self.preempting: Heard | None = None
         self.maintenance = False  # stay backup whatever happens, until switched off
@@ -241,7 +242,7 @@ class Router:
         self.master_alive = alive
         return []
 
-    def peer_left(self, src: IPv4Address, now: float, how: str) -> list[Action]:
+    def peer_left(self, src: Address, now: float, how: str) -> list[Action]:
         """The master told us it left on another channel: the same as its priority 0 advert.
 
         The extension that goes with `peer_gone`: a master that goes FAULT because it lost its

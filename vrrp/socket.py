@@ -19,6 +19,15 @@ see the same packets:
 A routine advert from the current master therefore costs no wakeup; the backup drains them
 when its Master_Down timer expires and feeds them to the router with their real arrival
 times, which is exactly what the RFC timers need.
+
+IPv6 (VRRPv3, RFC 5798): the same two sockets in AF_INET6, joined to ff02::12 on the interface
+(IPV6_MULTICAST_ALL off). The kernel writes the IPv6 header, so the hop limit 255 is set with
+IPV6_MULTICAST_HOPS / IPV6_UNICAST_HOPS and the source, the interface's link-local address
+(RFC 5798 5.1.2.1), with IPV6_PKTINFO on every send; the checksum in our template covers that
+source. A raw AF_INET6 socket receives the message without the header, so the received hop
+limit (IPV6_RECVHOPLIMIT) and destination (IPV6_RECVPKTINFO) come as ancillary data, and `drain`
+puts a synthetic IPv6 header in front of each message: vrrp.packet checks the hop limit and the
+checksum exactly as it does for IPv4. The doorbell's filter sees the message at offset 0.
 """
 
 from __future__ import annotations
@@ -30,14 +39,15 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
-from vrrp.packet import GROUP, PROTO_VRRP
-from vrrp.rawsock import JEQ, JGE, LD_B_IND, LDX_MSH, RET, BpfProgram, attach_filter, bind_to_device
+from vrrp.packet import GROUP, GROUP6, PROTO_VRRP, TTL, Address, ipv6_header
+from vrrp.rawsock import JEQ, JGE, LD_B_IND, LDX_IMM, LDX_MSH, RET, BpfProgram, attach_filter, bind_to_device
 
 log = logging.getLogger(__name__)
 
 IP_MULTICAST_ALL = 49
+IPV6_MULTICAST_ALL = 29  # <linux/in6.h>, Linux 4.20; Python's socket module does not name it
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 # The queue holds what arrives between two drains: a backup drains every Master_Down_Interval -
@@ -55,10 +65,16 @@ def _mreqn(group: IPv4Address, ifindex: int) -> bytes:
     return struct.pack("=4s4si", group.packed, b"\0\0\0\0", ifindex)
 
 
-def doorbell_program(first_byte: int, vrid: int, threshold: int) -> BpfProgram:
-    """BPF over the IP datagram: pass unless it is a routine advert for `vrid` below `threshold`."""
+def _in6(address: IPv6Address, ifindex: int) -> bytes:
+    """struct ipv6_mreq and struct in6_pktinfo alike: an address and an interface index."""
+    return struct.pack("=16si", address.packed, ifindex)
+
+
+def doorbell_program(first_byte: int, vrid: int, threshold: int, ip_header: bool = True) -> BpfProgram:
+    """BPF over the IP datagram (or, without `ip_header`, over the VRRP message: what an AF_INET6
+    raw socket's filter sees): pass unless it is a routine advert for `vrid` below `threshold`."""
     return [
-        (LDX_MSH, 0, 0, 0),
+        (LDX_MSH, 0, 0, 0) if ip_header else (LDX_IMM, 0, 0, 0),
         (LD_B_IND, 0, 0, 0),  # version/type
         (JEQ, 0, 6, first_byte),
         (LD_B_IND, 0, 0, 1),  # VRID
@@ -72,14 +88,18 @@ def doorbell_program(first_byte: int, vrid: int, threshold: int) -> BpfProgram:
 
 
 class VrrpSocket:
-    """The sockets of one VRRP instance; `on_wake()` runs when the doorbell rings."""
+    """The sockets of one VRRP instance; `on_wake()` runs when the doorbell rings.
 
-    def __init__(self, ifname: str, ifindex: int, peers: tuple[IPv4Address, ...],
-                 on_wake: Callable[[], None]) -> None:
+    `ipv6_source`: an IPv6 instance, sending from this link-local address of the interface.
+    """
+
+    def __init__(self, ifname: str, ifindex: int, peers: tuple[Address, ...],
+                 on_wake: Callable[[], None], ipv6_source: IPv6Address | None = None) -> None:
         self.ifname = ifname
         self.ifindex = ifindex
         self.peers = peers
         self.on_wake = on_wake
+        self.ipv6_source = ipv6_source
         self.sent = 0
         self.send_errors = 0
         self.wakeups = 0
@@ -88,16 +108,21 @@ class VrrpSocket:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
-    def destinations(self) -> tuple[IPv4Address, ...]:
-        return self.peers or (GROUP,)
+    def destinations(self) -> tuple[Address, ...]:
+        return self.peers or (GROUP6 if self.ipv6_source else GROUP,)
 
     def _raw(self) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP)
+        s = socket.socket(socket.AF_INET6 if self.ipv6_source else socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP)
         try:
             bind_to_device(s, self.ifname)
-            s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-            if not self.peers:
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(GROUP, self.ifindex))
+            if self.ipv6_source:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
+                if not self.peers:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, _in6(GROUP6, self.ifindex))
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+                if not self.peers:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(GROUP, self.ifindex))
             s.setblocking(False)
         except OSError:
             s.close()
@@ -108,15 +133,21 @@ class VrrpSocket:
         queue = self._raw()
         bell = self._raw()
         try:
-            queue.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-            queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
-            queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn(IPv4Address(0), self.ifindex))
+            if self.ipv6_source:
+                for option, value in ((socket.IPV6_MULTICAST_HOPS, TTL), (socket.IPV6_UNICAST_HOPS, TTL),
+                                      (socket.IPV6_MULTICAST_LOOP, 0), (socket.IPV6_MULTICAST_IF, self.ifindex),
+                                      (socket.IPV6_RECVHOPLIMIT, 1), (socket.IPV6_RECVPKTINFO, 1)):
+                    queue.setsockopt(socket.IPPROTO_IPV6, option, value)
+            else:
+                queue.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+                queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, TTL)
+                queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                queue.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn(IPv4Address(0), self.ifindex))
             queue.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             queue.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, QUEUE_BUFFER)
             self._first_byte, self._vrid = first_byte, vrid
             bell.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BELL_BUFFER)
-            attach_filter(bell, doorbell_program(first_byte, vrid, WAKE_NEVER))
+            attach_filter(bell, self._doorbell(WAKE_NEVER))
         except OSError:
             queue.close()
             bell.close()
@@ -125,10 +156,13 @@ class VrrpSocket:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(bell.fileno(), self._ring)
 
+    def _doorbell(self, threshold: int) -> BpfProgram:
+        return doorbell_program(self._first_byte, self._vrid, threshold, ip_header=self.ipv6_source is None)
+
     def wake_at_or_above(self, threshold: int) -> None:
         """Besides priority 0 and odd packets, wake for adverts with priority >= threshold."""
         if self._bell is not None:
-            attach_filter(self._bell, doorbell_program(self._first_byte, self._vrid, threshold))
+            attach_filter(self._bell, self._doorbell(threshold))
 
     def close(self) -> None:
         if self._bell is not None:
@@ -140,14 +174,19 @@ class VrrpSocket:
             self._queue.close()
             self._queue = None
 
-    def send(self, datagram_for: Callable[[IPv4Address], bytes | bytearray]) -> bool:
+    def send(self, datagram_for: Callable[[Address], bytes | bytearray]) -> bool:
         """Send to the group or to every unicast peer; False if the kernel refused (link down...)."""
         if self._queue is None:
             return False
         ok = True
+        source = None if self.ipv6_source is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                                                           _in6(self.ipv6_source, self.ifindex))]
         for dst in self.destinations:
             try:
-                self._queue.sendto(datagram_for(dst), (str(dst), 0))
+                if source is None:
+                    self._queue.sendto(datagram_for(dst), (str(dst), 0))
+                else:
+                    self._queue.sendmsg([datagram_for(dst)], source, 0, (str(dst), 0, 0, self.ifindex))
                 self.sent += 1
             except OSError as e:
                 ok = False
@@ -168,19 +207,28 @@ class VrrpSocket:
             return out
         began = time.monotonic()
         offset = time.time() - began
+        ipv6 = self.ipv6_source is not None
         for _ in range(limit):
             try:
-                data, anc, _flags, _addr = self._queue.recvmsg(65535, 64)
+                data, anc, _flags, addr = self._queue.recvmsg(65535, 256)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
                 log.warning("receiving on VRRP socket failed: %s", e)
                 break
             at = None
+            hop_limit, dst = 0, bytes(16)
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
                     sec, nsec = struct.unpack_from("=qq", payload)
                     at = sec + nsec / 1e9 - offset
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(payload) >= 4:
+                    hop_limit = struct.unpack_from("=i", payload)[0]
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(payload) >= 16:
+                    dst = payload[:16]
+            if ipv6:  # the header the kernel kept from us, rebuilt for vrrp.packet (see module doc)
+                src = socket.inet_pton(socket.AF_INET6, addr[0].partition("%")[0])
+                data = ipv6_header(src, dst, hop_limit, len(data)) + data
             out.append((data, time.monotonic() if at is None else min(at, time.monotonic())))
             if at is not None and at > began:
                 break

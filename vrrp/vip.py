@@ -1,8 +1,15 @@
-"""Virtual addresses through netlink (pyroute2) and gratuitous ARP over one packet socket.
+"""Virtual addresses through netlink (pyroute2); gratuitous ARP, or for IPv6 unsolicited Neighbor
+Advertisements, over one packet socket.
 
 Only the configured VIPs are ever added or removed, and both operations are idempotent
 (EEXIST / EADDRNOTAVAIL count as done), so a restarted agent can reconcile whatever a
 crashed one left behind without touching the node's own addresses.
+
+IPv6 VIPs are added with IFA_F_NODAD: Duplicate Address Detection would keep a fresh VIP
+tentative (unusable as a source, not answering Neighbor Solicitations) for a second or more
+after the takeover, and the address is ours by the VRRP election, not by DAD. The
+announcements are built here byte by byte (as the GARP is) and sent on an AF_PACKET socket,
+so they neither wait for the kernel's view of the address nor depend on its source selection.
 """
 
 from __future__ import annotations
@@ -13,17 +20,29 @@ import logging
 import socket
 import struct
 from collections.abc import AsyncIterable, Iterable
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv6Address, ip_interface
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vrrp.checksum import checksum
 from vrrp.netlink import AsyncIPRoute
+from vrrp.packet import TTL, Address, Interface
 
 log = logging.getLogger(__name__)
 
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
 BROADCAST = b"\xff" * 6
+IFA_F_SECONDARY = 0x01
+IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+ALL_NODES = IPv6Address("ff02::1")
+ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"  # RFC 2464 7: 33:33 and the group's last 32 bits
+IPPROTO_ICMPV6 = 58
+ND_NEIGHBOR_ADVERT = 136
+NA_OVERRIDE = 0x20000000  # the O flag of RFC 4861 4.4 (R is 0x80000000, S 0x40000000)
 
 
 async def as_list(result: Any) -> list[Any]:
@@ -34,13 +53,15 @@ async def as_list(result: Any) -> list[Any]:
 
 
 class LinkInfo:
-    """What we need to know of the VRRP interface: index, MAC and primary IPv4 address."""
+    """What we need to know of the VRRP interface: index, MAC and the advert source, its primary
+    IPv4 address or (`ipv6`) its link-local address."""
 
-    def __init__(self, name: str, index: int, mac: bytes, primary: IPv4Address | None, up: bool) -> None:
+    def __init__(self, name: str, index: int, mac: bytes, primary: Address | None, up: bool) -> None:
         self.name, self.index, self.mac, self.primary, self.up = name, index, mac, primary, up
 
     @classmethod
-    async def query(cls, ipr: AsyncIPRoute, name: str, exclude: Iterable[IPv4Address] = ()) -> LinkInfo:
+    async def query(cls, ipr: AsyncIPRoute, name: str, exclude: Iterable[Address] = (),
+                    ipv6: bool = False) -> LinkInfo:
         try:
             links = await as_list(await ipr.link("get", ifname=name))
         except NetlinkError as e:
@@ -50,21 +71,31 @@ class LinkInfo:
         if not links:
             raise LookupError(f"interface {name} not found")
         link = links[0]
-        # the advert source: the first primary address that is not a VIP, else (an address
-        # owner listing its own address as VIP) the first primary address at all
         skip = set(exclude)
-        primaries = [IPv4Address(a.get("address"))
-                     for a in await as_list(await ipr.addr("dump", index=link["index"], family=socket.AF_INET))
-                     if not a["flags"] & 0x01]  # IFA_F_SECONDARY
-        primary = next((ip for ip in primaries if ip not in skip), primaries[0] if primaries else None)
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        addrs = await as_list(await ipr.addr("dump", index=link["index"], family=family))
+        primary: Address | None
+        if ipv6:
+            # RFC 5798 5.1.2.1: the source is the interface's link-local address. One still in
+            # DAD (tentative) only if there is no other: it is usable a second later, long before
+            # a backup's first Master_Down_Interval ends and it sends anything.
+            local = [(bool(a["flags"] & IFA_F_TENTATIVE), ip) for a in addrs
+                     if (ip := IPv6Address(a.get("address"))).is_link_local and ip not in skip
+                     and not a["flags"] & IFA_F_DADFAILED]
+            primary = min(local, key=lambda t: t[0])[1] if local else None
+        else:
+            # the advert source: the first primary address that is not a VIP, else (an address
+            # owner listing its own address as VIP) the first primary address at all
+            primaries = [IPv4Address(a.get("address")) for a in addrs if not a["flags"] & IFA_F_SECONDARY]
+            primary = next((ip for ip in primaries if ip not in skip), primaries[0] if primaries else None)
         mac = bytes.fromhex((link.get("address") or "00:00:00:00:00:00").replace(":", ""))
         return cls(name, link["index"], mac, primary, link_is_up(link))
 
 
-async def primary_address(name: str, exclude: Iterable[IPv4Address] = ()) -> IPv4Address | None:
+async def primary_address(name: str, exclude: Iterable[Address] = (), ipv6: bool = False) -> Address | None:
     """The interface's own address as the agent would pick it, for one-shot tools (LookupError: no such interface)."""
     async with AsyncIPRoute() as ipr:
-        return (await LinkInfo.query(ipr, name, exclude=exclude)).primary
+        return (await LinkInfo.query(ipr, name, exclude=exclude, ipv6=ipv6)).primary
 
 
 def link_is_up(msg: Any) -> bool:
@@ -76,32 +107,34 @@ def link_is_up(msg: Any) -> bool:
 class VipHolder:
     """Adds and removes exactly the configured VIPs on one interface."""
 
-    def __init__(self, ipr: AsyncIPRoute, ifindex: int, vips: Iterable[IPv4Interface],
-                 keep: Iterable[IPv4Address] = ()) -> None:
+    def __init__(self, ipr: AsyncIPRoute, ifindex: int, vips: Iterable[Interface],
+                 keep: Iterable[Address] = ()) -> None:
         self.ipr = ipr
         self.ifindex = ifindex
         self.vips = tuple(vips)
         self.keep = frozenset(keep)  # the node's own address is never removed, even if listed
 
-    async def present(self) -> set[IPv4Interface]:
-        got = set()
-        for a in await as_list(await self.ipr.addr("dump", index=self.ifindex, family=socket.AF_INET)):
-            got.add(IPv4Interface(f"{a.get('address')}/{a['prefixlen']}"))
+    async def present(self) -> set[Interface]:
+        got: set[Interface] = set()
+        for family in {socket.AF_INET6 if vip.version == 6 else socket.AF_INET for vip in self.vips}:
+            for a in await as_list(await self.ipr.addr("dump", index=self.ifindex, family=family)):
+                got.add(ip_interface(f"{a.get('address')}/{a['prefixlen']}"))
         return got & set(self.vips)
 
-    async def add(self, vips: Iterable[IPv4Interface] | None = None) -> list[IPv4Interface]:
+    async def add(self, vips: Iterable[Interface] | None = None) -> list[Interface]:
         added = []
         for vip in self.vips if vips is None else vips:
+            extra = {"flags": IFA_F_NODAD} if vip.version == 6 else {}
             try:
                 await self.ipr.addr("add", index=self.ifindex, address=str(vip.ip),
-                                    prefixlen=vip.network.prefixlen)
+                                    prefixlen=vip.network.prefixlen, **extra)
                 added.append(vip)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
         return added
 
-    async def remove(self, vips: Iterable[IPv4Interface] | None = None) -> list[IPv4Interface]:
+    async def remove(self, vips: Iterable[Interface] | None = None) -> list[Interface]:
         removed = []
         for vip in self.vips if vips is None else vips:
             if vip.ip in self.keep:
@@ -126,18 +159,44 @@ def garp_frame(mac: bytes, ip: IPv4Address) -> bytes:
     return BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
-class Garp:
-    """Gratuitous ARP bursts over one persistent AF_PACKET socket."""
+def na_frame(mac: bytes, ip: IPv6Address) -> bytes:
+    """An unsolicited Neighbor Advertisement (RFC 4861 4.4, 7.2.6) for the VIP, to all nodes.
 
-    def __init__(self, ifname: str, mac: bytes) -> None:
+    Source = the VIP itself (as the kernel's own unsolicited NAs), hop limit 255 (receivers drop
+    any other), Solicited 0 (it answers nobody), Override 1 (replace the cached link-layer
+    address), Router 0 (a VIP is a host address; a receiver that had marked the old entry a
+    router would otherwise drop it from its default routers only on R=0 anyway), and the
+    Target Link-Layer Address option carrying our MAC. The ICMPv6 checksum covers the IPv6
+    pseudo-header (RFC 8200 8.1).
+    """
+    icmp = struct.pack("!BBHI16sBB6s", ND_NEIGHBOR_ADVERT, 0, 0, NA_OVERRIDE, ip.packed, 2, 1, mac)
+    pseudo = ip.packed + ALL_NODES.packed + struct.pack("!I3xB", len(icmp), IPPROTO_ICMPV6)
+    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), IPPROTO_ICMPV6, TTL, ip.packed, ALL_NODES.packed)
+    return ALL_NODES_MAC + mac + struct.pack("!H", ETH_P_IPV6) + header + icmp
+
+
+def announcement(mac: bytes, ip: Address) -> bytes:
+    """The frame that points the link's neighbour caches at `mac` for a VIP: GARP or unsolicited NA."""
+    return na_frame(mac, ip) if isinstance(ip, IPv6Address) else garp_frame(mac, ip)
+
+
+class Garp:
+    """Gratuitous ARP (IPv4 VIPs) and unsolicited Neighbor Advertisement (IPv6 VIPs) bursts over
+    one persistent AF_PACKET socket; one instance's VIPs are all of one family."""
+
+    def __init__(self, ifname: str, mac: bytes, ipv6: bool = False) -> None:
         self.ifname = ifname
         self.mac = mac
+        # protocol 0 registers no receive hook: an ETH_P_IPV6 socket would be handed a copy of every
+        # IPv6 frame of the link, for nobody to read (the ARP one sees only the link's ARP)
+        self.protocol = 0 if ipv6 else ETH_P_ARP
         self.sent = 0
         self._sock: socket.socket | None = None
 
     def open(self) -> None:
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-        s.bind((self.ifname, ETH_P_ARP))
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.protocol))
+        s.bind((self.ifname, self.protocol))
         s.setblocking(False)
         self._sock = s
 
@@ -146,17 +205,17 @@ class Garp:
             self._sock.close()
             self._sock = None
 
-    def send(self, vips: Iterable[IPv4Interface]) -> None:
+    def send(self, vips: Iterable[Interface]) -> None:
         if self._sock is None:
             return
         for vip in vips:
             try:
-                self._sock.send(garp_frame(self.mac, vip.ip))
+                self._sock.send(announcement(self.mac, vip.ip))
                 self.sent += 1
             except OSError as e:
-                log.warning("gratuitous ARP for %s on %s failed: %s", vip.ip, self.ifname, e)
+                log.warning("announcing %s on %s failed: %s", vip.ip, self.ifname, e)
 
-    async def burst(self, vips: Iterable[IPv4Interface], count: int, interval: float) -> None:
+    async def burst(self, vips: Iterable[Interface], count: int, interval: float) -> None:
         vips = tuple(vips)
         for i in range(count):
             if i:
