@@ -62,15 +62,15 @@ class Vector:
     fields: dict[str, Any]
 
 
-def vectors_dir() -> Path:
-    if not (VECTORS / "vectors.txt").is_file():
-        pytest.fail(f"keepalived test vectors not found at {VECTORS}: capture them with "
-                    f"`python -m tests.lab.capture_keepalived {VECTORS}` (root)", pytrace=False)
-    return VECTORS
+def vectors_dir(directory: Path = VECTORS, tool: str = "tests.lab.capture_keepalived") -> Path:
+    if not (directory / "vectors.txt").is_file():
+        pytest.fail(f"keepalived test vectors not found at {directory}: capture them with "
+                    f"`python -m {tool} {directory}` (root)", pytrace=False)
+    return directory
 
 
-def load_vectors() -> dict[str, Vector]:
-    lines = [ln for ln in (vectors_dir() / "vectors.txt").read_text().splitlines() if ln.strip()]
+def load_vectors(directory: Path = VECTORS, tool: str = "tests.lab.capture_keepalived") -> dict[str, Vector]:
+    lines = [ln for ln in (vectors_dir(directory, tool) / "vectors.txt").read_text().splitlines() if ln.strip()]
     out: dict[str, Vector] = {}
     for head, wire, fields in zip(lines[0::3], lines[1::3], lines[2::3], strict=True):
         assert head.startswith("== "), head
@@ -83,9 +83,9 @@ def load_vectors() -> dict[str, Vector]:
     return out
 
 
-def _vector_names() -> list[str]:
+def _vector_names(directory: Path = VECTORS) -> list[str]:
     """For parametrization at collection time; missing fixtures become one failing case."""
-    path = VECTORS / "vectors.txt"
+    path = directory / "vectors.txt"
     if not path.is_file():
         return ["<keepalived vectors missing>"]
     return [ln[3:].strip() for ln in path.read_text().splitlines() if ln.startswith("== ")]

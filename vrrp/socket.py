@@ -22,7 +22,8 @@ times, which is exactly what the RFC timers need.
 
 IPv6 (VRRPv3, RFC 5798): the same two sockets in AF_INET6, joined to ff02::12 on the interface
 (IPV6_MULTICAST_ALL off). The kernel writes the IPv6 header, so the hop limit 255 is set with
-IPV6_MULTICAST_HOPS / IPV6_UNICAST_HOPS and the source, the interface's link-local address
+IPV6_MULTICAST_HOPS / IPV6_UNICAST_HOPS, the traffic class 0xc0 (keepalived's, as IPv4's TOS) with
+IPV6_TCLASS, and the source, the interface's link-local address
 (RFC 5798 5.1.2.1), with IPV6_PKTINFO on every send; the checksum in our template covers that
 source. A raw AF_INET6 socket receives the message without the header, so the received hop
 limit (IPV6_RECVHOPLIMIT) and destination (IPV6_RECVPKTINFO) come as ancillary data, and `drain`
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
-from vrrp.packet import GROUP, GROUP6, PROTO_VRRP, TTL, Address, ipv6_header
+from vrrp.packet import GROUP, GROUP6, PROTO_VRRP, TOS, TTL, Address, ipv6_header
 from vrrp.rawsock import JEQ, JGE, LD_B_IND, LDX_IMM, LDX_MSH, RET, BpfProgram, attach_filter, bind_to_device
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class VrrpSocket:
         try:
             if self.ipv6_source:
                 for option, value in ((socket.IPV6_MULTICAST_HOPS, TTL), (socket.IPV6_UNICAST_HOPS, TTL),
+                                      (socket.IPV6_TCLASS, TOS),
                                       (socket.IPV6_MULTICAST_LOOP, 0), (socket.IPV6_MULTICAST_IF, self.ifindex),
                                       (socket.IPV6_RECVHOPLIMIT, 1), (socket.IPV6_RECVPKTINFO, 1)):
                     queue.setsockopt(socket.IPPROTO_IPV6, option, value)

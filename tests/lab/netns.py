@@ -69,6 +69,7 @@ __all__ = [
 NETNS_DIR = Path("/run/netns")
 SUBNET = ipaddress.IPv4Network("192.0.2.0/24")
 PREFIXLEN = SUBNET.prefixlen
+SUBNET6 = ipaddress.IPv6Network("2001:db8::/64")  # the documentation prefix, for `enable_ipv6`
 CLIENT = "client"
 BRIDGE = "br"
 CLIENT_IP = "192.0.2.10"
@@ -655,20 +656,52 @@ class NetnsLab(Closing):
 
     # -- queries ------------------------------------------------------------------------------
 
-    def addresses(self, name: str, dev: str = DEFAULT_DEV) -> set[str]:
-        """IPv4 addresses on ``dev`` as "a.b.c.d/len" (VIPs included, primary or secondary)."""
-        info = self._ip_json("-4", "addr", "show", "dev", dev, ns=self.ns(name))
+    def addresses(self, name: str, dev: str = DEFAULT_DEV, ipv6: bool = False) -> set[str]:
+        """IPv4 (or IPv6) addresses on ``dev`` as "a.b.c.d/len" (VIPs included, primary or secondary)."""
+        info = self._ip_json("-6" if ipv6 else "-4", "addr", "show", "dev", dev, ns=self.ns(name))
         return {
             f"{addr['local']}/{addr['prefixlen']}"
             for link in info
             for addr in link.get("addr_info", ())
-            if addr.get("family") == "inet"
+            if addr.get("family") == ("inet6" if ipv6 else "inet")
         }
 
     def has_address(self, name: str, ip: str, dev: str = DEFAULT_DEV) -> bool:
-        """Whether ``ip`` (with or without "/len") is on the member's interface."""
-        bare = ip.split("/", 1)[0]
-        return any(a.split("/", 1)[0] == bare for a in self.addresses(name, dev))
+        """Whether ``ip`` (with or without "/len", either family) is on the member's interface."""
+        bare = ipaddress.ip_address(ip.split("/", 1)[0])
+        return any(ipaddress.ip_address(a.split("/", 1)[0]) == bare
+                   for a in self.addresses(name, dev, ipv6=bare.version == 6))
+
+    # -- IPv6 (documentation prefix 2001:db8::/64 and the link-local addresses) -------------------
+
+    def ipv6(self, name: str) -> str:
+        """The member's 2001:db8:: address (node index + 1, the client ::10), as `enable_ipv6` adds it."""
+        return str(SUBNET6.network_address + int(ipaddress.IPv4Address(self.ipv4(name))) % 256)
+
+    def link_local(self, name: str, dev: str = DEFAULT_DEV) -> str:
+        """The member's fe80:: address (the kernel's, from the MAC: 02:..:0a gives fe80::ff:fe00:a)."""
+        local = [a.split("/", 1)[0] for a in self.addresses(name, dev, ipv6=True) if a.startswith("fe80:")]
+        if not local:
+            raise LabError(f"{self.ns(name)}: {dev} has no link-local address")
+        return local[0]
+
+    def enable_ipv6(self, timeout: float = 10.0) -> None:
+        """Give every member its 2001:db8::/64 address (no DAD) and wait until every link-local
+        address has finished DAD (tentative ones cannot send: VRRPv3 adverts come from them)."""
+        for member in self.members:
+            self._ip("addr", "add", f"{self.ipv6(member)}/{SUBNET6.prefixlen}", "dev", DEFAULT_DEV, "nodad",
+                     ns=self.ns(member))
+
+        def settled() -> bool:
+            for member in self.members:
+                info = self._ip_json("-6", "addr", "show", "dev", DEFAULT_DEV, ns=self.ns(member))
+                local = [a for link in info for a in link.get("addr_info", ()) if a.get("scope") == "link"]
+                if not local or any(a.get("tentative") or a.get("dadfailed") for a in local):
+                    return False
+            return True
+
+        if not wait_until(settled, timeout, interval=0.05):
+            raise LabError(f"lab {self.prefix!r}: link-local addresses still tentative after {timeout:g} s")
 
     def neigh_mac(self, name: str, ip: str, dev: str = DEFAULT_DEV) -> str | None:
         """MAC the member would use for ``ip`` now; None if unknown, INCOMPLETE or FAILED.
