@@ -8,6 +8,7 @@ plus 1 s) and printed (run with -s to see them); the ratio against keepalived is
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -53,6 +54,14 @@ def holders(lab: NetnsLab) -> list[str]:
     return [n for n in ("a", "b") if VIP_CIDR in lab.addresses(n, ipv6=True)]
 
 
+def vip_flags(lab: NetnsLab, node: str) -> set[str]:
+    """The flags `ip -j` reports for the VIP on `node` (nodad, tentative...)."""
+    out = lab.run(node, ["ip", "-j", "-6", "addr", "show", "dev", "eth0"]).stdout
+    found = [a for link in json.loads(out) for a in link.get("addr_info", ()) if a.get("local") == VIP]
+    assert found, out
+    return {k for k, v in found[0].items() if v is True}
+
+
 def client_reaches(lab: NetnsLab, node: str) -> bool:
     ok = lab.run(CLIENT, ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "1", VIP], check=False).returncode == 0
     return ok and lab.neigh_mac(CLIENT, VIP) == lab.mac(node)
@@ -95,6 +104,11 @@ def test_two_agents_elect_hold_announce_and_take_over(lab: NetnsLab, tmp_path: P
     assert (status["address"], status["master"]) == (lab.link_local("b"), lab.link_local("a")), status
     shown = pb.ctl("status").stdout  # failoverctl status prints the IPv6 addresses as they are
     assert lab.link_local("a") in shown and VIP_CIDR in shown, shown
+    # the VIP went on without DAD (usable at once), and one deleted by hand is noticed and put back
+    assert not vip_flags(lab, "a") & {"tentative", "dadfailed"}, vip_flags(lab, "a")
+    lab.run("a", ["ip", "-6", "addr", "del", VIP_CIDR, "dev", "eth0"])
+    assert wait_until(lambda: VIP_CIDR in lab.addresses("a", ipv6=True), 2.0), pa.log()
+    assert "was removed from eth0 by someone else" in pa.log()
     # a's node crashes (agent killed, cable pulled): b takes over after its Master_Down_Interval
     capture = NaCapture(lab, tmp_path / "na.pcap")
     pa.kill()

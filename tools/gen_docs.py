@@ -45,17 +45,19 @@ SECTIONS: dict[str, tuple[Mapping[str, Callable[[Any], Any]], type[Any], str]] =
 KEY_DOCS: dict[str, str] = {
     "vrrp.interface": "the VRRP interface (FAULT while it is down)",
     "vrrp.vrid": "virtual router id, 1..255",
-    "vrrp.vips": "one or more virtual addresses ADDRESS/PREFIX; a bare address means /32",
+    "vrrp.vips": "one or more virtual addresses ADDRESS/PREFIX, all IPv4 or all IPv6 (IPv6 needs version 3); "
+                 "a bare address means /32 (/128)",
     "vrrp.priority": "1..255; 255 = address owner: master at once",
     "vrrp.version": "2 (RFC 3768) or 3 (RFC 5798)",
     "vrrp.advert_interval": "seconds; v2 whole seconds 1..255, v3 0.01..40.95",
     "vrrp.preempt": "false = keepalived's nopreempt",
     "vrrp.preempt_delay": "seconds a higher-priority backup waits after seeing a lower master",
-    "vrrp.unicast_peers": "empty = multicast 224.0.0.18; else adverts go to, and are accepted only from, these",
+    "vrrp.unicast_peers": "empty = multicast 224.0.0.18 (IPv6: ff02::12); else adverts go to, and are accepted only "
+                          "from, these (IPv6: the peers' link-local addresses)",
     "vrrp.auth_pass": "v2 only, at most 8 characters (keepalived auth_type PASS compatibility; not security)",
-    "vrrp.garp_count": "gratuitous ARP rounds on becoming master",
+    "vrrp.garp_count": "gratuitous ARP (IPv6: unsolicited Neighbor Advertisement) rounds on becoming master",
     "vrrp.garp_interval": "seconds between those rounds",
-    "vrrp.garp_refresh": "seconds between refresh GARPs while master; 0 = off",
+    "vrrp.garp_refresh": "seconds between refresh GARPs (NAs) while master; 0 = off",
     "agent.control_socket": "failoverctl talks to the agent here (root only)",
     "agent.metrics": "IPV4:PORT on a local address serves Prometheus text; empty = off",
     "agent.state_file": "maintenance mode, kept across restarts and reboots",
