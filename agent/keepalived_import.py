@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import ip_address, ip_interface
 from pathlib import Path
 
 from agent import config as configmod
@@ -183,7 +183,7 @@ NOT_MAPPED = {
     "garp_lower_prio_repeat": "no equivalent",
     "lvs_sync_daemon_interface": "LVS is not part of failover-agent",
     "debug": "use failover-agent --verbose",
-    "native_ipv6": "IPv6 VRRP is not supported",
+    "native_ipv6": "an instance with IPv6 VIPs is an IPv6 (VRRPv3) instance already",
     "strict_mode": "failover-agent is always strict on receive",
     "skip_check_adv_addr": "adverts with a different address list are accepted",
     "version": "",  # handled
@@ -965,6 +965,7 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
     groups = [g for g in tree if g.keyword == "vrrp_sync_group" and any(
         name in [m.keyword, *m.args] for c in g.children or [] if c.keyword == "group" for m in c.children or [])]
     tracks: list[tuple[Node, str]] = []
+    own_version: int | None = None  # the instance's own `version`, not global_defs' vrrp_version
 
     for node in tree:
         if node.keyword == "global_defs" and node.children:
@@ -999,7 +1000,7 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
             advert = _one(node, "number")
             res.mapped.append("advert_int -> advert_interval")
         elif k == "version":
-            values["version"] = int(_number(node))
+            values["version"] = own_version = int(_number(node))
             res.mapped.append("version")
         elif k == "nopreempt":
             values["preempt"] = False
@@ -1024,9 +1025,9 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
             for entry in node.children or []:
                 addr = entry.keyword
                 try:
-                    IPv4Interface(addr)
+                    ip_interface(addr)
                 except ValueError:
-                    res.unmapped.append(f"{k} {addr}: not an IPv4 address (IPv6 VRRP is not supported)")
+                    res.unmapped.append(f"{k} {addr}: not an IPv4 or IPv6 address")
                     continue
                 vips.append(addr)
                 opts = entry.args
@@ -1041,9 +1042,15 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
             peers = []
             for entry in node.children or []:
                 try:
-                    peers.append(str(IPv4Address(entry.keyword)))
+                    peer = ip_address(entry.keyword)
                 except ValueError:
-                    res.unmapped.append(f"unicast_peer {entry.keyword}: not an IPv4 address")
+                    res.unmapped.append(f"unicast_peer {entry.keyword}: not an IPv4 or IPv6 address")
+                    continue
+                if peer.version == 6 and not peer.is_link_local:
+                    res.unmapped.append(f"unicast_peer {peer}: IPv6 adverts come from the peer's link-local address; "
+                                        "list that one")
+                    continue
+                peers.append(str(peer))
             values["unicast_peers"] = peers
             res.mapped.append("unicast_peer -> unicast_peers")
         elif k == "garp_master_delay":
@@ -1062,6 +1069,16 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
         else:
             res.unmapped.append(f"{k} {' '.join(node.args)}: unknown to the importer, not converted".replace("  ", " "))
 
+    vips = values.get("vips")
+    if isinstance(vips, list) and vips and ip_interface(str(vips[0])).version == 6:
+        # keepalived runs an IPv6 instance as VRRPv3 unless the instance itself says version 2 (a
+        # non-standard VRRPv2 over IPv6 that RFC 3768 does not have, refused in strict mode)
+        if own_version == 2:
+            res.unmapped.append("version 2 with IPv6 VIPs: VRRPv2 (RFC 3768) is IPv4 only; converted to version 3, "
+                                "which the keepalived peer must run too")
+        if values.get("version") != 3:
+            values["version"] = 3
+            res.mapped.append("IPv6 VIPs -> version = 3 (as keepalived runs an IPv6 instance)")
     version = int(str(values.get("version", 2)))
     if advert is not None:
         interval, warning = keepalived_advert_int(advert, version)
