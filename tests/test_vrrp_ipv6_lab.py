@@ -1,9 +1,10 @@
-"""VRRPv3 over IPv6 (RFC 5798) between network namespaces: two agents, and keepalived 2.2.7 in both roles.
+"""VRRPv3 over IPv6 (RFC 5798) between network namespaces: two agents (keepalived 2.2.7 in both
+roles: tests/test_keepalived_interop.py, modes v3-ipv6*).
 
 The lab's nodes keep their kernel link-local addresses (from their MACs: a fe80::ff:fe00:a, b
 fe80::ff:fe00:b), the advert sources, and get 2001:db8::1, ::2 (client ::10) for the client's
 pings; the VIP is 2001:db8::100/64. Takeover times are held to ci_bound (twice the protocol's time
-plus 1 s) and printed (run with -s to see them); the ratio against keepalived is bench territory.
+plus 1 s) and printed (run with -s to see them).
 """
 
 from __future__ import annotations
@@ -18,36 +19,20 @@ import pytest
 
 from tests.lab.agent import AgentProc
 from tests.lab.capture_keepalived6 import describe, ipv6_datagram
-from tests.lab.keepalived import Keepalived, check_keepalived_conf, render_keepalived_conf
 from tests.lab.netns import CLIENT, NetnsLab, ci_bound, stop_process, wait_until
 from tests.lab.pcap import read_pcap
+from tests.test_keepalived_interop import client_reaches, master_down
 
 pytestmark = pytest.mark.lab
 
 VIP = "2001:db8::100"
 VIP_CIDR = "2001:db8::100/64"
-MODES: dict[str, dict[str, Any]] = {"1s": {"advert_interval": 1.0}, "0.2s": {"advert_interval": 0.2}}
-
-
-def master_down(priority: int, interval: float) -> float:
-    return 3 * interval + (256 - priority) / 256 * interval
-
-
-def skew(priority: int, interval: float) -> float:
-    return (256 - priority) / 256 * interval
 
 
 def agent(lab: NetnsLab, node: str, tmp_path: Path, priority: int, interval: float) -> AgentProc:
     p = AgentProc(lab, node, tmp_path, priority=priority, version=3, advert_interval=interval, vips=[VIP_CIDR])
     lab.add_cleanup(p.close)
     return p
-
-
-def keepalived(lab: NetnsLab, node: str, tmp_path: Path, priority: int, interval: float) -> Keepalived:
-    conf = render_keepalived_conf(name=f"ka_{node}", interface="eth0", vrid=51, priority=priority,
-                                  advert_int=interval, version=3, vips=[VIP_CIDR])
-    check_keepalived_conf(lab, node, conf)
-    return Keepalived(lab, node, conf, workdir=tmp_path / f"ka-{node}")
 
 
 def holders(lab: NetnsLab) -> list[str]:
@@ -60,11 +45,6 @@ def vip_flags(lab: NetnsLab, node: str) -> set[str]:
     found = [a for link in json.loads(out) for a in link.get("addr_info", ()) if a.get("local") == VIP]
     assert found, out
     return {k for k, v in found[0].items() if v is True}
-
-
-def client_reaches(lab: NetnsLab, node: str) -> bool:
-    ok = lab.run(CLIENT, ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "1", VIP], check=False).returncode == 0
-    return ok and lab.neigh_mac(CLIENT, VIP) == lab.mac(node)
 
 
 class NaCapture:
@@ -95,7 +75,7 @@ def test_two_agents_elect_hold_announce_and_take_over(lab: NetnsLab, tmp_path: P
     assert wait_until(lambda: holders(lab) == ["a"], 2), holders(lab)
     # nobody had asked for the VIP: the master's unsolicited NAs created no entry in the client
     assert lab.neigh_mac(CLIENT, VIP) is None
-    assert client_reaches(lab, "a")
+    assert client_reaches(lab, "a", VIP)
     time.sleep(3 * interval)
     assert [t.new for t in pa.transitions()] == ["BACKUP", "MASTER"]
     assert [t.new for t in pb.transitions()] == ["BACKUP"]
@@ -114,11 +94,11 @@ def test_two_agents_elect_hold_announce_and_take_over(lab: NetnsLab, tmp_path: P
     pa.kill()
     lab.set_link("a", False)
     t0 = time.monotonic()
-    bound = ci_bound(master_down(100, interval))
+    bound = ci_bound(master_down(100, interval, 3))
     assert pb.wait_state("MASTER", bound), pb.log()
     took = time.monotonic() - t0
     print(f"\nIPv6 agent->agent crash takeover at {interval:g} s adverts: {took:.3f} s "
-          f"(Master_Down_Interval {master_down(100, interval):.3f} s)")
+          f"(Master_Down_Interval {master_down(100, interval, 3):.3f} s)")
     assert took < bound
     assert f"master {lab.link_local('a')} silent for" in pb.transitions()[-1].reason
     assert VIP_CIDR in lab.addresses("b", ipv6=True)
@@ -132,56 +112,4 @@ def test_two_agents_elect_hold_announce_and_take_over(lab: NetnsLab, tmp_path: P
     assert (na["src"], na["dst"], na["hop_limit"], na["target"]) == (VIP, "ff02::1", 255, VIP)
     assert na["override"] and not na["solicited"] and na["checksum_ok"]
     assert na["options"] == "0201" + lab.mac("b").replace(":", "")  # Target Link-Layer Address option
-    assert client_reaches(lab, "b")
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_keepalived_master_agent_backup(lab: NetnsLab, tmp_path: Path, mode: str) -> None:
-    lab.enable_ipv6()
-    interval = MODES[mode]["advert_interval"]
-    ka = keepalived(lab, "a", tmp_path, 150, interval).start()
-    ag = agent(lab, "b", tmp_path, 100, interval)
-    ag.start(["--verbose"])
-    assert ka.wait_state("MASTER", 8), ka.log()
-    time.sleep(4 * interval + 0.5)
-    assert ag.state() == "BACKUP", ag.log()
-    assert "MASTER" not in [t.new for t in ag.transitions()], ag.log()
-    assert "dropped VRRP packet" not in ag.log(), ag.log()
-    assert client_reaches(lab, "a")
-    t0 = time.monotonic()
-    lab.set_link("a", False)
-    ka.kill()
-    bound = ci_bound(master_down(100, interval))
-    assert ag.wait_state("MASTER", bound), ag.log()
-    took = time.monotonic() - t0
-    print(f"\nIPv6 keepalived->agent crash takeover at {interval:g} s adverts: {took:.3f} s "
-          f"(Master_Down_Interval {master_down(100, interval):.3f} s)")
-    assert took < bound
-    assert wait_until(lambda: lab.neigh_mac(CLIENT, VIP) == lab.mac("b"), 2), lab.neigh_mac(CLIENT, VIP)
-    assert wait_until(lambda: client_reaches(lab, "b"), 3)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_agent_master_keepalived_backup(lab: NetnsLab, tmp_path: Path, mode: str) -> None:
-    lab.enable_ipv6()
-    interval = MODES[mode]["advert_interval"]
-    ag = agent(lab, "a", tmp_path, 150, interval)
-    ag.start()
-    ka = keepalived(lab, "b", tmp_path, 100, interval).start()
-    assert ag.wait_state("MASTER", 8), ag.log()
-    assert ka.wait_state("BACKUP", 3), ka.log()
-    time.sleep(4 * interval + 0.5)
-    assert ka.state() == "BACKUP", ka.log()
-    assert holders(lab) == ["a"]
-    assert client_reaches(lab, "a")
-    # graceful stop: keepalived understands our priority 0 and takes over after Skew_Time
-    t0 = time.monotonic()
-    code, _ = ag.terminate()
-    assert code == 0
-    assert ka.wait_state("MASTER", ci_bound(skew(100, interval))), ka.log()
-    took = time.monotonic() - t0
-    print(f"\nIPv6 agent->keepalived graceful handover at {interval:g} s adverts: {took:.3f} s "
-          f"(Skew_Time {skew(100, interval):.3f} s)")
-    assert "Backup received priority 0 advertisement" in ka.log(), ka.log()
-    assert holders(lab) == ["b"]
-    assert wait_until(lambda: client_reaches(lab, "b"), 3)
+    assert client_reaches(lab, "b", VIP)

@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.lab.keepalived import Keepalived, check_keepalived_conf, keepalived_version, render_keepalived_conf
 from tests.lab.lock import hold_lab_lock
 from tests.lab.netns import CLIENT, LabError, NetnsLab, node_ip, node_mac, stop_process
 from tests.lab.pcap import Frame, ip_datagram, read_pcap
 
+T = TypeVar("T")
 VERSION = "Keepalived v2.2.7"
 VRID = 51
 VIP = "192.0.2.100"
@@ -95,17 +96,22 @@ def _wait(what: str, predicate: Callable[[], bool], timeout: float, logs: Callab
 
 
 def run_keepalived(lab: NetnsLab, version: int, work: Path) -> dict[str, str]:
-    """b alone, then a preempts, a stops (priority 0), b stops; returns what b logged."""
-    interval = INTERVAL[version]
+    """b alone, then a preempts, a stops (priority 0), b stops; returns what each logged."""
+    return run_sequence(lab, {node: config(node, version) for node in (A, B)}, INTERVAL[version],
+                        work / f"v{version}", settle=0.5)
+
+
+def run_sequence(lab: NetnsLab, configs: dict[str, str], interval: float, work: Path, settle: float) -> dict[str, str]:
+    """The capture's sequence with these keepalived configs of a and b (`settle`: seconds after b
+    became master, for its announcements); returns what each logged."""
     kas: dict[str, Keepalived] = {}
     for node in (B, A):
-        conf = config(node, version)
-        check_keepalived_conf(lab, node, conf)
-        kas[node] = Keepalived(lab, node, conf, workdir=work / f"v{version}-{node}")
+        check_keepalived_conf(lab, node, configs[node])
+        kas[node] = Keepalived(lab, node, configs[node], workdir=work / node)
     a, b = kas[A], kas[B]
     b.start()
     _wait("b MASTER alone", lambda: b.state() == "MASTER", 15, b.log)
-    time.sleep(2 * interval + 0.5)  # adverts and the GARP burst
+    time.sleep(2 * interval + settle)  # adverts and the GARP burst
     a.start()
     _wait("a MASTER by preemption", lambda: a.state() == "MASTER" and b.state() == "BACKUP", 15,
           lambda: a.log() + b.log())
@@ -120,20 +126,25 @@ def run_keepalived(lab: NetnsLab, version: int, work: Path) -> dict[str, str]:
 
 def record(out: Path) -> dict[int, dict[str, str]]:
     """Everything VRRP and ARP on the bridge during both runs, seen from the client's port."""
-    logs: dict[int, dict[str, str]] = {}
-    with NetnsLab(f"kacap{os.getpid() % 10000}", nodes=(A, B)) as lab:
-        dump = lab.popen(CLIENT, ["tcpdump", "-i", "eth0", "-n", "-s", "256", "-U", "-w", str(out),
-                                  "ip proto 112 or arp"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return recording(out, f"kacap{os.getpid() % 10000}", "ip proto 112 or arp",
+                     lambda lab: {version: run_keepalived(lab, version, lab.workdir) for version in (2, 3)})
+
+
+def recording(out: Path, prefix: str, bpf: str, run: Callable[[NetnsLab], T], ipv6: bool = False) -> T:
+    """tcpdump on the client's port into `out` (what `bpf` matches) while `run` runs in a new lab."""
+    with NetnsLab(prefix, nodes=(A, B)) as lab:
+        if ipv6:
+            lab.enable_ipv6()
+        dump = lab.popen(CLIENT, ["tcpdump", "-i", "eth0", "-n", "-s", "256", "-U", "-w", str(out), bpf],
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert dump.stderr is not None
         first = dump.stderr.readline()
         if "listening on" not in first:
             raise LabError(f"tcpdump did not start: {first}{dump.stderr.read() if dump.poll() is not None else ''}")
         try:
-            for version in (2, 3):
-                logs[version] = run_keepalived(lab, version, lab.workdir)
+            return run(lab)
         finally:
             stop_process(dump, grace=5)  # SIGTERM: tcpdump flushes and closes the file
-    return logs
 
 
 def cut(recording: Path, case: Case, dest: Path) -> Frame:
@@ -215,34 +226,50 @@ The configs (rendered by tests/lab/keepalived.py, checked with `keepalived -t` i
 {confs}"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def capture_main(argv: list[str] | None, tool: str, record: Callable[[Path], dict[Any, dict[str, str]]],
+                 cases: list[Case], vector_of: Callable[[Case, Frame], str | None],
+                 readme_of: Callable[[str], str]) -> dict[Any, dict[str, str]] | None:
+    """The command line of a capture tool (this one and tests.lab.capture_keepalived6): check the
+    keepalived version, take the lab lock, `record` into a temporary file, cut one frame per case,
+    write vectors.txt (`vector_of`: a frame's entry, None for none) and README.md, and copy all to
+    the output directory. Returns what `record` returned (the keepalived logs), None on a wrong version."""
+    parser = argparse.ArgumentParser(prog=f"python -m {tool}")
     parser.add_argument("outdir", type=Path, help="where the pcaps, vectors.txt and README.md go")
     args = parser.parse_args(argv)
     version_line = keepalived_version()
     if not version_line.startswith(VERSION):
         print(f"these fixtures are of {VERSION}; this machine has {version_line or 'no keepalived'}", file=sys.stderr)
-        return 1
-    hold_lab_lock("tests.lab.capture_keepalived")
+        return None
+    hold_lab_lock(tool)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
     with tempfile.TemporaryDirectory(prefix="keepalived-capture-") as tmp:
         recording = Path(tmp) / "all.pcap"
         logs = record(recording)
         staged = Path(tmp) / "out"
         staged.mkdir()
-        vectors = []
-        for case in CASES:
-            frame = cut(recording, case, staged / f"{case.name}.pcap")
-            if frame.ethertype == 0x0800:
-                if frame.dst_mac != GROUP_MAC:
-                    raise LabError(f"{case.name}: sent to {frame.dst_mac}, not the VRRP group MAC")
-                vectors.append(vector(case.name, frame))
-        (staged / "vectors.txt").write_text("".join(vectors))
-        (staged / "README.md").write_text(readme(version_line, CASES))
+        vectors = [vector_of(case, cut(recording, case, staged / f"{case.name}.pcap")) for case in cases]
+        (staged / "vectors.txt").write_text("".join(v for v in vectors if v is not None))
+        (staged / "README.md").write_text(readme_of(version_line))
         args.outdir.mkdir(parents=True, exist_ok=True)
         for path in sorted(staged.iterdir()):
             shutil.copyfile(path, args.outdir / path.name)
             print(f"wrote {args.outdir / path.name}")
+    return logs
+
+
+def _vector_of(case: Case, frame: Frame) -> str | None:
+    if frame.ethertype != 0x0800:
+        return None
+    if frame.dst_mac != GROUP_MAC:
+        raise LabError(f"{case.name}: sent to {frame.dst_mac}, not the VRRP group MAC")
+    return vector(case.name, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logs = capture_main(argv, "tests.lab.capture_keepalived", record, CASES, _vector_of,
+                        lambda version_line: readme(version_line, CASES))
+    if logs is None:
+        return 1
     for version, by_node in logs.items():  # what b made of a's priority 0, for the interop tests' wording
         said = [line for line in by_node["b"].splitlines() if "priority 0" in line.lower()]
         print(f"v{version}: keepalived b on a's priority 0: {said[:2]}")

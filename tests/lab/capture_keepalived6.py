@@ -15,23 +15,16 @@ in the format of the IPv4 fixtures (name; MACs and the IPv6 datagram in hex; the
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
-import shutil
-import signal
 import struct
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab.capture_keepalived import VERSION, Case, _wait, cut, ones_complement_sum
-from tests.lab.keepalived import Keepalived, check_keepalived_conf, keepalived_version, render_keepalived_conf
-from tests.lab.lock import hold_lab_lock
-from tests.lab.netns import CLIENT, LabError, NetnsLab, node_mac, stop_process
+from tests.lab.capture_keepalived import Case, capture_main, ones_complement_sum, recording, run_sequence
+from tests.lab.keepalived import render_keepalived_conf
+from tests.lab.netns import LabError, node_mac
 from tests.lab.pcap import Frame
 
 VRID = 51
@@ -62,42 +55,12 @@ def config(node: str) -> str:
                                   advert_int=INTERVAL, version=3, vips=[f"{VIP}/64"])
 
 
-def run_keepalived(lab: NetnsLab, work: Path) -> dict[str, str]:
-    """b alone, then a preempts, a stops (priority 0), b stops; returns what each logged."""
-    kas: dict[str, Keepalived] = {}
-    for node in (B, A):
-        conf = config(node)
-        check_keepalived_conf(lab, node, conf)
-        kas[node] = Keepalived(lab, node, conf, workdir=work / f"v6-{node}")
-    a, b = kas[A], kas[B]
-    b.start()
-    _wait("b MASTER alone", lambda: b.state() == "MASTER", 15, b.log)
-    time.sleep(2 * INTERVAL + 1.5)  # adverts and the NA bursts (at once and a second later)
-    a.start()
-    _wait("a MASTER by preemption", lambda: a.state() == "MASTER" and b.state() == "BACKUP", 15,
-          lambda: a.log() + b.log())
-    time.sleep(2 * INTERVAL + 0.5)
-    if a.stop() != 0:
-        raise LabError(f"keepalived a did not stop cleanly:\n{a.log()}")
-    _wait("b MASTER after a's priority 0", lambda: b.state() == "MASTER", 10, b.log)
-    time.sleep(2 * INTERVAL + 0.5)
-    b.stop()
-    return {"a": a.log(), "b": b.log()}
-
-
 def record(out: Path) -> dict[str, str]:
-    with NetnsLab(f"kacap6{os.getpid() % 10000}", nodes=(A, B)) as lab:
-        lab.enable_ipv6()
-        dump = lab.popen(CLIENT, ["tcpdump", "-i", "eth0", "-n", "-s", "256", "-U", "-w", str(out),
-                                  "ip6 proto 112 or icmp6"], stderr=subprocess.PIPE, text=True)  # fmt: skip
-        assert dump.stderr is not None
-        first = dump.stderr.readline()
-        if "listening on" not in first:
-            raise LabError(f"tcpdump did not start: {first}{dump.stderr.read() if dump.poll() is not None else ''}")
-        try:
-            return run_keepalived(lab, lab.workdir)
-        finally:
-            stop_process(dump, grace=5)
+    """b alone, then a preempts, a stops (priority 0), b stops; returns what each logged."""
+    return recording(out, f"kacap6{os.getpid() % 10000}", "ip6 proto 112 or icmp6",
+                     lambda lab: run_sequence(lab, {node: config(node) for node in (A, B)}, INTERVAL,
+                                              lab.workdir / "v6", settle=1.5),  # NAs at once and 1 s later
+                     ipv6=True)
 
 
 # -- the description, independent of vrrp.packet and vrrp.vip -----------------------------------
@@ -165,34 +128,17 @@ The configs (rendered by tests/lab/keepalived.py, checked with `keepalived -t` i
 {confs}"""
 
 
+def _vector_of(case: Case, frame: Frame) -> str:
+    if case.name.startswith("v6") and frame.dst_mac != GROUP_MAC:
+        raise LabError(f"{case.name}: sent to {frame.dst_mac}, not the VRRP group MAC")
+    return vector(case.name, frame)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("outdir", type=Path, help="where the pcaps, vectors.txt and README.md go")
-    args = parser.parse_args(argv)
-    version_line = keepalived_version()
-    if not version_line.startswith(VERSION):
-        print(f"these fixtures are of {VERSION}; this machine has {version_line or 'no keepalived'}", file=sys.stderr)
+    logs = capture_main(argv, "tests.lab.capture_keepalived6", lambda out: {6: record(out)}, CASES, _vector_of, readme)
+    if logs is None:
         return 1
-    hold_lab_lock("tests.lab.capture_keepalived6")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
-    with tempfile.TemporaryDirectory(prefix="keepalived-capture6-") as tmp:
-        recording = Path(tmp) / "all.pcap"
-        logs = record(recording)
-        staged = Path(tmp) / "out"
-        staged.mkdir()
-        vectors = []
-        for case in CASES:
-            frame = cut(recording, case, staged / f"{case.name}.pcap")
-            if case.name.startswith("v6") and frame.dst_mac != GROUP_MAC:
-                raise LabError(f"{case.name}: sent to {frame.dst_mac}, not the VRRP group MAC")
-            vectors.append(vector(case.name, frame))
-        (staged / "vectors.txt").write_text("".join(vectors))
-        (staged / "README.md").write_text(readme(version_line))
-        args.outdir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(staged.iterdir()):
-            shutil.copyfile(path, args.outdir / path.name)
-            print(f"wrote {args.outdir / path.name}")
-    said = [line for line in logs["b"].splitlines() if "priority 0" in line.lower()]
+    said = [line for line in logs[6]["b"].splitlines() if "priority 0" in line.lower()]
     print(f"keepalived b on a's priority 0: {said[:2]}")
     return 0
 
