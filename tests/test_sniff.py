@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,8 @@ import pytest
 from agent import cli
 from agent import config as configmod
 from agent.sniff import describe, printable, structural, validator_for, vrid_of
-from tests.test_packet import vector
+from tests.test_packet import load_vectors, vector
+from tests.test_packet6 import VECTORS as VECTORS6
 from vrrp.packet import Advertisement, Drop, Validator, encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +51,18 @@ def test_scapy_stays_out_of_the_daemon() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_keepalived_ipv6_advert_decoded_and_judged() -> None:
+    data = load_vectors(VECTORS6, "tests.lab.capture_keepalived6")["v6_A_prio150"].ip
+    cfg = configmod.parse('[vrrp]\ninterface = "eth0"\nvrid = 51\nversion = 3\nvips = ["2001:db8::100/64"]\n').vrrp
+    assert line(data, validator_for(cfg, IPv6Address("fe80::ff:fe00:b"))) == (
+        "fe80::ff:fe00:a > ff02::12 hop limit 255 VRRPv3 VRID 51 priority 150 interval 0.1 s "
+        "addresses 2001:db8::100: accepted")
+    assert vrid_of(data) == 51
+    low = data[:7] + bytes([64]) + data[8:]
+    assert line(low, None).endswith("hop limit 64 VRRPv3 VRID 51 priority 150 interval 0.1 s addresses 2001:db8::100: "
+                                    "dropped: ttl (hop limit 64 from fe80::ff:fe00:a, must be 255)")
 
 
 def test_keepalived_v2_advert_decoded_and_judged() -> None:

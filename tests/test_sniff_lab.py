@@ -7,13 +7,13 @@ import select
 import subprocess
 import sys
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
 
 from tests.lab.netns import NetnsLab
-from vrrp.packet import GROUP, Advertisement, auth_bytes, encode
+from vrrp.packet import GROUP, GROUP6, Advertisement, auth_bytes, encode
 
 pytestmark = pytest.mark.lab
 
@@ -53,7 +53,7 @@ def test_sniff_decodes_and_judges_adverts_on_the_wire(lab: NetnsLab, tmp_path: P
                            "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         head = wait_for_line(proc, "listening on", 60)
-        assert head[-1] == f"listening on eth0 for VRRP (IP protocol 112), judged by {cfg} (VRID 51, v2)"
+        assert head[-1] == f"listening on eth0 for VRRP (IPv4 and IPv6 protocol 112), judged by {cfg} (VRID 51, v2)"
         sent = [advert(), advert(vrid=52), advert(password="wrong"), advert(ttl=254), advert(version=3)]
         lab.run("a", [sys.executable, "-m", "tests.lab.send_raw", "eth0", *sent], timeout=30)
         out, err = proc.communicate(timeout=30)
@@ -77,3 +77,34 @@ def test_sniff_decodes_and_judges_adverts_on_the_wire(lab: NetnsLab, tmp_path: P
     assert lines[4].endswith("TTL 255 VRRPv3 VRID 51 priority 150 interval 1 s addresses 192.0.2.100: "
                              "dropped: version (version 3 from 192.0.2.1, we run 2)")
     assert "sniff: 5 advert(s)" in err
+
+
+def test_sniff_shows_ipv6_adverts(lab: NetnsLab, tmp_path: Path) -> None:
+    """VRRPv3 over IPv6 on the wire: sent from a's link-local address (tests.lab.send_raw), captured on b."""
+    lab.enable_ipv6()
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[vrrp]\ninterface = "eth0"\nvrid = 51\nversion = 3\nvips = ["2001:db8::100/64"]\n')
+    source, vip = IPv6Address(lab.link_local("a")), IPv6Address("2001:db8::100")
+
+    def advert6(vrid: int = 51, hop_limit: int = 255) -> str:
+        data = encode(Advertisement(3, vrid, 150, 1.0, (vip,)), source, GROUP6, 0)
+        return (data[:7] + bytes([hop_limit]) + data[8:]).hex()
+
+    proc = lab.popen("b", [sys.executable, "-m", "agent.cli", "sniff", "-c", str(cfg), "--count", "3",
+                           "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_for_line(proc, "listening on", 60)
+        lab.run("a", [sys.executable, "-m", "tests.lab.send_raw", "eth0", advert6(), advert6(vrid=52),
+                      advert6(hop_limit=254)], timeout=30)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3, out
+    assert lines[0].endswith(f"eth0 {source} > ff02::12 hop limit 255 VRRPv3 VRID 51 priority 150 interval 1 s "
+                             "addresses 2001:db8::100: accepted"), lines
+    assert lines[1].endswith(f"dropped: vrid (VRID 52 from {source}, ours is 51)"), lines
+    assert lines[2].endswith(f"dropped: ttl (hop limit 254 from {source}, must be 255)"), lines
