@@ -46,15 +46,13 @@ def wait_for_line(proc: subprocess.Popen[str], words: str, timeout: float) -> li
     raise AssertionError(f"no '{words}' from sniff within {timeout} s: {seen}")
 
 
-def test_sniff_decodes_and_judges_adverts_on_the_wire(lab: NetnsLab, tmp_path: Path) -> None:
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text('[vrrp]\ninterface = "eth0"\nvrid = 51\nauth_pass = "s3cr3t"\nvips = ["192.0.2.100/24"]\n')
-    proc = lab.popen("b", [sys.executable, "-m", "agent.cli", "sniff", "-c", str(cfg), "--count", "5",
+def sniff(lab: NetnsLab, cfg: Path, sent: list[str]) -> tuple[str, list[str], str]:
+    """`failoverctl sniff` on b while a sends `sent` (hex datagrams): its "listening" line, the
+    lines it printed (one per advert, all of them there) and its stderr."""
+    proc = lab.popen("b", [sys.executable, "-m", "agent.cli", "sniff", "-c", str(cfg), "--count", str(len(sent)),
                            "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         head = wait_for_line(proc, "listening on", 60)
-        assert head[-1] == f"listening on eth0 for VRRP (IPv4 and IPv6 protocol 112), judged by {cfg} (VRID 51, v2)"
-        sent = [advert(), advert(vrid=52), advert(password="wrong"), advert(ttl=254), advert(version=3)]
         lab.run("a", [sys.executable, "-m", "tests.lab.send_raw", "eth0", *sent], timeout=30)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -63,7 +61,16 @@ def test_sniff_decodes_and_judges_adverts_on_the_wire(lab: NetnsLab, tmp_path: P
             proc.wait()
     assert proc.returncode == 0, err
     lines = out.splitlines()
-    assert len(lines) == 5, out
+    assert len(lines) == len(sent), out
+    return head[-1], lines, err
+
+
+def test_sniff_decodes_and_judges_adverts_on_the_wire(lab: NetnsLab, tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[vrrp]\ninterface = "eth0"\nvrid = 51\nauth_pass = "s3cr3t"\nvips = ["192.0.2.100/24"]\n')
+    sent = [advert(), advert(vrid=52), advert(password="wrong"), advert(ttl=254), advert(version=3)]
+    head, lines, err = sniff(lab, cfg, sent)
+    assert head == f"listening on eth0 for VRRP (IPv4 and IPv6 protocol 112), judged by {cfg} (VRID 51, v2)"
     common = "eth0 192.0.2.1 > 224.0.0.18 TTL"
     assert all(common in line for line in lines), lines
     assert lines[0].endswith('TTL 255 VRRPv2 VRID 51 priority 150 interval 1 s auth PASS "s3cr3t" '
@@ -90,20 +97,7 @@ def test_sniff_shows_ipv6_adverts(lab: NetnsLab, tmp_path: Path) -> None:
         data = encode(Advertisement(3, vrid, 150, 1.0, (vip,)), source, GROUP6, 0)
         return (data[:7] + bytes([hop_limit]) + data[8:]).hex()
 
-    proc = lab.popen("b", [sys.executable, "-m", "agent.cli", "sniff", "-c", str(cfg), "--count", "3",
-                           "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        wait_for_line(proc, "listening on", 60)
-        lab.run("a", [sys.executable, "-m", "tests.lab.send_raw", "eth0", advert6(), advert6(vrid=52),
-                      advert6(hop_limit=254)], timeout=30)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    lines = out.splitlines()
-    assert len(lines) == 3, out
+    _, lines, _ = sniff(lab, cfg, [advert6(), advert6(vrid=52), advert6(hop_limit=254)])
     assert lines[0].endswith(f"eth0 {source} > ff02::12 hop limit 255 VRRPv3 VRID 51 priority 150 interval 1 s "
                              "addresses 2001:db8::100: accepted"), lines
     assert lines[1].endswith(f"dropped: vrid (VRID 52 from {source}, ours is 51)"), lines
