@@ -889,6 +889,8 @@ def identity_changes(old: Config, new: Config) -> list[str]:
             out.append(f"[{section}] {'added' if a is None else 'removed'}")
         elif a is not None:
             out += [f"{section}.{k}" for k in keys if getattr(a, k) != getattr(b, k)]
+    if old.vrrp.ipv6 != new.vrrp.ipv6:  # the sockets, the advert source and the announcements are of one family
+        out.append("vrrp.vips (address family)")
     # a service is a step of the chain: adding, removing or reordering one (or changing what runs it)
     # changes the chain itself, which only a new instance takes; its timeout applies live
     return out + [line.split(":")[0] for line in _service_changes(old, new, every=False)]

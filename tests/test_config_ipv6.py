@@ -50,3 +50,12 @@ def test_family_errors_name_the_key(text: str, key: str, words: str) -> None:
         config.parse(text, "agent.toml")
     assert info.value.key == key
     assert words in str(info.value)
+
+
+def test_a_change_of_address_family_needs_a_new_instance() -> None:
+    """v3 over IPv4 to v3 over IPv6 keeps interface, VRID and version, but not one socket."""
+    four = config.parse('[vrrp]\ninterface = "eth0"\nvrid = 51\nversion = 3\nadvert_interval = 0.5\n'
+                        'vips = ["192.0.2.100/24"]\n')
+    six = config.parse(V6)
+    assert config.identity_changes(four, six) == ["vrrp.vips (address family)"]
+    assert config.identity_changes(six, config.parse(V6.replace("::101", "::102"))) == []

@@ -164,10 +164,9 @@ def na_frame(mac: bytes, ip: IPv6Address) -> bytes:
 
     Source = the VIP itself (as the kernel's own unsolicited NAs), hop limit 255 (receivers drop
     any other), Solicited 0 (it answers nobody), Override 1 (replace the cached link-layer
-    address), Router 0 (a VIP is a host address; a receiver that had marked the old entry a
-    router would otherwise drop it from its default routers only on R=0 anyway), and the
-    Target Link-Layer Address option carrying our MAC. The ICMPv6 checksum covers the IPv6
-    pseudo-header (RFC 8200 8.1).
+    address), Router 0, and the Target Link-Layer Address option carrying our MAC: what
+    keepalived 2.2.7 sends, byte for byte. The ICMPv6 checksum covers the IPv6 pseudo-header
+    (RFC 8200 8.1).
     """
     icmp = struct.pack("!BBHI16sBB6s", ND_NEIGHBOR_ADVERT, 0, 0, NA_OVERRIDE, ip.packed, 2, 1, mac)
     pseudo = ip.packed + ALL_NODES.packed + struct.pack("!I3xB", len(icmp), IPPROTO_ICMPV6)
