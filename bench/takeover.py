@@ -12,6 +12,7 @@ first in each repetition. Reported: medians over the repetitions and the ratio a
 
     python -m bench.takeover              # 10 repetitions; idle: 5 windows of 60 s; v2 1 s and v3 0.1 s
     python -m bench.takeover --reps 1 --idle 2 --idle-reps 1 --modes v3   # smoke run
+    python -m bench.takeover --modes v6,v6f   # VRRPv3 over IPv6 at 1 s and 0.1 s (takeovers only)
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from tests.lab.netns import CLIENT, NetnsLab
 from tests.lab.probe import Pinger
 
 VIP = "192.0.2.100"
-MODES = {"v2": (2, 1.0), "v3": (3, 0.1)}
+VIP6 = "2001:db8::100"
+MODES = {"v2": (2, 1.0), "v3": (3, 0.1), "v6": (3, 1.0), "v6f": (3, 0.1)}
+IPV6_MODES = ("v6", "v6f")  # VRRPv3 over IPv6 (RFC 5798): VIP6, adverts from link-local addresses
 IMPLS = ("keepalived", "agent")
 
 
@@ -47,18 +50,18 @@ class Daemon:
     """The few operations the benchmark needs, for either implementation."""
 
     def __init__(self, impl: str, lab: NetnsLab, node: str, workdir: Path, priority: int,
-                 version: int, interval: float, auth_pass: str = "") -> None:
+                 version: int, interval: float, auth_pass: str = "", vip: str = f"{VIP}/24") -> None:
         self.impl, self.lab, self.node = impl, lab, node
         self.agent: AgentProc | None = None
         self.ka: Keepalived | None = None
         if impl == "agent":
             auth = {"auth_pass": auth_pass} if auth_pass else {}
             self.agent = AgentProc(lab, node, workdir, priority=priority, version=version,
-                                   advert_interval=interval, **auth)
+                                   advert_interval=interval, vips=[vip], **auth)
             lab.add_cleanup(self.agent.close)
         else:
             conf = render_keepalived_conf(name=f"bench_{node}", interface="eth0", vrid=51, priority=priority,
-                                          advert_int=interval, version=version, vips=[f"{VIP}/24"],
+                                          advert_int=interval, version=version, vips=[vip],
                                           auth_pass=auth_pass)
             self.ka = Keepalived(lab, node, conf, workdir=workdir / f"ka-{node}")
 
@@ -106,9 +109,9 @@ class Sample:
 
 
 def _pair(impl: str, lab: NetnsLab, work: Path, version: int, interval: float,
-          auth_pass: str = "") -> tuple[Daemon, Daemon]:
-    a = Daemon(impl, lab, "a", work, 150, version, interval, auth_pass).start()
-    b = Daemon(impl, lab, "b", work, 100, version, interval, auth_pass).start()
+          auth_pass: str = "", vip: str = f"{VIP}/24") -> tuple[Daemon, Daemon]:
+    a = Daemon(impl, lab, "a", work, 150, version, interval, auth_pass, vip).start()
+    b = Daemon(impl, lab, "b", work, 100, version, interval, auth_pass, vip).start()
     if not a.wait_state("MASTER", 10) or not b.wait_state("BACKUP", 2):
         raise RuntimeError(f"{impl}: no election in the lab")
     return a, b
@@ -125,6 +128,18 @@ while True:
     print(f"{time.monotonic():.6f} {socket.inet_ntoa(data[12:16])} {data[22]}", flush=True)
 """
 
+# the same for IPv6: an AF_INET6 raw socket gets the VRRP message alone and the source beside it
+WATCHER6 = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 112)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+             socket.inet_pton(socket.AF_INET6, "ff02::12") + struct.pack("=i", int(sys.argv[1])))
+while True:
+    data, addr = s.recvfrom(2048)
+    print(f"{time.monotonic():.6f} {addr[0].partition('%')[0]} {data[2]}", flush=True)
+"""
+
 
 class AdvertWatcher:
     """Sees the adverts on the client's segment, so a crash can be timed to the advert phase.
@@ -133,9 +148,9 @@ class AdvertWatcher:
     (0 to one interval) dominates the comparison instead of the daemons' reaction.
     """
 
-    def __init__(self, lab: NetnsLab) -> None:
+    def __init__(self, lab: NetnsLab, ipv6: bool = False) -> None:
         ifindex = json.loads(lab.run(CLIENT, ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["ifindex"]
-        self.proc = lab.popen(CLIENT, [sys.executable, "-c", WATCHER, str(ifindex)],
+        self.proc = lab.popen(CLIENT, [sys.executable, "-c", WATCHER6 if ipv6 else WATCHER, str(ifindex)],
                               stdout=subprocess.PIPE, text=True, bufsize=1)
         self.seen: list[tuple[float, str, int]] = []
         self._cond = threading.Condition()
@@ -169,16 +184,20 @@ def _takeover(pinger: Pinger, lab: NetnsLab, action: Callable[[], None]) -> floa
 
 def one_rep(impl: str, mode: str, rep: int, work: Path) -> Sample:
     version, interval = MODES[mode]
+    six = mode in IPV6_MODES
+    vip, cidr = (VIP6, f"{VIP6}/64") if six else (VIP, f"{VIP}/24")
     sample = Sample(impl, mode)
     with NetnsLab(f"fb{impl[0]}{mode}{rep}", nodes=("a", "b")) as lab:
-        a, b = _pair(impl, lab, work / "1", version, interval)
-        watcher = AdvertWatcher(lab)
+        if six:
+            lab.enable_ipv6()
+        a, b = _pair(impl, lab, work / "1", version, interval, vip=cidr)
+        watcher = AdvertWatcher(lab, ipv6=six)
         lab.add_cleanup(watcher.close)
-        with Pinger(lab, CLIENT, VIP, interval=0.01) as pinger:
+        with Pinger(lab, CLIENT, vip, interval=0.01) as pinger:
             if not pinger.wait_replies(20, timeout=5):
                 raise RuntimeError(f"{impl}: client cannot reach the VIP")
             # crash half an interval after an advert from a, the same phase for both daemons
-            seen = watcher.next_advert(lab.ipv4("a"), timeout=5)
+            seen = watcher.next_advert(lab.link_local("a") if six else lab.ipv4("a"), timeout=5)
             if seen is None:
                 raise RuntimeError(f"{impl}: no advert from a seen at the client")
             time.sleep(max(0.0, seen + interval / 2 - time.monotonic()))
@@ -190,8 +209,8 @@ def one_rep(impl: str, mode: str, rep: int, work: Path) -> Sample:
             sample.crash = _takeover(pinger, lab, crash)
             # bring a back as a fresh daemon; it preempts b, then leave gracefully
             lab.set_link("a", True)
-            lab.run("a", ["ip", "addr", "flush", "dev", "eth0", "to", f"{VIP}/32"], check=False)
-            a2 = Daemon(impl, lab, "a", work / "2", 150, version, interval).start()
+            lab.run("a", ["ip", "addr", "del", cidr, "dev", "eth0"], check=False)
+            a2 = Daemon(impl, lab, "a", work / "2", 150, version, interval, vip=cidr).start()
             if not a2.wait_state("MASTER", 10) or not b.wait_state("BACKUP", 3):
                 raise RuntimeError(f"{impl}: restarted node did not preempt")
             t_back = time.monotonic()
@@ -356,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--idle", type=float, default=60.0, help="idle measurement window, seconds")
     parser.add_argument("--idle-reps", type=int, default=5, help="idle windows; medians are reported")
-    parser.add_argument("--modes", default="v2,v3", help="comma list of v2 (1 s adverts), v3 (0.1 s adverts)")
+    parser.add_argument("--modes", default="v2,v3", help="comma list of v2 (1 s adverts), v3 (0.1 s adverts), "
+                        "v6 and v6f (VRRPv3 over IPv6 at 1 s and 0.1 s; takeovers only, no idle window)")
     parser.add_argument("--json", type=Path, help="also write raw results here")
     args = parser.parse_args(argv)
     hold_lab_lock("bench.takeover")  # nothing else may load the machine while it measures
@@ -375,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples.append(s)
                     print(f"{mode} rep {rep + 1}/{args.reps} {impl:10s} crash {_fmt(s.crash)} "
                           f"sigterm {_fmt(s.sigterm)}", file=sys.stderr, flush=True)
-            idles = idle(mode, args.idle, args.idle_reps, work / f"idle-{mode}")
+            idles = None if mode in IPV6_MODES else idle(mode, args.idle, args.idle_reps, work / f"idle-{mode}")
             med = {impl: {"crash": _median([s.crash for s in samples if s.impl == impl]),
                           "sigterm": _median([s.sigterm for s in samples if s.impl == impl])} for impl in IMPLS}
             failures = {impl: sum(1 for s in samples if s.impl == impl and (s.crash is None or s.sigterm is None))
@@ -385,14 +405,14 @@ def main(argv: list[str] | None = None) -> int:
             modes_out[mode] = {"median": med, "idle": idles, "failures": failures,
                                "samples": [s.__dict__ for s in samples]}
             k, a = med["keepalived"], med["agent"]
-            ki, ai, fi = idles["keepalived"], idles["agent"], idles["floor"]
-            label = f"{mode} ({MODES[mode][1]:g} s)"
+            label = f"{mode} ({MODES[mode][1]:g} s{', IPv6' if mode in IPV6_MODES else ''})"
             rows += [
                 (label, "crash takeover (median)", _fmt(k["crash"]), _fmt(a["crash"]), _ratio(a["crash"], k["crash"])),
                 (label, "SIGTERM takeover (median)", _fmt(k["sigterm"]), _fmt(a["sigterm"]),
                  _ratio(a["sigterm"], k["sigterm"])),
             ]
-            for role in ("master", "backup"):
+            ki, ai, fi = (idles["keepalived"], idles["agent"], idles["floor"]) if idles else ({}, {}, {})
+            for role in ("master", "backup") if idles else ():
                 rows.append((label, f"idle CPU, {role}", _fmt(ki[f"{role}_cpu_pct"], "%", 3),
                              _fmt(ai[f"{role}_cpu_pct"], "%", 3),
                              _ratio(ai[f"{role}_cpu_pct"], ki[f"{role}_cpu_pct"])))

@@ -13,7 +13,9 @@ source MAC of each reply, which shows which node answered for a VIP.
 Sending uses a raw ICMP socket (the kernel routes and resolves ARP as for any application);
 that socket gets an ICMP_FILTER blocking every type, so its receive queue never fills.
 Replies are read from an AF_PACKET socket on the interface, which costs nothing extra and
-gives the Ethernet source address.
+gives the Ethernet source address. An IPv6 target (an address with ':') is pinged the same
+way with ICMPv6 (the kernel fills in its checksum, ICMP6_FILTER blocks every type, the neighbour
+cache stands for ARP).
 
 Output, one line each, times are time.monotonic() seconds:
     READY <t> <time-namespace id>
@@ -38,6 +40,7 @@ import time
 from types import FrameType
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 PACKET_IGNORE_OUTGOING = 23
 SOL_RAW = 255
@@ -45,6 +48,9 @@ SOL_PACKET = 263
 ICMP_FILTER = 1
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
+ICMP6_FILTER = 1
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
 
 
 class _Stop(Exception):
@@ -72,8 +78,20 @@ def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
 
 
+def parse_reply6(frame: bytes, ident: int) -> tuple[int, str, str] | None:
+    """`parse_reply` for ICMPv6 (an echo reply right after the IPv6 header: no extension headers)."""
+    if len(frame) < 14 + 40 + 8 or frame[12:14] != b"\x86\xdd" or frame[14 + 6] != socket.IPPROTO_ICMPV6:
+        return None
+    icmp_type, _code, _csum, rid, seq = struct.unpack("!BBHHH", frame[54:62])
+    if icmp_type != ICMP6_ECHO_REPLY or rid != ident:
+        return None
+    return seq, socket.inet_ntop(socket.AF_INET6, frame[22:38]), ":".join(f"{b:02x}" for b in frame[6:12])
+
+
 def parse_reply(frame: bytes, ident: int) -> tuple[int, str, str] | None:
     """(seq, source IP, source MAC) if ``frame`` is an echo reply for ``ident``, else None."""
+    if frame[12:14] == b"\x86\xdd":
+        return parse_reply6(frame, ident)
     if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00":
         return None
     ip = frame[14:]
@@ -104,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     out = sys.stdout
 
-    send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    send.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF))
-    recv = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+    six = ":" in args.target
+    if six:
+        send = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        send.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
+    else:
+        send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        send.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF))
+    ethertype = ETH_P_IPV6 if six else ETH_P_IP
+    recv = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
     with contextlib.suppress(OSError):  # old kernel: outgoing frames are filtered by pkttype below
         recv.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    recv.bind((args.dev, ETH_P_IP))
+    recv.bind((args.dev, ethertype))
     recv.setblocking(False)
 
     try:
@@ -134,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             if now >= next_send:
                 wire = sent & 0xFFFF
                 packet = echo_request(args.ident, wire, struct.pack("!Q", sent) + pad)
+                if six:  # type 128; the kernel computes an ICMPv6 checksum (pseudo-header) itself
+                    packet = bytes([ICMP6_ECHO_REQUEST, 0, 0, 0]) + packet[4:]
                 t_send = time.monotonic()
                 try:
                     send.sendto(packet, (args.target, 0))
