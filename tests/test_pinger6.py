@@ -1,11 +1,12 @@
-"""tests/lab/pinger.py over IPv6 (bench.takeover's v6 modes): which frames count as our echo replies."""
+"""tests/lab/pinger.py over IPv6 (bench.takeover's v6 modes), and over IPv4 as before: which frames
+count as our echo replies."""
 
 from __future__ import annotations
 
 import struct
 from ipaddress import IPv6Address
 
-from tests.lab.pinger import ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, parse_reply
+from tests.lab.pinger import ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP_ECHO_REPLY, echo_request, parse_reply
 
 SRC = IPv6Address("2001:db8::100")
 DST = IPv6Address("2001:db8::10")
@@ -23,3 +24,12 @@ def test_echo_replies_over_ipv6() -> None:
     assert parse_reply(frame(ICMP6_ECHO_REQUEST, 7, 3), 7) is None
     assert parse_reply(frame(ICMP6_ECHO_REPLY, 7, 3, next_header=17), 7) is None
     assert parse_reply(frame(ICMP6_ECHO_REPLY, 7, 3)[:60], 7) is None
+
+
+def test_echo_replies_over_ipv4_as_before() -> None:
+    icmp = bytes([ICMP_ECHO_REPLY]) + echo_request(7, 3, b"\0" * 8)[1:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, bytes([192, 0, 2, 100]),
+                     bytes([192, 0, 2, 10]))
+    eth = bytes.fromhex("020000000010" "02000000000a" "0800")
+    assert parse_reply(eth + ip + icmp, 7) == (3, "192.0.2.100", "02:00:00:00:00:0a")
+    assert parse_reply(eth + ip + icmp, 8) is None
