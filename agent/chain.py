@@ -23,7 +23,7 @@ from agent.machine import ChainStep, Op, RunStep, Step
 from drbd import drbdadm
 from drbd.follower import Follower
 from drbd.runner import Runner, run
-from drbd.status import Status, auto_promote_on, parse_events2
+from drbd.status import Status, auto_promote_on
 from nfs.backend import Backend, NfsError
 from nfs.ganesha import GaneshaBackend
 from nfs.kernel import KernelBackend
@@ -127,13 +127,10 @@ class Chain:
         assert self.cfg.drbd is not None
         if self.follower is not None and self.follower.live:
             return self.follower.status
-        res = self.cfg.drbd.resource
-        code, out, err = await self.runner(["drbdsetup", "events2", "--now", res], 10.0)
-        if code != 0:
-            if "not defined" in err or "Unknown resource" in err or "no such" in err.lower():
-                return None
-            raise StepFailed(f"drbdsetup events2 --now {res} failed (exit {code}): {err.strip() or out.strip()}")
-        return parse_events2(out).get(res)
+        try:
+            return await drbdadm.status_now(self.cfg.drbd.resource, self.runner)
+        except drbdadm.DrbdError as e:
+            raise StepFailed(str(e)) from None
 
     async def prepare(self) -> str:
         """Ahead of any takeover (the agent's start): what the NFS start can do without the data."""

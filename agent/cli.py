@@ -118,6 +118,7 @@ def format_status(s: dict[str, Any]) -> str:
     flags = [w for w, on in (("maintenance", i["maintenance"]), ("yielding after handover", i["yielding"])) if on]
     lines = [
         f"failover-agent {a['version']}, pid {a['pid']}, up {a['uptime']:g} s, config {a['config']}",
+        f"sched     {a.get('scheduling', 'unknown')}",
         f"VRRP      VRID {i['vrid']} on {i['interface']} ({i['address']}), v{i['version']}, "
         f"advert {i['advert_interval']:g} s, Master_Down {i['master_down_interval']:g} s",
         f"state     {i['state']}, priority {i['priority']}{' (preempt)' if i['preempt'] else ' (nopreempt)'}"
@@ -404,15 +405,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 async def _drbd_serving(resource: str) -> tuple[bool, str]:
     """(is this node Primary, UpToDate and connected to a Secondary peer?, DRBD's state in words)."""
-    from drbd.status import parse_events2
+    from drbd.drbdadm import DrbdError, status_now
 
     try:
-        code, out, err = await runner.run(["drbdsetup", "events2", "--now", resource], 10.0)
-    except OSError as e:
+        st = await status_now(resource)
+    except (OSError, DrbdError) as e:
         return False, f"cannot be read: {e}"
-    if code != 0:
-        return False, f"cannot be read (drbdsetup exit {code}: {err.strip() or out.strip()})"
-    st = parse_events2(out).get(resource)
     if st is None:
         return False, f"{resource} is not up"
     return st.primary and st.disk == "UpToDate" and st.connected and not st.peer_primary, st.summary()

@@ -198,12 +198,15 @@ class AgentConfig:
     metrics: str = ""
     # what the admin set that must survive restarts and reboots (maintenance mode)
     state_file: str = "/var/lib/failover-agent/state.json"
+    # SCHED_RR priority of the agent's loop (agent.sched: why); 0 = the ordinary scheduler
+    realtime_priority: int = 10
 
 
 _AGENT_KEYS: dict[str, Callable[[Any], Any]] = {
     "control_socket": _abs_path,
     "metrics": _listen,
     "state_file": _abs_path,
+    "realtime_priority": _int(0, 99),
 }
 
 

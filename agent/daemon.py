@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from agent import config as configmod
@@ -31,6 +32,7 @@ from agent.fence import can_fence
 from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, addrs
 from agent.journal import Event, emit, setup_logging, under_journal
 from agent.metrics import MetricsServer
+from agent.sched import Scheduling, apply_priority
 from agent.version import version
 from vrrp.netlink import AsyncIPRoute
 from vrrp.vip import LinkInfo
@@ -100,6 +102,7 @@ class Agent:
         self._ipr: AsyncIPRoute | None = None
         self._control_socket = cfg.agent.control_socket  # [agent] changes wait for a restart
         self._lock = asyncio.Lock()
+        self.scheduling = Scheduling(0)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -107,6 +110,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload.put_nowait, None)
+        self.scheduling = apply_priority(self.cfg.agent.realtime_priority)
         control = ControlServer(self._control_socket, self.handle)
         metrics: MetricsServer | None = None
         # the control socket first: it is also how we notice a second agent for the same
@@ -251,7 +255,8 @@ class Agent:
         return {
             "agent": {"version": VERSION, "pid": os.getpid(), "config": self.cfg.file,
                       "started": self.started, "uptime": round(time.time() - self.started, 1),
-                      "reloads": self.reloads, "reload_failures": self.reload_failures},
+                      "reloads": self.reloads, "reload_failures": self.reload_failures,
+                      "scheduling": self.scheduling.describe()},
             "instance": inst,
             "steps": inst["steps"],
             "storage": None if inst["chain"] == ["vip"] else {
@@ -310,8 +315,11 @@ class Agent:
             emit(Event.RELOAD, f"reload: {new.file} unchanged", CHANGES="")
             return
         emit(Event.RELOAD, f"reload: {'; '.join(changes)}", CHANGES="; ".join(changes))
-        if new.agent != self.cfg.agent:
-            log.warning("reload: [agent] settings (control socket, metrics) take effect at the next restart")
+        if new.agent.realtime_priority != self.cfg.agent.realtime_priority:
+            self.scheduling = apply_priority(new.agent.realtime_priority)
+        if replace(new.agent, realtime_priority=0) != replace(self.cfg.agent, realtime_priority=0):
+            log.warning("reload: [agent] settings (control socket, metrics, state file) take effect at the "
+                        "next restart")
         identity = configmod.identity_changes(self.cfg, new)
         if not identity:
             try:

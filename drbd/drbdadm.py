@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from drbd.runner import Runner, run
+from drbd.status import Status, parse_events2
 
 FENCE_ACTIONS = ("none", "reboot", "poweroff")
 #: disk states that can never be promoted over the peer: what a fenced peer must be in
@@ -185,3 +186,18 @@ class Drbdadm:
                 if isinstance(last, NoSuchResource | ModuleNotLoaded):
                     raise last
         raise DemoteFailed(f"cannot demote {self.resource}: {last}; last resort: {fence}", fence)
+
+
+async def status_now(resource: str, runner: Runner = run) -> Status | None:
+    """One `drbdsetup events2 --now` of `resource`: None when it is not up, DrbdError when it cannot be read.
+
+    For moments without drbd.follower's stream: a chain whose follower is restarting, and the
+    cleanup after a killed agent (which must know whether this node still serves).
+    """
+    code, out, err = await runner(["drbdsetup", "events2", "--now", resource], 10.0)
+    if code != 0:
+        if "not defined" in err or "Unknown resource" in err or "no such" in err.lower():
+            return None
+        raise DrbdError(f"drbdsetup events2 --now {resource} failed (exit {code}): {err.strip() or out.strip()}",
+                        code, err)
+    return parse_events2(out).get(resource)

@@ -61,6 +61,8 @@ KEY_DOCS: dict[str, str] = {
     "agent.control_socket": "failoverctl talks to the agent here (root only)",
     "agent.metrics": "IPV4:PORT on a local address serves Prometheus text; empty = off",
     "agent.state_file": "maintenance mode, kept across restarts and reboots",
+    "agent.realtime_priority": "SCHED_RR priority 1..99 of the agent (not of what it starts), so a busy CPU "
+                               "does not delay adverts; 0 = the ordinary scheduler",
     "drbd.resource": "promoted before the mount, demoted after the unmount",
     "drbd.demote_escalation": "before the last entry: retry | force; last: none | reboot | poweroff",
     "drbd.unknown_peer": "replication link down, peer state unknown: refuse | witness",
