@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import errno
 import os
 from collections.abc import Callable
 
@@ -118,13 +117,15 @@ class PreciseTimer:
             raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
 
     def _expired(self) -> None:
-        try:
-            os.read(self._fd, 8)
-        except OSError as e:  # re-armed or cancelled since it became readable
-            if e.errno != errno.EAGAIN:
-                raise
+        """No read(2) of the expiry count: timerfd_settime resets it, and the callback arms the next
+        time (or we disarm below), so the descriptor stops being readable without one more system
+        call per advert. Readable but re-armed for later or cancelled since: nothing is due."""
+        when = self._when
+        if when is None or when > self.loop.time() + 1e-6:
             return
         self._fire()
+        if self._when is None and self._fd >= 0:
+            self._settime(0.0)  # not re-armed by the callback: disarming clears the readable state
 
     def _fallback(self) -> None:
         self._handle = None

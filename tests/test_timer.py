@@ -86,3 +86,39 @@ def test_without_timerfd_it_falls_back_to_call_at(monkeypatch: pytest.MonkeyPatc
         return got
 
     assert asyncio.run(run()) == ["fired"]
+
+
+def test_the_descriptor_is_quiet_after_firing_without_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The expiry count is never read: re-arming (or the disarm after a callback that did not
+    re-arm) must clear the readable state, or the loop would call the timer over and over."""
+    calls = 0
+    expired = PreciseTimer._expired
+
+    def counted(self: PreciseTimer) -> None:
+        nonlocal calls
+        calls += 1
+        expired(self)
+
+    monkeypatch.setattr(PreciseTimer, "_expired", counted)
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        got: list[str] = []
+        t = PreciseTimer(loop, lambda: got.append("once"))
+        t.arm(loop.time() + 0.005)
+        await asyncio.sleep(0.1)  # a readable descriptor would be reported on every loop iteration
+        assert got == ["once"] and calls == 1 and t.when() is None
+
+        def again() -> None:
+            got.append("again")
+            if len(got) < 4:
+                t.arm(loop.time() + 0.005)
+
+        t.callback = again
+        t.arm(loop.time() + 0.005)
+        await asyncio.sleep(0.1)
+        t.close()
+        return got
+
+    assert asyncio.run(run()) == ["once", "again", "again", "again"]
+    assert calls == 4

@@ -168,17 +168,25 @@ class Templates:
         self.adv, self.src = adv, src
         self.ip_id = 0
         self._cache: dict[tuple[int, Address, float | None], bytearray] = {}
+        self._ipv6 = src.version == 6
+        # the last one sent, found by identity (the socket passes the same destination object
+        # each time): hashing and comparing address objects cost more than the send itself
+        self._last: tuple[int, Address | None, float | None, bytearray] = (-1, None, None, bytearray())
 
     def datagram(self, priority: int, dst: Address, interval: float | None = None) -> bytearray:
         """`interval`: None for our own; v2 always carries our own."""
-        key = (priority, dst, interval)
-        template = self._cache.get(key)
-        if template is None:
-            chosen = self.adv.interval if interval is None or self.adv.version == 2 else interval
-            adv = replace(self.adv, priority=priority, interval=chosen)
-            raw = encode_vrrp(adv, self.src, dst) if self.src.version == 6 else encode(adv, self.src, dst, 0)
-            template = self._cache[key] = bytearray(raw)
-        if isinstance(self.src, IPv6Address):
+        last_priority, last_dst, last_interval, template = self._last
+        if priority != last_priority or dst is not last_dst or interval != last_interval:
+            key = (priority, dst, interval)
+            cached = self._cache.get(key)
+            if cached is None:
+                chosen = self.adv.interval if interval is None or self.adv.version == 2 else interval
+                adv = replace(self.adv, priority=priority, interval=chosen)
+                raw = encode_vrrp(adv, self.src, dst) if self._ipv6 else encode(adv, self.src, dst, 0)
+                cached = self._cache[key] = bytearray(raw)
+            template = cached
+            self._last = (priority, dst, interval, template)
+        if self._ipv6:
             return template
         self.ip_id = (self.ip_id + 1) & 0xFFFF
         struct.pack_into("!H", template, 4, self.ip_id)

@@ -107,10 +107,13 @@ class VrrpSocket:
         self._queue: socket.socket | None = None
         self._bell: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def destinations(self) -> tuple[Address, ...]:
-        return self.peers or (GROUP6 if self.ipv6_source else GROUP,)
+        self.destinations: tuple[Address, ...] = peers or (GROUP6 if ipv6_source else GROUP,)
+        # what each send needs, made once: a master sends every interval, and formatting the
+        # address anew each time was a good part of an idle master's CPU (bench.takeover's idle)
+        self._targets = tuple((dst, (str(dst), 0) if ipv6_source is None else (str(dst), 0, 0, ifindex))
+                              for dst in self.destinations)
+        self._pktinfo = None if ipv6_source is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                                                           _in6(ipv6_source, ifindex))]
 
     def _raw(self) -> socket.socket:
         s = socket.socket(socket.AF_INET6 if self.ipv6_source else socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP)
@@ -181,14 +184,13 @@ class VrrpSocket:
         if self._queue is None:
             return False
         ok = True
-        source = None if self.ipv6_source is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
-                                                           _in6(self.ipv6_source, self.ifindex))]
-        for dst in self.destinations:
+        source = self._pktinfo
+        for dst, target in self._targets:
             try:
                 if source is None:
-                    self._queue.sendto(datagram_for(dst), (str(dst), 0))
+                    self._queue.sendto(datagram_for(dst), target)
                 else:
-                    self._queue.sendmsg([datagram_for(dst)], source, 0, (str(dst), 0, 0, self.ifindex))
+                    self._queue.sendmsg([datagram_for(dst)], source, 0, target)
                 self.sent += 1
             except OSError as e:
                 ok = False
