@@ -89,6 +89,9 @@ UNIT_FILE = REPO / "systemd" / "failover-agent.service"
 ADVERT = float(FAST_VRRP["advert_interval"])
 FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "ganesha_kill", "chain_fail",
           "hup_valid", "hup_invalid", "handover", "maintenance")
+# the UML lab's (bench/soak_uml.py): kernel nfsd instead of ganesha
+UML_FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "nfsd_kill", "chain_fail",
+              "hup_valid", "hup_invalid", "handover", "maintenance")
 INVARIANTS = ("both_mounted", "two_vip_holders", "lost_writes", "unexpected_exits", "reload", "control",
               "no_recovery", "rss_growth", "fd_growth")
 CONTROL_TIMEOUT = 30.0  # a handover or maintenance request is answered once the release is done
@@ -333,16 +336,20 @@ class Supervisor:
 # --------------------------------------------------------------------------------------------
 
 
+def vip_local(fib_trie: str, vip: str = VIP) -> bool:
+    """``vip`` is a local address in a kernel's /proc/net/fib_trie text."""
+    return re.search(rf"\|-- {re.escape(vip)}\n\s+/32 host LOCAL", fib_trie) is not None
+
+
 def vip_held(ns: NodeNamespace, vip: str = VIP) -> bool:
     """The node's kernel has ``vip`` as a local address: read from its routing trie, no subprocess.
 
     /proc/PID/net shows the network namespace of PID: the node's namespace holder never changes.
     """
     try:
-        text = Path(f"/proc/{ns.holder_pid}/net/fib_trie").read_text()
+        return vip_local(Path(f"/proc/{ns.holder_pid}/net/fib_trie").read_text(), vip)
     except (OSError, LabError):
         return False
-    return re.search(rf"\|-- {re.escape(vip)}\n\s+/32 host LOCAL", text) is not None
 
 
 @dataclass
@@ -954,22 +961,30 @@ def main(argv: list[str] | None = None) -> int:
                              "whenever both agents run and the nodes are not cut apart")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the agent logs and the schedule (always kept after a violation)")
-    parser.add_argument("--uml", action="store_true", help="real DRBD in user-mode-linux nodes (not implemented yet)")
+    parser.add_argument("--uml", action="store_true",
+                        help="the user-mode-linux lab: real DRBD 8.4 and kernel nfsd, never two Primaries "
+                             f"(faults: {','.join(UML_FAULTS)}; default 1 fault per 10 s at most)")
     args = parser.parse_args(argv)
-    if args.uml:
-        parser.error("--uml is not implemented yet: the netns variant runs without it")
     if not 0 < args.minutes <= 24 * 60:
         parser.error("--minutes must be in (0, 1440]")
-    kinds = tuple(args.faults.split(",")) if args.faults else FAULTS
-    if not kinds or set(kinds) - set(FAULTS):
-        parser.error(f"--faults: choose from {', '.join(FAULTS)}")
+    if args.uml and args.guarded:
+        parser.error("--guarded is the netns lab's: the UML lab's agents always run [track], [peer] and [guard]")
+    known = UML_FAULTS if args.uml else FAULTS
+    kinds = tuple(args.faults.split(",")) if args.faults else known
+    if not kinds or set(kinds) - set(known):
+        parser.error(f"--faults: choose from {', '.join(known)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    out = args.json or Path(f"/var/tmp/failover-agent-soak-{seed}.json")
+    out = args.json or Path(f"/var/tmp/failover-agent-soak-{'uml-' if args.uml else ''}{seed}.json")
     hold_lab_lock("bench.soak")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
-    log(f"soak: seed {seed}, {args.minutes:g} minutes")
-    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded,
-                   keep_logs=args.keep_logs)
+    log(f"soak: seed {seed}, {args.minutes:g} minutes{' (UML lab)' if args.uml else ''}")
+    if args.uml:
+        from bench.soak_uml import run_uml_soak
+
+        res = run_uml_soak(seed, args.minutes, args.max_faults, kinds=kinds, keep_logs=args.keep_logs)
+    else:
+        res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded,
+                       keep_logs=args.keep_logs)
     print_report(res)
     out.write_text(json.dumps({**asdict(res), "ok": res.ok}, indent=1))
     print(f"result written to {out}")
