@@ -90,7 +90,7 @@ ADVERT = float(FAST_VRRP["advert_interval"])
 FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "ganesha_kill", "chain_fail",
           "hup_valid", "hup_invalid", "handover", "maintenance")
 # the UML lab's (bench/soak_uml.py): kernel nfsd instead of ganesha
-UML_FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "nfsd_kill", "chain_fail",
+UML_FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "nfsd_stop", "chain_fail",
               "hup_valid", "hup_invalid", "handover", "maintenance")
 INVARIANTS = ("both_mounted", "two_vip_holders", "lost_writes", "unexpected_exits", "reload", "control",
               "no_recovery", "rss_growth", "fd_growth")

@@ -26,13 +26,13 @@ Faults (the netns soak's, as they apply to real DRBD):
 - partition: the node's replication cable (eth1) cut for 1-5 s: DRBD disconnects (the Primary
   freezes I/O until the fence-peer handler has the peer outdated over the peer channel, which
   runs on the service network too), then resyncs;
-- nfsd_kill (for ganesha_kill): SIGKILL to every kernel nfsd thread of the master (nfsd lets
-  its threads take SIGKILL; the service is gone as after a crash of ganesha): the monitor
-  restarts it or fails over;
+- nfsd_stop (for ganesha_kill): the master's kernel nfsd stopped under the agent (0 written to
+  /proc/fs/nfsd/threads, what ``rpc.nfsd 0`` does; SIGKILL to its kernel threads changed
+  nothing the agent could see in a first run): the monitor restarts it or fails over;
 - chain_fail: /dev/null bound over /dev/drbd0 on the backup, then a handover: its promote
   works, its mount fails, it rolls back and the old master takes over again.
 
-Not here: ganesha_kill (kernel nfsd instead: nfsd_kill); a cut of both cables of a node (the
+Not here: ganesha_kill (kernel nfsd instead: nfsd_stop); a cut of both cables of a node (the
 isolated Primary freezes and fences itself by a sysrq reboot, which UML turns into a power
 cycle the lab completes: tests/test_uml_partition.py scenario 3; a reboot, DRBD's resync and
 the agent's start cost a UML node about a minute and a half per fault, the whole of a short
@@ -58,6 +58,7 @@ UpToDate on both, and a write acknowledged after the heal.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import re
 import signal
@@ -101,7 +102,7 @@ from tests.test_uml_partition import DRBD_NET, GUARD, TRACK
 UML_INVARIANTS = ("two_primaries", "both_mounted", "two_vip_holders", "lost_writes", "unexpected_exits", "reload",
                   "control", "no_recovery", "rss_growth", "fd_growth")
 NOT_IN_UML = {
-    "ganesha_kill": "the UML nodes serve kernel nfsd: nfsd_kill instead",
+    "ganesha_kill": "the UML nodes serve kernel nfsd: nfsd_stop instead",
     "both links of a node cut": "the isolated Primary fences itself (sysrq reboot, a power cycle in UML): "
                                 "~90 s of reboot, resync and agent start per fault; tests/test_uml_partition.py "
                                 "scenario 3",
@@ -113,15 +114,7 @@ RECOVERY_TIMEOUT = 120.0
 POLL = 0.3  # the supervisors' period
 LEAK_EVERY = 3.0
 DRBD_DEV = "/dev/drbd0"
-# SIGKILL to every kernel nfsd thread (found by name in /proc; nfsd allows SIGKILL in its threads)
-_NFSD_KILL = r"""
-n=0
-for d in /proc/[0-9]*; do
-    [ "$(cat "$d/comm" 2>/dev/null)" = nfsd ] || continue
-    kill -9 "${d#/proc/}" 2>/dev/null && n=$((n + 1))
-done
-echo "$n"
-"""
+NFSD_THREADS = "/proc/fs/nfsd/threads"
 _RELOADED = re.compile(r" reload: ")
 _REFUSED = re.compile(r"reload refused")
 
@@ -406,7 +399,7 @@ class UmlWatch:
 
 
 class UmlSoak(FaultLoop):
-    MASTER_ONLY = frozenset({"nfsd_kill", "chain_fail", "handover"})
+    MASTER_ONLY = frozenset({"nfsd_stop", "chain_fail", "handover"})
     INJECT_ERRORS = (LabError, OSError, subprocess.SubprocessError, AssertionError)
     recovery_timeout = RECOVERY_TIMEOUT
 
@@ -420,6 +413,7 @@ class UmlSoak(FaultLoop):
         self.watch = UmlWatch(lab.nodes, self.sups)
         self.writer: UmlNfsWriter | None = None
         self.keep_logs = False
+        self.guest0 = 0.0  # the client's clock when the schedule began
 
     # -- helpers ------------------------------------------------------------------------------
     def roles(self) -> tuple[str | None, str | None]:
@@ -513,9 +507,11 @@ class UmlSoak(FaultLoop):
             finally:
                 guest.restore(net)
             return True
-        if kind == "nfsd_kill":
-            killed = guest.sh(_NFSD_KILL, timeout=20).stdout.strip()
-            return killed.isdigit() and int(killed) > 0
+        if kind == "nfsd_stop":
+            if (guest.read_kernel_file(NFSD_THREADS) or "0").strip() == "0":
+                return False
+            guest.write_sysfs(NFSD_THREADS, "0")
+            return True
         if kind == "chain_fail":
             backup = self.lab.nodes[other]
             backup.run(["mount", "--bind", "/dev/null", DRBD_DEV], timeout=20)
@@ -559,7 +555,7 @@ class UmlSoak(FaultLoop):
         if not self.wait_converged(0.0):
             raise LabError(f"the pair did not settle before the first fault: {self.unconverged()}")
         res.sampling["setup_s"] = round(time.monotonic() - t_boot, 1)
-        t_start = time.monotonic()
+        t_start, self.guest0 = time.monotonic(), guest_clock(self.lab.client)
         self.fault_active(False)
         self.fault_loop(t_start)
         time.sleep(2.0)
@@ -580,8 +576,12 @@ class UmlSoak(FaultLoop):
         report = writer.verify()
         if not report.passed or report.checked != len(acks):
             res.violate("lost_writes", report.describe())
+        gap, at = 0.0, 0.0  # the writer's longest wait for an acknowledgement, and when it began
+        for x, y in itertools.pairwise([self.guest0, *(a.ack for a in acks if a.ack > self.guest0)]):
+            if y - x > gap:
+                gap, at = y - x, x - self.guest0
         res.writes = {"acked": len(acks), "errors": len(writer.errors()), "verified_ok": report.ok,
-                      "max_gap_s": round(writer.max_gap(0.0), 3)}
+                      "max_gap_s": round(gap, 3), "max_gap_from_s": round(at, 1)}
         for name in ("two_primaries", "both_mounted"):  # real DRBD: never, fault or not
             self.judge_episodes(name, self.watch.eps.all[name], 0.0, t_start, SAMPLE, "at all")
         self.judge_episodes("two_vip_holders", self.watch.eps.all["two_vip_holders"], ADVERT, t_start, SAMPLE)
