@@ -74,7 +74,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.control import ControlError, request
 from tests.lab.agent import REPO, AgentProc
@@ -159,7 +159,43 @@ class Incarnation:
     samples: list[tuple[float, int, int, bool]] = field(default_factory=list)  # time, RSS kB, fds, holds VIP
 
 
-class Supervisor:
+class AgentFaults:
+    """SIGKILL, SIGSTOP and SIGCONT of a supervised agent, as both labs' supervisors apply them
+    (here and bench/soak_uml.py); an exit the soak caused is expected, a stop is ``frozen``."""
+
+    lock: threading.RLock
+    state: str
+    expect_exit: bool
+    frozen: bool
+    frozen_since: float = 0.0
+
+    def _signal(self, sig: int) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> bool:
+        with self.lock:
+            if self.state != "running":
+                return False
+            self.expect_exit = True
+            self._signal(signal.SIGKILL)
+            return True
+
+    def freeze(self) -> bool:
+        with self.lock:
+            if self.state != "running":
+                return False
+            self.frozen, self.frozen_since = True, time.monotonic()
+            self._signal(signal.SIGSTOP)
+            return True
+
+    def thaw(self) -> None:
+        with self.lock:
+            if self.frozen and self.state == "running":
+                self._signal(signal.SIGCONT)
+            self.frozen = False
+
+
+class Supervisor(AgentFaults):
     """systemd for one node's agent (see the module docstring). poll() runs in the watch thread."""
 
     def __init__(self, node: str, agent: AgentProc, ns: NodeNamespace, unit: Unit, workdir: Path) -> None:
@@ -281,28 +317,6 @@ class Supervisor:
         self.state = "stopping"
 
     # -- faults --------------------------------------------------------------------------------
-    def kill(self) -> bool:
-        with self.lock:
-            if self.state != "running":
-                return False
-            self.expect_exit = True
-            self._signal(signal.SIGKILL)
-            return True
-
-    def freeze(self) -> bool:
-        with self.lock:
-            if self.state != "running":
-                return False
-            self.frozen = True
-            self._signal(signal.SIGSTOP)
-            return True
-
-    def thaw(self) -> None:
-        with self.lock:
-            if self.frozen and self.state == "running":
-                self._signal(signal.SIGCONT)
-            self.frozen = False
-
     def hup(self) -> None:
         with self.lock:
             self._signal(signal.SIGHUP)
@@ -497,6 +511,16 @@ class Result:
         log(f"VIOLATION {name}: {detail}")
 
 
+class Supervised(Protocol):
+    """What the fault loop does to an agent through its lab's systemd stand-in."""
+
+    def kill(self) -> bool: ...
+
+    def freeze(self) -> bool: ...
+
+    def thaw(self) -> None: ...
+
+
 class FaultLoop:
     """The seeded schedule both labs run: one fault at a time, healed, then a wait until the pair
     converged again (or ``no_recovery``), then a quiet spell; and the findings both judge alike.
@@ -540,6 +564,61 @@ class FaultLoop:
     def unconverged(self) -> str:
         """What the pair looks like when it did not converge, for the report."""
         return ""
+
+    def start_pair(self) -> float:
+        """Agents up, the client writing, the pair converged; returns when the schedule starts."""
+        raise NotImplementedError
+
+    def finish(self, t_start: float) -> None:
+        raise NotImplementedError
+
+    def supervised(self, node: str) -> Supervised:
+        raise NotImplementedError
+
+    def control(self, node: str, command: str, on: bool | None = None) -> bool:
+        """A control request to the node's agent (handover, maintenance on/off); False: refused."""
+        raise NotImplementedError
+
+    def watchdog_due(self, node: str) -> None:
+        """An agent stopped for longer than WatchdogSec is about to be resumed: the lab's watchdog
+        may need a moment to have fired (a lab polling from afar)."""
+
+    # -- the faults both labs inject alike ------------------------------------------------------------
+    def inject_agent_fault(self, kind: str, node: str, watchdog_sec: float) -> bool | None:
+        """agent_kill, stop_short/stop_long, handover, maintenance; None for any other kind."""
+        rng, sup = self.rng, self.supervised(node)
+        if kind == "agent_kill":
+            return sup.kill()
+        if kind in ("stop_short", "stop_long"):
+            wd = watchdog_sec
+            pause = rng.uniform(0.2, wd / 2 - 0.2) if kind == "stop_short" else rng.uniform(wd + 0.5, wd + 2.0)
+            if not sup.freeze():
+                return False
+            time.sleep(pause)
+            if kind == "stop_long":
+                self.watchdog_due(node)
+            sup.thaw()
+            return True
+        if kind == "handover":
+            return self.control(node, "handover")
+        if kind == "maintenance":
+            if not self.control(node, "maintenance", on=True):
+                return False
+            try:
+                time.sleep(rng.uniform(2.0, 5.0))
+            finally:
+                self.control(node, "maintenance", on=False)
+            return True
+        return None
+
+    def run(self) -> Result:
+        self.result.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        t_start = self.start_pair()
+        self.fault_active(False)
+        self.fault_loop(t_start)
+        time.sleep(2.0)
+        self.finish(t_start)
+        return self.result
 
     # -- the schedule ---------------------------------------------------------------------------
     def pick(self) -> tuple[str, bool]:
@@ -768,16 +847,9 @@ class Soak(FaultLoop):
     def inject(self, kind: str, node: str, other: str) -> bool:
         """Apply one fault and heal it; False if it could not be applied (counted as skipped)."""
         rng, sup = self.rng, self.sups[node]
-        if kind == "agent_kill":
-            return sup.kill()
-        if kind in ("stop_short", "stop_long"):
-            wd = self.unit.watchdog_sec
-            pause = rng.uniform(0.2, wd / 2 - 0.2) if kind == "stop_short" else rng.uniform(wd + 0.5, wd + 2.0)
-            if not sup.freeze():
-                return False
-            time.sleep(pause)
-            sup.thaw()
-            return True
+        common = self.inject_agent_fault(kind, node, self.unit.watchdog_sec)
+        if common is not None:
+            return common
         if kind == "link_flap":
             self.lab.set_link(node, False)
             time.sleep(rng.uniform(0.3, 3.0))
@@ -828,22 +900,17 @@ class Soak(FaultLoop):
             elif kind == "hup_invalid" and not sup.running:
                 self.result.violate("reload", f"hup_invalid on {node}: the agent stopped")
             return True
-        if kind == "handover":
-            self.ctl(node, "handover")
-            return True
-        if kind == "maintenance":
-            self.ctl(node, "maintenance", on=True)
-            try:
-                time.sleep(rng.uniform(2.0, 5.0))
-            finally:
-                self.ctl(node, "maintenance", on=False)
-            return True
         raise ValueError(kind)
 
+    def supervised(self, node: str) -> Supervised:
+        return self.sups[node]
+
+    def control(self, node: str, command: str, on: bool | None = None) -> bool:
+        self.ctl(node, command, **({} if on is None else {"on": on}))
+        return True
+
     # -- run ----------------------------------------------------------------------------------
-    def run(self) -> Result:
-        res = self.result
-        res.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    def start_pair(self) -> float:
         t_start = time.monotonic()
         self.watch.start()
         self.sups["a"].start()
@@ -858,11 +925,7 @@ class Soak(FaultLoop):
             raise LabError(f"no writes through the VIP: {writer.errors[-3:]} {writer.stderr_text()[-500:]}")
         if not self.wait_converged(t_start):
             raise LabError("the pair did not settle before the first fault")
-        self.watch.quiet_from = time.monotonic() + SETTLE
-        self.fault_loop(t_start)
-        time.sleep(2.0)
-        self.finish(t_start)
-        return res
+        return t_start
 
     def finish(self, t_start: float) -> None:
         res, writer = self.result, self.writer

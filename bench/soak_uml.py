@@ -57,7 +57,6 @@ UpToDate on both, and a write acknowledged after the heal.
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import os
 import re
@@ -75,6 +74,7 @@ from bench.soak import (
     SETTLE,
     UML_FAULTS,
     UNIT_FILE,
+    AgentFaults,
     Episodes,
     FaultLoop,
     Incarnation,
@@ -151,7 +151,7 @@ def guest_call(node: UmlNode, argv: list[str], timeout: float) -> tuple[int | No
 # --------------------------------------------------------------------------------------------
 
 
-class GuestSupervisor:
+class GuestSupervisor(AgentFaults):
     """The shipped unit's rules for one node's agent (see the module docstring), in a thread."""
 
     def __init__(self, name: str, agent: UmlAgent, unit: Unit) -> None:
@@ -161,7 +161,8 @@ class GuestSupervisor:
         self.state = "dead"  # starting -> running -> stopping (ExecStopPost, RestartSec) -> starting
         self.pid = 0
         self.expect_exit = False
-        self.frozen_at: float | None = None
+        self.frozen = False
+        self.watchdog_fired = False  # the next exit is the watchdog's
         self.unexpected: list[str] = []
         self.exits: list[dict[str, Any]] = []
         self.watchdog_kills = 0
@@ -174,7 +175,7 @@ class GuestSupervisor:
 
     @property
     def running(self) -> bool:
-        return self.state == "running" and self.frozen_at is None
+        return self.state == "running" and not self.frozen
 
     def start(self) -> GuestSupervisor:
         self._start()
@@ -191,7 +192,7 @@ class GuestSupervisor:
                 self.agent.proc.signal(signal.SIGKILL)
         assert self.agent.proc is not None
         with self.lock:
-            self.pid, self.expect_exit, self.frozen_at = self.agent.proc.pid, False, None
+            self.pid, self.expect_exit, self.frozen = self.agent.proc.pid, False, False
             self.incarnations.append(Incarnation(self.pid, time.monotonic()))
             self.state = "running"
 
@@ -215,10 +216,10 @@ class GuestSupervisor:
             self._exited(now)
             return
         with self.lock:
-            if st == "T" and self.frozen_at is not None and now - self.frozen_at > self.unit.watchdog_sec:
+            if st == "T" and self.frozen and now - self.frozen_since > self.unit.watchdog_sec:
                 # stopped, it cannot have pinged: systemd's watchdog fires
                 self.watchdog_kills += 1
-                self.expect_exit = True
+                self.expect_exit = self.watchdog_fired = True
                 self._signal(self.unit.watchdog_signal)
         if now >= self._next_sample and st != "T":
             self._next_sample = now + LEAK_EVERY
@@ -228,12 +229,12 @@ class GuestSupervisor:
         with self.lock:
             self.state = "stopping"
             self.incarnations[-1].ended = now
-            watchdog = self.expect_exit and self.frozen_at is not None
+            watchdog, self.watchdog_fired = self.watchdog_fired, False
             self.exits.append({"time": now, "pid": self.pid, "expected": self.expect_exit, "watchdog": watchdog})
             if not self.expect_exit:
                 tail = "\n".join(self.agent.log().splitlines()[-15:])
                 self.unexpected.append(f"{self.name}: agent pid {self.pid} ended without a fault:\n{tail}")
-            self.frozen_at = None
+            self.frozen = False
         # what systemd tells ExecStopPost= about a main process that died of a signal (the guest's
         # init reaps it, so the host never learns an exit code; every expected end is a SIGKILL)
         env = [f"SERVICE_RESULT={'watchdog' if watchdog else 'signal'}", "EXIT_CODE=killed", "EXIT_STATUS=KILL"]
@@ -256,32 +257,10 @@ class GuestSupervisor:
         m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         if m and listing.returncode == 0:
             with self.lock:
-                if self.state == "running" and self.frozen_at is None:
+                if self.running:
                     self.incarnations[-1].samples.append((now, int(m[1]), len(listing.stdout.split()), self.serving))
 
-    # -- faults --------------------------------------------------------------------------------
-    def kill(self) -> bool:
-        with self.lock:
-            if not self.running:
-                return False
-            self.expect_exit = True
-            self._signal(signal.SIGKILL)
-            return True
-
-    def freeze(self) -> bool:
-        with self.lock:
-            if not self.running:
-                return False
-            self._signal(signal.SIGSTOP)
-            self.frozen_at = time.monotonic()
-            return True
-
-    def thaw(self) -> None:
-        with self.lock:
-            if self.frozen_at is not None and self.state == "running" and not self.expect_exit:
-                self._signal(signal.SIGCONT)
-                self.frozen_at = None
-
+    # -- faults (kill, freeze, thaw: AgentFaults) ------------------------------------------------
     def hup(self) -> None:
         self._signal(signal.SIGHUP)
 
@@ -449,7 +428,7 @@ class UmlSoak(FaultLoop):
         return wait_until(lambda: self.converged_now(since), self.recovery_timeout, 0.5)
 
     def unconverged(self) -> str:
-        sups = {n: s.state + (" (stopped)" if s.frozen_at is not None else "") for n, s in self.sups.items()}
+        sups = {n: s.state + (" (stopped)" if s.frozen else "") for n, s in self.sups.items()}
         return f"supervisors {sups}, seen {self.watch.latest}"
 
     def ctl(self, node: str, *args: str) -> bool:
@@ -486,19 +465,10 @@ class UmlSoak(FaultLoop):
 
     # -- faults -------------------------------------------------------------------------------
     def inject(self, kind: str, node: str, other: str) -> bool:
-        rng, sup, guest = self.rng, self.sups[node], self.lab.nodes[node]
-        if kind == "agent_kill":
-            return sup.kill()
-        if kind in ("stop_short", "stop_long"):
-            wd = self.unit.watchdog_sec
-            pause = rng.uniform(0.2, wd / 2 - 0.2) if kind == "stop_short" else rng.uniform(wd + 0.5, wd + 2.0)
-            if not sup.freeze():
-                return False
-            time.sleep(pause)
-            if kind == "stop_long":  # the supervisor's watchdog rule must have fired by now
-                wait_until(lambda: sup.expect_exit, 2 * POLL + 5, 0.1)
-            sup.thaw()
-            return True
+        rng, guest = self.rng, self.lab.nodes[node]
+        common = self.inject_agent_fault(kind, node, self.unit.watchdog_sec)
+        if common is not None:
+            return common
         if kind in ("link_flap", "partition"):
             net, lo, hi = (SERVICE, 0.3, 3.0) if kind == "link_flap" else (REPLICATION, 1.0, 5.0)
             guest.cut(net)
@@ -523,22 +493,21 @@ class UmlSoak(FaultLoop):
             return True
         if kind in ("hup_valid", "hup_invalid"):
             return self.reload(kind, node)
-        if kind == "handover":
-            return self.ctl(node, "handover")
-        if kind == "maintenance":
-            if not self.ctl(node, "maintenance", "on"):
-                return False
-            try:
-                time.sleep(rng.uniform(2.0, 5.0))
-            finally:
-                self.ctl(node, "maintenance", "off")
-            return True
         raise ValueError(kind)
 
+    def supervised(self, node: str) -> GuestSupervisor:
+        return self.sups[node]
+
+    def control(self, node: str, command: str, on: bool | None = None) -> bool:
+        return self.ctl(node, command, *(() if on is None else ("on" if on else "off",)))
+
+    def watchdog_due(self, node: str) -> None:
+        """The supervisor polls every POLL s through the command channel: let its rule fire first."""
+        sup = self.sups[node]
+        wait_until(lambda: sup.expect_exit, 2 * POLL + 5, 0.1)
+
     # -- run ----------------------------------------------------------------------------------
-    def run(self) -> Result:
-        res = self.result
-        res.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    def start_pair(self) -> float:
         t_boot = time.monotonic()
         self.lab.setup()
         # a first, then b: a serves before b's agent exists (StorageLab.start_agents, supervised)
@@ -554,13 +523,9 @@ class UmlSoak(FaultLoop):
             raise LabError(f"the client cannot write through the VIP: {self.writer.errors()[-3:]}")
         if not self.wait_converged(0.0):
             raise LabError(f"the pair did not settle before the first fault: {self.unconverged()}")
-        res.sampling["setup_s"] = round(time.monotonic() - t_boot, 1)
-        t_start, self.guest0 = time.monotonic(), guest_clock(self.lab.client)
-        self.fault_active(False)
-        self.fault_loop(t_start)
-        time.sleep(2.0)
-        self.finish(t_start)
-        return res
+        self.result.sampling["setup_s"] = round(time.monotonic() - t_boot, 1)
+        self.guest0 = guest_clock(self.lab.client)
+        return time.monotonic()
 
     def finish(self, t_start: float) -> None:
         res, writer = self.result, self.writer
