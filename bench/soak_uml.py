@@ -175,7 +175,9 @@ class GuestSupervisor(AgentFaults):
 
     @property
     def running(self) -> bool:
-        return self.state == "running" and not self.frozen
+        """Started, not stopped, and no exit pending: a killed agent counts as down at once, not
+        only when the next poll finds it gone (or the pair would look converged in between)."""
+        return self.state == "running" and not self.frozen and not self.expect_exit
 
     def start(self) -> GuestSupervisor:
         self._start()
@@ -292,6 +294,8 @@ class UmlWatch:
         self.rounds = 0
         self.incomplete = 0
         self.handoffs = 0  # a role or mount moved between the first node's two reads: no overlap
+        self.serving: str | None = None  # the last node seen serving alone (Primary, mounted, VIP)
+        self.failovers = 0  # how often that changed: the service moved to the other node
         self.gaps: list[float] = []
         self.error: str | None = None
         self._stop = threading.Event()
@@ -332,6 +336,10 @@ class UmlWatch:
                 else:
                     self.rounds += 1
                     self._judge(reads, t0, period)
+                    alone = [n for n, r in reads[: len(names)] if r is not None and r.role == "Primary" and r.vip]
+                    if len(alone) == 1 and alone[0] != self.serving:
+                        self.failovers += self.serving is not None
+                        self.serving = alone[0]
                 for n, r in reads[: len(names)]:
                     self.latest[n] = r
                     self.sups[n].serving = r is not None and r.vip
@@ -564,7 +572,7 @@ class UmlSoak(FaultLoop):
             res.takeovers[node] = len(SERVING_LOG.findall(history))
             console = self.lab.nodes[node].console_path.read_text(errors="replace")
             res.self_fences[node] = len(re.findall(r"sysrq: (?:Resetting|Power Off)", console))
-        res.failovers = max(0, sum(res.takeovers.values()) - 1)
+        res.failovers = self.watch.failovers  # "became MASTER" lines count a chain's restart in place too
         self.summarize_recovery()
         sampling = self.watch.sampling()
         res.watch = sampling
@@ -574,6 +582,8 @@ class UmlSoak(FaultLoop):
             f"{sampling['median_gap_s']} s, p99 {sampling['p99_gap_s']} s, max {sampling['max_gap_s']} s "
             f"(target {SAMPLE} s); {sampling['handoffs']} hand-offs between two reads",
             f"self-fences (sysrq on the consoles): {res.self_fences}; lab setup {res.sampling.get('setup_s')} s",
+            "failovers: how often the watch saw the service move to the other node; takeovers: the agents' "
+            "'became MASTER' lines (a chain the monitor restarted in place logs one too)",
             "not in the UML lab: " + "; ".join(f"{k} ({v})" for k, v in NOT_IN_UML.items()),
         ]
         self.keep(logs, self.keep_logs)
