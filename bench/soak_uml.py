@@ -1,7 +1,8 @@
 """Soak on the user-mode-linux lab (``python -m bench.soak --uml``): real DRBD 8.4 and kernel nfsd.
 
 The same seeded schedule as the netns soak (bench/soak.py: FaultLoop), on the lab of
-tests/test_uml_partition.py (tests/lab/uml_agents.py, CI timings): nodes a (priority 150) and b
+tests/test_uml_partition.py (tests/lab/uml_agents.py, its settings imported from there: CI
+timings, or its fast defaults under UML_PARTITION_TIMING=defaults): nodes a (priority 150) and b
 (100) run the agent with VRRPv2 1 s adverts, preempt off, [track] pinging the client node,
 [peer] heartbeats on both networks, [guard], DRBD r0 with ``fencing resource-and-stonith``
 through the agents' fence-peer handler; the client node mounts the VIP (NFSv4.2, hard) and
