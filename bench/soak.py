@@ -74,7 +74,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.control import ControlError, request
 from tests.lab.agent import REPO, AgentProc
@@ -89,6 +89,9 @@ UNIT_FILE = REPO / "systemd" / "failover-agent.service"
 ADVERT = float(FAST_VRRP["advert_interval"])
 FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "ganesha_kill", "chain_fail",
           "hup_valid", "hup_invalid", "handover", "maintenance")
+# the UML lab's (bench/soak_uml.py): kernel nfsd instead of ganesha
+UML_FAULTS = ("agent_kill", "stop_short", "stop_long", "link_flap", "partition", "nfsd_stop", "chain_fail",
+              "hup_valid", "hup_invalid", "handover", "maintenance")
 INVARIANTS = ("both_mounted", "two_vip_holders", "lost_writes", "unexpected_exits", "reload", "control",
               "no_recovery", "rss_growth", "fd_growth")
 CONTROL_TIMEOUT = 30.0  # a handover or maintenance request is answered once the release is done
@@ -156,7 +159,43 @@ class Incarnation:
     samples: list[tuple[float, int, int, bool]] = field(default_factory=list)  # time, RSS kB, fds, holds VIP
 
 
-class Supervisor:
+class AgentFaults:
+    """SIGKILL, SIGSTOP and SIGCONT of a supervised agent, as both labs' supervisors apply them
+    (here and bench/soak_uml.py); an exit the soak caused is expected, a stop is ``frozen``."""
+
+    lock: threading.RLock
+    state: str
+    expect_exit: bool
+    frozen: bool
+    frozen_since: float = 0.0
+
+    def _signal(self, sig: int) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> bool:
+        with self.lock:
+            if self.state != "running":
+                return False
+            self.expect_exit = True
+            self._signal(signal.SIGKILL)
+            return True
+
+    def freeze(self) -> bool:
+        with self.lock:
+            if self.state != "running":
+                return False
+            self.frozen, self.frozen_since = True, time.monotonic()
+            self._signal(signal.SIGSTOP)
+            return True
+
+    def thaw(self) -> None:
+        with self.lock:
+            if self.frozen and self.state == "running":
+                self._signal(signal.SIGCONT)
+            self.frozen = False
+
+
+class Supervisor(AgentFaults):
     """systemd for one node's agent (see the module docstring). poll() runs in the watch thread."""
 
     def __init__(self, node: str, agent: AgentProc, ns: NodeNamespace, unit: Unit, workdir: Path) -> None:
@@ -278,28 +317,6 @@ class Supervisor:
         self.state = "stopping"
 
     # -- faults --------------------------------------------------------------------------------
-    def kill(self) -> bool:
-        with self.lock:
-            if self.state != "running":
-                return False
-            self.expect_exit = True
-            self._signal(signal.SIGKILL)
-            return True
-
-    def freeze(self) -> bool:
-        with self.lock:
-            if self.state != "running":
-                return False
-            self.frozen = True
-            self._signal(signal.SIGSTOP)
-            return True
-
-    def thaw(self) -> None:
-        with self.lock:
-            if self.frozen and self.state == "running":
-                self._signal(signal.SIGCONT)
-            self.frozen = False
-
     def hup(self) -> None:
         with self.lock:
             self._signal(signal.SIGHUP)
@@ -333,16 +350,20 @@ class Supervisor:
 # --------------------------------------------------------------------------------------------
 
 
+def vip_local(fib_trie: str, vip: str = VIP) -> bool:
+    """``vip`` is a local address in a kernel's /proc/net/fib_trie text."""
+    return re.search(rf"\|-- {re.escape(vip)}\n\s+/32 host LOCAL", fib_trie) is not None
+
+
 def vip_held(ns: NodeNamespace, vip: str = VIP) -> bool:
     """The node's kernel has ``vip`` as a local address: read from its routing trie, no subprocess.
 
     /proc/PID/net shows the network namespace of PID: the node's namespace holder never changes.
     """
     try:
-        text = Path(f"/proc/{ns.holder_pid}/net/fib_trie").read_text()
+        return vip_local(Path(f"/proc/{ns.holder_pid}/net/fib_trie").read_text(), vip)
     except (OSError, LabError):
         return False
-    return re.search(rf"\|-- {re.escape(vip)}\n\s+/32 host LOCAL", text) is not None
 
 
 @dataclass
@@ -352,6 +373,32 @@ class Episode:
     start: float
     end: float
     converged_for: float = 0.0
+
+
+class Episodes:
+    """Stretches of consecutive samples in which a condition held, per condition.
+
+    Shared by the netns and the UML watch: the invariants are judged on episodes (how long,
+    how much of it while it counted), not on single samples, so both labs judge them alike
+    whatever their sampling period.
+    """
+
+    def __init__(self, *names: str) -> None:
+        self.all: dict[str, list[Episode]] = {n: [] for n in names}
+        self._open: dict[str, Episode | None] = dict.fromkeys(names)
+
+    def sample(self, name: str, holds: bool, now: float, counts: bool, period: float) -> None:
+        """One sample; ``counts``: this sample period of it counts (converged, or strict)."""
+        ep = self._open[name]
+        if not holds:
+            self._open[name] = None
+            return
+        if ep is None:
+            ep = self._open[name] = Episode(now, now)
+            self.all[name].append(ep)
+        if counts:
+            ep.converged_for += period
+        ep.end = now
 
 
 class Watch:
@@ -366,8 +413,8 @@ class Watch:
         self.partitioned = False
         self.mounted: dict[str, bool] = {n: False for n in sups}
         self.vips: dict[str, bool] = {n: False for n in sups}
-        self.episodes: dict[str, list[Episode]] = {"both_mounted": [], "two_vip_holders": []}
-        self._open: dict[str, Episode | None] = {"both_mounted": None, "two_vip_holders": None}
+        self.eps = Episodes("both_mounted", "two_vip_holders")
+        self.episodes = self.eps.all
         self.ticks = 0
         self.late = 0  # ticks that started more than one sample period late
         self._stop = threading.Event()
@@ -376,18 +423,6 @@ class Watch:
 
     def converged(self, now: float) -> bool:
         return now >= self.quiet_from and all(s.running and not s.frozen for s in self.sups.values())
-
-    def _episode(self, name: str, holds: bool, now: float, counts: bool) -> None:
-        ep = self._open[name]
-        if holds:
-            if ep is None:
-                ep = self._open[name] = Episode(now, now)
-                self.episodes[name].append(ep)
-            if counts:
-                ep.converged_for += SAMPLE  # one sample period of it that counts (converged, or strict)
-            ep.end = now
-        else:
-            self._open[name] = None
 
     def _run(self) -> None:
         next_tick = time.monotonic()
@@ -407,9 +442,9 @@ class Watch:
                     self.vips[node] = vip_held(ns)
                 conv = self.converged(now)
                 helpless = self.partitioned or any(not s.running or s.frozen for s in self.sups.values())
-                self._episode("both_mounted", all(self.mounted.values()), now,
-                              not helpless if self.strict_mount else conv)
-                self._episode("two_vip_holders", sum(self.vips.values()) > 1, now, conv)
+                self.eps.sample("both_mounted", all(self.mounted.values()), now,
+                                not helpless if self.strict_mount else conv, SAMPLE)
+                self.eps.sample("two_vip_holders", sum(self.vips.values()) > 1, now, conv, SAMPLE)
                 if now - last_sample >= 1.0:
                     last_sample = now
                     for node, sup in self.sups.items():
@@ -431,7 +466,7 @@ class Watch:
 
 
 # --------------------------------------------------------------------------------------------
-# The soak
+# What both soaks share (the UML one: bench/soak_uml.py): result, schedule, fault loop, findings
 # --------------------------------------------------------------------------------------------
 
 
@@ -440,6 +475,7 @@ class Result:
     seed: int
     minutes: float
     guarded: bool = False
+    lab: str = "netns"
     self_fences: dict[str, int] = field(default_factory=dict)
     started: str = ""
     wall_seconds: float = 0.0
@@ -456,6 +492,14 @@ class Result:
     recovery: dict[str, Any] = field(default_factory=dict)
     watch: dict[str, Any] = field(default_factory=dict)
     schedule: list[str] = field(default_factory=list)
+    sampling: dict[str, Any] = field(default_factory=dict)  # what the watch achieved, as report lines
+
+    @classmethod
+    def new(cls, seed: int, minutes: float, kinds: tuple[str, ...], invariants: tuple[str, ...],
+            **more: Any) -> Result:
+        """A result whose tables list the lab's own fault kinds and invariants, in that order."""
+        return cls(seed, minutes, faults=dict.fromkeys(kinds, 0), skipped=dict.fromkeys(kinds, 0),
+                   violations=dict.fromkeys(invariants, 0), **more)
 
     @property
     def ok(self) -> bool:
@@ -467,11 +511,241 @@ class Result:
         log(f"VIOLATION {name}: {detail}")
 
 
-class Soak:
+class Supervised(Protocol):
+    """What the fault loop does to an agent through its lab's systemd stand-in."""
+
+    def kill(self) -> bool: ...
+
+    def freeze(self) -> bool: ...
+
+    def thaw(self) -> None: ...
+
+
+class FaultLoop:
+    """The seeded schedule both labs run: one fault at a time, healed, then a wait until the pair
+    converged again (or ``no_recovery``), then a quiet spell; and the findings both judge alike.
+
+    A lab's soak says how to find the roles, inject a fault, tell convergence and describe a
+    pair that did not converge; this class decides what happens when, from the seed alone, so a
+    seed names the same sequence of draws in both labs (the kinds drawn differ with the lab's list).
+    """
+
+    MASTER_ONLY: frozenset[str] = frozenset()  # kinds that only make sense on the serving node
+    INJECT_ERRORS: tuple[type[BaseException], ...] = (ControlError, LabError, OSError, subprocess.SubprocessError)
+    QUIET = (2.5, 6.0)  # seconds of converged quiet before each fault
+    recovery_timeout = RECOVERY_TIMEOUT
+
+    def __init__(self, seed: int, minutes: float, max_faults: int, kinds: tuple[str, ...], result: Result) -> None:
+        self.rng, self.kinds, self.result = random.Random(seed), kinds, result
+        self.minutes, self.max_faults = minutes, max_faults
+        self.recoveries: list[float] = []
+        self._bag: list[str] = []
+
+    # -- what a lab provides ---------------------------------------------------------------------
+    def roles(self) -> tuple[str | None, str | None]:
+        """(serving node, other node), None when unclear."""
+        raise NotImplementedError
+
+    def inject(self, kind: str, node: str, other: str) -> bool:
+        """Apply one fault and heal it; False if it could not be applied (counted as skipped)."""
+        raise NotImplementedError
+
+    def heal_mark(self) -> float:
+        """The moment of the heal on the writer's clock (convergence needs a write after it)."""
+        return time.monotonic()
+
+    def wait_converged(self, since: float) -> bool:
+        raise NotImplementedError
+
+    def fault_active(self, active: bool) -> None:
+        """The converged-state invariants stop applying (a fault begins) or apply again soon."""
+        raise NotImplementedError
+
+    def unconverged(self) -> str:
+        """What the pair looks like when it did not converge, for the report."""
+        return ""
+
+    def start_pair(self) -> float:
+        """Agents up, the client writing, the pair converged; returns when the schedule starts."""
+        raise NotImplementedError
+
+    def finish(self, t_start: float) -> None:
+        raise NotImplementedError
+
+    def supervised(self, node: str) -> Supervised:
+        raise NotImplementedError
+
+    def control(self, node: str, command: str, on: bool | None = None) -> bool:
+        """A control request to the node's agent (handover, maintenance on/off); False: refused."""
+        raise NotImplementedError
+
+    def watchdog_due(self, node: str) -> None:
+        """An agent stopped for longer than WatchdogSec is about to be resumed: the lab's watchdog
+        may need a moment to have fired (a lab polling from afar)."""
+
+    # -- the faults both labs inject alike ------------------------------------------------------------
+    def inject_agent_fault(self, kind: str, node: str, watchdog_sec: float) -> bool | None:
+        """agent_kill, stop_short/stop_long, handover, maintenance; None for any other kind."""
+        rng, sup = self.rng, self.supervised(node)
+        if kind == "agent_kill":
+            return sup.kill()
+        if kind in ("stop_short", "stop_long"):
+            wd = watchdog_sec
+            pause = rng.uniform(0.2, wd / 2 - 0.2) if kind == "stop_short" else rng.uniform(wd + 0.5, wd + 2.0)
+            if not sup.freeze():
+                return False
+            time.sleep(pause)
+            if kind == "stop_long":
+                self.watchdog_due(node)
+            sup.thaw()
+            return True
+        if kind == "handover":
+            return self.control(node, "handover")
+        if kind == "maintenance":
+            if not self.control(node, "maintenance", on=True):
+                return False
+            try:
+                time.sleep(rng.uniform(2.0, 5.0))
+            finally:
+                self.control(node, "maintenance", on=False)
+            return True
+        return None
+
+    def run(self) -> Result:
+        self.result.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        t_start = self.start_pair()
+        self.fault_active(False)
+        self.fault_loop(t_start)
+        time.sleep(2.0)
+        self.finish(t_start)
+        return self.result
+
+    # -- the schedule ---------------------------------------------------------------------------
+    def pick(self) -> tuple[str, bool]:
+        """Next fault and whether it hits the serving node (else the other one); seeded.
+
+        Faults come in rounds, each a shuffle of every kind, so a short run still has them all.
+        """
+        if not self._bag:
+            self._bag = list(self.kinds)
+            self.rng.shuffle(self._bag)
+        kind = self._bag.pop()
+        on_master = kind in self.MASTER_ONLY or self.rng.random() < 0.6
+        return kind, on_master
+
+    def fault_loop(self, t_start: float) -> None:
+        res = self.result
+        deadline = t_start + self.minutes * 60
+        count = 0
+        while time.monotonic() < deadline and count < self.max_faults:
+            time.sleep(self.rng.uniform(*self.QUIET))  # quiet, converged
+            if time.monotonic() >= deadline:
+                break
+            kind, on_master = self.pick()
+            serving, other = self.roles()
+            if serving is None or other is None:
+                res.skipped[kind] += 1
+                continue
+            node, peer = (serving, other) if on_master else (other, serving)
+            count += 1
+            self.fault_active(True)
+            t0 = time.monotonic()
+            res.schedule.append(f"{t0 - t_start:7.1f} {kind} on {node} ({'master' if on_master else 'backup'})")
+            log(f"fault {count}: {kind} on {node} ({'master' if on_master else 'backup'})")
+            try:
+                applied = self.inject(kind, node, peer)
+            except self.INJECT_ERRORS as exc:
+                applied = False
+                res.details.append(f"injector: {kind} on {node}: {type(exc).__name__}: {exc}")
+            res.faults[kind] += applied
+            res.skipped[kind] += not applied
+            healed, mark = time.monotonic(), self.heal_mark()
+            if self.wait_converged(mark):
+                self.recoveries.append(time.monotonic() - healed)
+                res.schedule[-1] += f": converged {self.recoveries[-1]:.2f} s after the heal"
+            else:
+                res.violate("no_recovery", f"{kind} on {node}: not converged {self.recovery_timeout:g} s after the "
+                            f"heal ({self.unconverged()})")
+            self.fault_active(False)
+
+    # -- the findings ---------------------------------------------------------------------------
+    def judge_episodes(self, name: str, episodes: list[Episode], limit: float, t_start: float, period: float,
+                       when: str = "converged") -> None:
+        """Episodes longer than ``limit`` where they counted are violations; the rest are reported."""
+        res = self.result
+        bad = [e for e in episodes if e.converged_for > limit]
+        for e in bad:
+            res.violate(name, f"{e.end - e.start:.2f} s from {e.start - t_start:.1f} s into the run, "
+                        f"{e.converged_for:.2f} s of it {when}")
+        res.excused[name] = {"episodes": len(episodes) - len(bad),
+                             "max_s": round(max((e.end - e.start + period for e in episodes), default=0.0), 3)}
+
+    def summarize_recovery(self) -> None:
+        rec = self.recoveries
+        self.result.recovery = {"n": len(rec), "median_s": round(statistics.median(rec), 2) if rec else None,
+                                "max_s": round(max(rec), 2) if rec else None}
+
+    def keep(self, logs: dict[str, str], always: bool) -> None:
+        """The lab's workdir goes with the lab: keep what explains a violation (or everything)."""
+        res = self.result
+        if res.ok and not always:
+            return
+        keep = Path(f"/var/tmp/failover-agent-soak-{'' if res.lab == 'netns' else res.lab + '-'}{res.seed}-logs")
+        keep.mkdir(parents=True, exist_ok=True)
+        for name, text in logs.items():
+            (keep / name).write_text(text)
+        (keep / "schedule.txt").write_text("\n".join(res.schedule) + "\n")
+        res.details.append(f"logs and schedule kept in {keep}")
+
+    def leak(self, node: str, incarnations: list[Incarnation], min_samples: int = 20) -> dict[str, Any]:
+        lives = [i for i in incarnations if len(i.samples) >= min_samples]
+        if not lives:
+            return {"checked": False, "why": f"no agent process was sampled {min_samples} times"}
+        inc = max(lives, key=lambda i: i.samples[-1][0] - i.samples[0][0])
+        t0, t1 = inc.samples[0][0], inc.samples[-1][0]
+        life = t1 - t0
+        span = max(1.0, 0.1 * life)
+        first = [s for s in inc.samples if s[0] <= t0 + span]
+        last = [s for s in inc.samples if s[0] >= t1 - span]
+        rss_growth = statistics.median(s[1] for s in last) - statistics.median(s[1] for s in first)
+        # fds compared like with like: a serving agent has more open (ganesha's pipes), so the first
+        # and last 10 % of the samples taken in each role, the minimum of each (a control connection
+        # in flight is not a leak)
+        fds: dict[str, list[int]] = {}
+        for role in (False, True):
+            same = [x[2] for x in inc.samples if x[3] == role]
+            if len(same) >= 10:
+                n = max(1, len(same) // 10)
+                fds["serving" if role else "idle"] = [min(same[:n]), min(same[-n:])]
+        fd_growth = max((b - a for a, b in fds.values()), default=0)
+        out: dict[str, Any] = {
+            "checked": life >= LEAK_MIN_LIFE, "pid": inc.pid, "life_s": round(life, 1),
+            "rss_first_kb": statistics.median(s[1] for s in first),
+            "rss_last_kb": statistics.median(s[1] for s in last),
+            "rss_growth_kb": rss_growth, "fds": fds, "incarnations": len(incarnations)}
+        if life < LEAK_MIN_LIFE:
+            out["why"] = f"longest-lived agent process ran {life:.0f} s < {LEAK_MIN_LIFE:g} s"
+            return out
+        if rss_growth > RSS_GROWTH_MAX_KB:
+            self.result.violate("rss_growth", f"{node} pid {inc.pid}: RSS +{rss_growth} kB over {life:.0f} s")
+        if fd_growth > 0:
+            self.result.violate("fd_growth", f"{node} pid {inc.pid}: {fd_growth} more open fds over {life:.0f} s")
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The netns soak
+# --------------------------------------------------------------------------------------------
+
+
+class Soak(FaultLoop):
+    MASTER_ONLY = frozenset({"ganesha_kill", "chain_fail", "handover"})
+
     def __init__(self, lab: NetnsLab, seed: int, minutes: float, max_faults: int,
                  kinds: tuple[str, ...] = FAULTS, guarded: bool = False) -> None:
-        self.lab, self.rng, self.kinds = lab, random.Random(seed), kinds
-        self.minutes, self.max_faults = minutes, max_faults
+        super().__init__(seed, minutes, max_faults, kinds,
+                         Result.new(seed, minutes, FAULTS, INVARIANTS, guarded=guarded))
+        self.lab = lab
         self.unit = Unit.from_file(UNIT_FILE)
         # one inode per 16 KiB: room for every file the writer can create in the run, twice over
         disk_mb = max(128, math.ceil(minutes * 60 * WRITE_RATE * 16 * 2 / 1024))
@@ -483,10 +757,7 @@ class Soak:
             lab.add_cleanup(sup.close)
         self.texts = {n: a.config_path.read_text() for n, a in self.ga.agents.items()}
         self.watch = Watch(self.ga, self.sups, strict_mount=guarded)
-        self.result = Result(seed, minutes, guarded, faults=dict.fromkeys(FAULTS, 0), skipped=dict.fromkeys(FAULTS, 0))
-        self.recoveries: list[float] = []
         self.writer: NfsWriter | None = None
-        self._bag: list[str] = []
 
     # -- helpers ------------------------------------------------------------------------------
     def status(self, node: str) -> dict[str, Any] | None:
@@ -528,6 +799,15 @@ class Soak:
             time.sleep(0.1)
         return False
 
+    def fault_active(self, active: bool) -> None:
+        self.watch.quiet_from = math.inf if active else time.monotonic() + SETTLE
+        if not active:
+            self.watch.partitioned = False
+
+    def unconverged(self) -> str:
+        states = {n: (s.state, (self.status(n) or {}).get("instance", {}).get("phase")) for n, s in self.sups.items()}
+        return f"supervisor/phase {states}, VIP {self.watch.vips}, mounted {self.watch.mounted}"
+
     def ctl(self, node: str, command: str, **args: Any) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
@@ -567,16 +847,9 @@ class Soak:
     def inject(self, kind: str, node: str, other: str) -> bool:
         """Apply one fault and heal it; False if it could not be applied (counted as skipped)."""
         rng, sup = self.rng, self.sups[node]
-        if kind == "agent_kill":
-            return sup.kill()
-        if kind in ("stop_short", "stop_long"):
-            wd = self.unit.watchdog_sec
-            pause = rng.uniform(0.2, wd / 2 - 0.2) if kind == "stop_short" else rng.uniform(wd + 0.5, wd + 2.0)
-            if not sup.freeze():
-                return False
-            time.sleep(pause)
-            sup.thaw()
-            return True
+        common = self.inject_agent_fault(kind, node, self.unit.watchdog_sec)
+        if common is not None:
+            return common
         if kind == "link_flap":
             self.lab.set_link(node, False)
             time.sleep(rng.uniform(0.3, 3.0))
@@ -627,34 +900,17 @@ class Soak:
             elif kind == "hup_invalid" and not sup.running:
                 self.result.violate("reload", f"hup_invalid on {node}: the agent stopped")
             return True
-        if kind == "handover":
-            self.ctl(node, "handover")
-            return True
-        if kind == "maintenance":
-            self.ctl(node, "maintenance", on=True)
-            try:
-                time.sleep(rng.uniform(2.0, 5.0))
-            finally:
-                self.ctl(node, "maintenance", on=False)
-            return True
         raise ValueError(kind)
 
-    def pick(self) -> tuple[str, bool]:
-        """Next fault and whether it hits the serving node (else the other one); seeded.
+    def supervised(self, node: str) -> Supervised:
+        return self.sups[node]
 
-        Faults come in rounds, each a shuffle of every kind, so a short run still has them all.
-        """
-        if not self._bag:
-            self._bag = list(self.kinds)
-            self.rng.shuffle(self._bag)
-        kind = self._bag.pop()
-        on_master = kind in ("ganesha_kill", "chain_fail", "handover") or self.rng.random() < 0.6
-        return kind, on_master
+    def control(self, node: str, command: str, on: bool | None = None) -> bool:
+        self.ctl(node, command, **({} if on is None else {"on": on}))
+        return True
 
     # -- run ----------------------------------------------------------------------------------
-    def run(self) -> Result:
-        res = self.result
-        res.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    def start_pair(self) -> float:
         t_start = time.monotonic()
         self.watch.start()
         self.sups["a"].start()
@@ -669,46 +925,7 @@ class Soak:
             raise LabError(f"no writes through the VIP: {writer.errors[-3:]} {writer.stderr_text()[-500:]}")
         if not self.wait_converged(t_start):
             raise LabError("the pair did not settle before the first fault")
-        self.watch.quiet_from = time.monotonic() + SETTLE
-        deadline = t_start + self.minutes * 60
-        count = 0
-        while time.monotonic() < deadline and count < self.max_faults:
-            time.sleep(self.rng.uniform(2.5, 6.0))  # quiet, converged
-            if time.monotonic() >= deadline:
-                break
-            kind, on_master = self.pick()
-            serving, other = self.roles()
-            if serving is None or other is None:
-                res.skipped[kind] += 1
-                continue
-            node, peer = (serving, other) if on_master else (other, serving)
-            count += 1
-            self.watch.quiet_from = math.inf
-            t0 = time.monotonic()
-            res.schedule.append(f"{t0 - t_start:7.1f} {kind} on {node} ({'master' if on_master else 'backup'})")
-            log(f"fault {count}: {kind} on {node} ({'master' if on_master else 'backup'})")
-            try:
-                applied = self.inject(kind, node, peer)
-            except (ControlError, LabError, OSError, subprocess.SubprocessError) as exc:
-                applied = False
-                res.details.append(f"injector: {kind} on {node}: {type(exc).__name__}: {exc}")
-            res.faults[kind] += applied
-            res.skipped[kind] += not applied
-            healed = time.monotonic()
-            if self.wait_converged(healed):
-                self.recoveries.append(time.monotonic() - healed)
-                res.schedule[-1] += f": converged {self.recoveries[-1]:.2f} s after the heal"
-                self.watch.partitioned = False
-            else:
-                states = {n: (s.state, (self.status(n) or {}).get("instance", {}).get("phase")) for n, s in
-                          self.sups.items()}
-                res.violate("no_recovery", f"{kind} on {node}: not converged {RECOVERY_TIMEOUT:g} s after the heal "
-                            f"(supervisor/phase {states}, VIP {self.watch.vips}, mounted {self.watch.mounted})")
-            self.watch.quiet_from = time.monotonic() + SETTLE
-            self.watch.partitioned = False
-        time.sleep(2.0)
-        self.finish(t_start)
-        return res
+        return t_start
 
     def finish(self, t_start: float) -> None:
         res, writer = self.result, self.writer
@@ -724,73 +941,23 @@ class Soak:
             res.violate("lost_writes", report.describe())
         res.writes = {"acked": len(writer.acks), "errors": len(writer.errors), "verified_ok": len(report.ok),
                       "max_gap_s": round(writer.max_gap(), 3)}
-        for name in ("both_mounted", "two_vip_holders"):
-            eps = self.watch.episodes[name]
-            limit = 0.0 if name == "both_mounted" else ADVERT
-            when = "counted" if name == "both_mounted" and res.guarded else "converged"
-            bad = [e for e in eps if e.converged_for > limit]
-            for e in bad:
-                res.violate(name, f"{e.end - e.start:.2f} s from {e.start - t_start:.1f} s into the run, "
-                            f"{e.converged_for:.2f} s of it {when}")
-            res.excused[name] = {"episodes": len(eps) - len(bad),
-                                 "max_s": round(max((e.end - e.start + SAMPLE for e in eps), default=0.0), 3)}
+        self.judge_episodes("both_mounted", self.watch.episodes["both_mounted"], 0.0, t_start, SAMPLE,
+                            "counted" if res.guarded else "converged")
+        self.judge_episodes("two_vip_holders", self.watch.episodes["two_vip_holders"], ADVERT, t_start, SAMPLE)
         for node, sup in self.sups.items():
             for text in sup.unexpected:
                 res.violate("unexpected_exits", text)
             res.supervisor[node] = {"restarts": sup.restarts, "watchdog_kills": sup.watchdog_kills,
                                     "exits": len(sup.exits), "foreign_notify": sup.foreign_notify}
-            res.leaks[node] = self.leak(node, sup)
+            res.leaks[node] = self.leak(node, sup.incarnations)
             log_text = self.ga.agents[node].log()
             res.takeovers[node] = len(SERVING_LOG.findall(log_text))
             record = self.lab.workdir / f"fence-{node}.log"  # [guard] fence_record of the guarded lab
             res.self_fences[node] = len(record.read_text().splitlines()) if record.exists() else 0
         res.failovers = max(0, sum(res.takeovers.values()) - 1)
-        rec = self.recoveries
-        res.recovery = {"n": len(rec), "median_s": round(statistics.median(rec), 2) if rec else None,
-                        "max_s": round(max(rec), 2) if rec else None}
+        self.summarize_recovery()
         res.watch = {"ticks": self.watch.ticks, "late_ticks": self.watch.late}
-        if not res.ok or self.keep_logs:  # the lab's workdir goes with the lab: keep what explains it
-            keep = Path(f"/var/tmp/failover-agent-soak-{res.seed}-logs")
-            keep.mkdir(parents=True, exist_ok=True)
-            for node, agent in self.ga.agents.items():
-                (keep / f"agent-{node}.log").write_text(agent.log())
-            (keep / "schedule.txt").write_text("\n".join(res.schedule) + "\n")
-            res.details.append(f"agent logs and schedule kept in {keep}")
-
-    def leak(self, node: str, sup: Supervisor) -> dict[str, Any]:
-        lives = [i for i in sup.incarnations if len(i.samples) >= 20]
-        if not lives:
-            return {"checked": False, "why": "no agent process lived 20 s"}
-        inc = max(lives, key=lambda i: i.samples[-1][0] - i.samples[0][0])
-        t0, t1 = inc.samples[0][0], inc.samples[-1][0]
-        life = t1 - t0
-        span = max(1.0, 0.1 * life)
-        first = [s for s in inc.samples if s[0] <= t0 + span]
-        last = [s for s in inc.samples if s[0] >= t1 - span]
-        rss_growth = statistics.median(s[1] for s in last) - statistics.median(s[1] for s in first)
-        # fds compared like with like: a serving agent has more open (ganesha's pipes), so the first
-        # and last 10 % of the samples taken in each role, the minimum of each (a control connection
-        # in flight is not a leak)
-        fds: dict[str, list[int]] = {}
-        for role in (False, True):
-            same = [x[2] for x in inc.samples if x[3] == role]
-            if len(same) >= 10:
-                n = max(1, len(same) // 10)
-                fds["serving" if role else "idle"] = [min(same[:n]), min(same[-n:])]
-        fd_growth = max((b - a for a, b in fds.values()), default=0)
-        out: dict[str, Any] = {
-            "checked": life >= LEAK_MIN_LIFE, "pid": inc.pid, "life_s": round(life, 1),
-            "rss_first_kb": statistics.median(s[1] for s in first),
-            "rss_last_kb": statistics.median(s[1] for s in last),
-            "rss_growth_kb": rss_growth, "fds": fds, "incarnations": len(sup.incarnations)}
-        if life < LEAK_MIN_LIFE:
-            out["why"] = f"longest-lived agent process ran {life:.0f} s < {LEAK_MIN_LIFE:g} s"
-            return out
-        if rss_growth > RSS_GROWTH_MAX_KB:
-            self.result.violate("rss_growth", f"{node} pid {inc.pid}: RSS +{rss_growth} kB over {life:.0f} s")
-        if fd_growth > 0:
-            self.result.violate("fd_growth", f"{node} pid {inc.pid}: {fd_growth} more open fds over {life:.0f} s")
-        return out
+        self.keep({f"agent-{node}.log": agent.log() for node, agent in self.ga.agents.items()}, self.keep_logs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,10 +966,10 @@ class Soak:
 
 
 def print_report(res: Result) -> None:
-    print(f"\nsoak: seed {res.seed}, {res.minutes:g} min requested, {res.wall_seconds:.0f} s run, "
+    print(f"\nsoak ({res.lab} lab): seed {res.seed}, {res.minutes:g} min requested, {res.wall_seconds:.0f} s run, "
           f"started {res.started}")
     print("\n| fault | injected | skipped |\n|---|---|---|")
-    for kind in FAULTS:
+    for kind in res.faults:
         print(f"| {kind} | {res.faults[kind]} | {res.skipped[kind]} |")
     print(f"| **total** | {sum(res.faults.values())} | {sum(res.skipped.values())} |")
     takes = ", ".join(f"{n} {c}" for n, c in res.takeovers.items())
@@ -814,8 +981,10 @@ def print_report(res: Result) -> None:
     if res.guarded:
         print(f"guarded lab ([track], [peer] heartbeats, [guard], mount gate); self-fences recorded: {res.self_fences}")
     print(f"writes: {res.writes}")
+    for line in res.sampling.get("report", []):
+        print(line)
     print("\n| invariant | violations |\n|---|---|")
-    for name in INVARIANTS:
+    for name in res.violations:
         print(f"| {name} | {res.violations[name]} |")
     for name, ex in res.excused.items():
         print(f"(lab, not violations: {name} while a fault was active: {ex['episodes']} episodes, longest "
@@ -855,22 +1024,30 @@ def main(argv: list[str] | None = None) -> int:
                              "whenever both agents run and the nodes are not cut apart")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the agent logs and the schedule (always kept after a violation)")
-    parser.add_argument("--uml", action="store_true", help="real DRBD in user-mode-linux nodes (not implemented yet)")
+    parser.add_argument("--uml", action="store_true",
+                        help="the user-mode-linux lab: real DRBD 8.4 and kernel nfsd, never two Primaries "
+                             f"(faults: {','.join(UML_FAULTS)}; default 1 fault per 10 s at most)")
     args = parser.parse_args(argv)
-    if args.uml:
-        parser.error("--uml is not implemented yet: the netns variant runs without it")
     if not 0 < args.minutes <= 24 * 60:
         parser.error("--minutes must be in (0, 1440]")
-    kinds = tuple(args.faults.split(",")) if args.faults else FAULTS
-    if not kinds or set(kinds) - set(FAULTS):
-        parser.error(f"--faults: choose from {', '.join(FAULTS)}")
+    if args.uml and args.guarded:
+        parser.error("--guarded is the netns lab's: the UML lab's agents always run [track], [peer] and [guard]")
+    known = UML_FAULTS if args.uml else FAULTS
+    kinds = tuple(args.faults.split(",")) if args.faults else known
+    if not kinds or set(kinds) - set(known):
+        parser.error(f"--faults: choose from {', '.join(known)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    out = args.json or Path(f"/var/tmp/failover-agent-soak-{seed}.json")
+    out = args.json or Path(f"/var/tmp/failover-agent-soak-{'uml-' if args.uml else ''}{seed}.json")
     hold_lab_lock("bench.soak")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the lab is torn down on kill
-    log(f"soak: seed {seed}, {args.minutes:g} minutes")
-    res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded,
-                   keep_logs=args.keep_logs)
+    log(f"soak: seed {seed}, {args.minutes:g} minutes{' (UML lab)' if args.uml else ''}")
+    if args.uml:
+        from bench.soak_uml import run_uml_soak
+
+        res = run_uml_soak(seed, args.minutes, args.max_faults, kinds=kinds, keep_logs=args.keep_logs)
+    else:
+        res = run_soak(seed, args.minutes, args.max_faults, kinds=kinds, guarded=args.guarded,
+                       keep_logs=args.keep_logs)
     print_report(res)
     out.write_text(json.dumps({**asdict(res), "ok": res.ok}, indent=1))
     print(f"result written to {out}")

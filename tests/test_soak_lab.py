@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench.soak import FAULTS, print_report, run_soak
+from bench.soak import FAULTS, Result, print_report, run_soak
 
 pytestmark = pytest.mark.lab
 
@@ -20,10 +20,16 @@ SEED = 15
 MINUTES = 2.0
 
 
+def assert_soak_passed(res: Result, min_acked: int) -> None:
+    """What every CI soak asserts (tests/test_soak_uml_lab.py too): the report printed, no
+    violation, and every acknowledged write read back."""
+    print_report(res)
+    assert res.ok, "\n".join(res.details)
+    assert res.writes["acked"] > min_acked and res.writes["verified_ok"] == res.writes["acked"], res.writes
+
+
 def test_two_minute_soak_keeps_every_invariant() -> None:
     res = run_soak(SEED, MINUTES, prefix=f"sc{os.getpid() % 10000}")
-    print_report(res)
     assert sum(res.faults.values()) >= 8, f"too few faults injected: {res.faults} (skipped {res.skipped})"
-    assert res.ok, "\n".join(res.details)
-    assert res.writes["acked"] > 100 and res.writes["verified_ok"] == res.writes["acked"], res.writes
+    assert_soak_passed(res, 100)
     assert set(res.faults) == set(FAULTS)
