@@ -417,6 +417,10 @@ class Watch:
         self.episodes = self.eps.all
         self.ticks = 0
         self.late = 0  # ticks that started more than one sample period late
+        # the node seen serving alone (mounted and the VIP), and how often that moved to the other
+        # node: "became MASTER" lines also count a chain the monitor restarted in place
+        self.serving: str | None = None
+        self.failovers = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-watch", daemon=True)
         self.error: str | None = None
@@ -445,6 +449,10 @@ class Watch:
                 self.eps.sample("both_mounted", all(self.mounted.values()), now,
                                 not helpless if self.strict_mount else conv, SAMPLE)
                 self.eps.sample("two_vip_holders", sum(self.vips.values()) > 1, now, conv, SAMPLE)
+                alone = [n for n in self.vips if self.vips[n] and self.mounted[n]]
+                if len(alone) == 1 and alone[0] != self.serving:
+                    self.failovers += self.serving is not None
+                    self.serving = alone[0]
                 if now - last_sample >= 1.0:
                     last_sample = now
                     for node, sup in self.sups.items():
@@ -954,7 +962,7 @@ class Soak(FaultLoop):
             res.takeovers[node] = len(SERVING_LOG.findall(log_text))
             record = self.lab.workdir / f"fence-{node}.log"  # [guard] fence_record of the guarded lab
             res.self_fences[node] = len(record.read_text().splitlines()) if record.exists() else 0
-        res.failovers = max(0, sum(res.takeovers.values()) - 1)
+        res.failovers = self.watch.failovers
         self.summarize_recovery()
         res.watch = {"ticks": self.watch.ticks, "late_ticks": self.watch.late}
         self.keep({f"agent-{node}.log": agent.log() for node, agent in self.ga.agents.items()}, self.keep_logs)
