@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from ipaddress import AddressValueError, IPv4Address, NetmaskValueError, ip_address, ip_interface
 from pathlib import Path
 from typing import Any
@@ -663,8 +663,16 @@ def _check_services(file: str, raw: Any, monitor: MonitorConfig, nfs: NfsConfig 
 
 @dataclass(frozen=True)
 class Config:
+    """One instance: its VRRP router and its chain, what the core (agent.node) and an `Instance` run.
+
+    `agent` and `notify` are the process's [agent] and [[notify]] (`ProcessConfig`), handed to
+    every instance so the code that runs one reads them where it always did; `agent.state_file`
+    is this instance's own in a file of [[instance]] tables (`instance_state_file`).
+    """
+
     file: str
     vrrp: VrrpConfig
+    name: str = ""  # set by the parser: [[instance]] name, else default_name(vrrp)
     agent: AgentConfig = AgentConfig()
     drbd: DrbdConfig | None = None
     filesystem: FilesystemConfig | None = None
@@ -759,7 +767,62 @@ def _check_vrrp(file: str, v: dict[str, Any]) -> VrrpConfig:
     return cfg
 
 
-def parse(text: str, file: str = "<config>") -> Config:
+#: the sections of one instance: inside each [[instance]] table, or at the top of a file of one instance
+INSTANCE_SECTIONS = ("vrrp", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "guard", "service")
+#: the process's sections, always at the top: one control socket, metrics endpoint and scheduling
+#: for the one process, and [[notify]] hooks that share one bound on what runs at once (agent.alerts)
+PROCESS_SECTIONS = ("agent", "notify")
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """What one agent process runs: its own [agent] and [[notify]], and its instances in file order.
+
+    A file with the sections of one instance at the top (the format before [[instance]]) is one
+    instance named `default_name`; with [[instance]] tables each has its `name`.
+    """
+
+    file: str
+    instances: tuple[Config, ...]
+    agent: AgentConfig = AgentConfig()
+    notify: tuple[NotifyConfig, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.instances)
+
+    def instance(self, name: str) -> Config | None:
+        return next((c for c in self.instances if c.name == name), None)
+
+    def single(self) -> Config:
+        """The one instance of a file that holds one (tools and tests written for one instance)."""
+        if len(self.instances) != 1:
+            raise ConfigError(self.file, "instance", f"holds {len(self.instances)} instances "
+                              f"({', '.join(self.names)}); this needs a file of one instance")
+        return self.instances[0]
+
+
+def default_name(vrrp: VrrpConfig) -> str:
+    """The name of the one instance of a file without [[instance]] tables: after its VRID."""
+    return f"vrrp-{vrrp.vrid}"
+
+
+def instance_state_file(state_file: str, name: str) -> str:
+    """An instance's own state file beside [agent] state_file (state.json -> state-NAME.json): its
+    maintenance mode and its restart hand-off (agent.handoff) are its own, not the process's."""
+    path = Path(state_file)
+    return str(path.with_name(f"{path.stem}-{name}{path.suffix}"))
+
+
+def _instance_name(v: Any) -> str:
+    return _word(v, "an instance name")
+
+
+_INSTANCE_KEYS = ("name", *INSTANCE_SECTIONS)
+
+
+def parse_process(text: str, file: str = "<config>") -> ProcessConfig:
+    """The whole file: the process's sections and every instance, checked alone and against each other."""
     try:
         doc = tomllib.loads(text)
     except (ValueError, RecursionError) as e:
@@ -768,14 +831,82 @@ def parse(text: str, file: str = "<config>") -> Config:
     huge = _beyond_64_bits(doc)
     if huge is not None:
         raise ConfigError(file, huge, "integer out of TOML's 64-bit range")
-    known = {"vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "notify", "guard", "service"}
+    known = {*INSTANCE_SECTIONS, *PROCESS_SECTIONS, "instance"}
     for name in doc:
         if name not in known:
             raise ConfigError(file, name, f"unknown section (known: {', '.join(sorted(known))})")
+    agent = AgentConfig(**_section(file, "agent", doc.get("agent", {}), _AGENT_KEYS, AgentConfig))
+    notify = _check_notify(file, doc.get("notify", []))
+    if "instance" not in doc:
+        one = _parse_instance(file, doc, agent, notify, "")
+        return ProcessConfig(file=file, instances=(one,), agent=agent, notify=notify)
+    top = next((s for s in INSTANCE_SECTIONS if s in doc), None)
+    if top is not None:
+        raise ConfigError(file, top, "is a section of one instance: with [[instance]] tables, it goes inside "
+                          "the instance it belongs to ([instance.vrrp], [[instance.service]], ...)")
+    tables = doc["instance"]
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(file, "instance", "must be [[instance]] tables (an array of tables), one per instance")
+    instances: list[Config] = []
+    for i, table in enumerate(tables):
+        key = f"instance[{i + 1}]"
+        if not isinstance(table, dict):
+            raise ConfigError(file, key, "must be a table")
+        bad = next((k for k in table if k not in _INSTANCE_KEYS), None)
+        if bad is not None:
+            where = " ([agent] and [[notify]] are the process's, at the top of the file)" \
+                if bad in PROCESS_SECTIONS else ""
+            raise ConfigError(file, f"{key}.{bad}", f"unknown key (known: {', '.join(_INSTANCE_KEYS)}){where}")
+        if "name" not in table:
+            raise ConfigError(file, f"{key}.name", "is required")
+        try:
+            name = _instance_name(table["name"])
+        except _Invalid as e:
+            raise ConfigError(file, f"{key}.name", str(e)) from None
+        try:
+            instances.append(_parse_instance(file, table, replace(agent, state_file=instance_state_file(
+                agent.state_file, name)), notify, name))
+        except ConfigError as e:
+            raise ConfigError(e.file, f"{key}.{e.key}" if e.key else key, e.reason) from None
+    _check_apart(file, instances)
+    return ProcessConfig(file=file, instances=tuple(instances), agent=agent, notify=notify)
+
+
+def _check_apart(file: str, instances: list[Config]) -> None:
+    """What two instances of one process must not share: a name, a VRRP router (interface, VRID and
+    family: the adverts of both would be one router's), a VIP, a DRBD resource, a device or
+    mountpoint, a service's unit, a peer channel's port; and one NFS server per host."""
+    def owners(what: Callable[[Config], list[Any]], key: str, why: Callable[[Any], str]) -> None:
+        seen: dict[Any, int] = {}
+        for j, cfg in enumerate(instances):
+            for value in what(cfg):
+                if value in seen:
+                    first = seen[value]
+                    raise ConfigError(file, f"instance[{j + 1}].{key}", f"{why(value)} is already instance[{first + 1}]"
+                                      f"'s ({instances[first].name})")
+                seen[value] = j
+
+    owners(lambda c: [c.name], "name", lambda n: f'the name "{n}"')
+    owners(lambda c: [(c.vrrp.interface, c.vrrp.vrid, c.vrrp.vips[0].version)], "vrrp.vrid",
+           lambda k: f"VRID {k[1]} on {k[0]} (IPv{k[2]}: one VRRP router)")
+    owners(lambda c: [v.ip for v in c.vrrp.vips], "vrrp.vips", lambda ip: f"the VIP {ip}")
+    owners(lambda c: [c.drbd.resource] if c.drbd else [], "drbd.resource", lambda r: f"the DRBD resource {r}")
+    owners(lambda c: [c.filesystem.device] if c.filesystem else [], "filesystem.device", lambda d: f"the device {d}")
+    owners(lambda c: [c.filesystem.mountpoint] if c.filesystem else [], "filesystem.mountpoint",
+           lambda m: f"the mountpoint {m}")
+    owners(lambda c: [s.unit for s in c.services if s.unit], "service", lambda u: f"the unit {u}")
+    owners(lambda c: [c.peer.port] if c.peer else [], "peer.port", lambda p: f"the peer channel's port {p}")
+    # the kernel's nfsd (or the one ganesha) serves every export of the host: two instances
+    # starting and stopping it would take each other's clients down (active/active comes later)
+    owners(lambda c: [True] if c.nfs else [], "nfs", lambda _: "the host's one NFS server")
+
+
+def _parse_instance(file: str, doc: dict[str, Any], agent: AgentConfig, notify: tuple[NotifyConfig, ...],
+                    name: str) -> Config:
+    """One instance's sections (keys in errors relative to the instance: "vrrp.vrid")."""
     if "vrrp" not in doc:
         raise ConfigError(file, "vrrp", "section is required")
     vrrp = _check_vrrp(file, _section(file, "vrrp", doc["vrrp"], _VRRP_KEYS, VrrpConfig))
-    agent = AgentConfig(**_section(file, "agent", doc.get("agent", {}), _AGENT_KEYS, AgentConfig))
     drbd = DrbdConfig(**_section(file, "drbd", doc["drbd"], _DRBD_KEYS, DrbdConfig)) if "drbd" in doc else None
     fs = (FilesystemConfig(**_section(file, "filesystem", doc["filesystem"], _FS_KEYS, FilesystemConfig))
           if "filesystem" in doc else None)
@@ -794,11 +925,15 @@ def parse(text: str, file: str = "<config>") -> Config:
     if peer is not None and vrrp.ipv6:
         raise ConfigError(file, "peer", "the peer channel runs over IPv4 from the VRRP interface's IPv4 address; "
                           "an IPv6 instance cannot use it yet")
-    notify = _check_notify(file, doc.get("notify", []))
     guard = GuardConfig(**_section(file, "guard", doc.get("guard", {}), _GUARD_KEYS, GuardConfig))
     services = _check_services(file, doc.get("service", []), monitor, nfs)
-    return Config(file=file, vrrp=vrrp, agent=agent, drbd=drbd, filesystem=fs, monitor=monitor, nfs=nfs,
-                  track=track, peer=peer, notify=notify, guard=guard, services=services)
+    return Config(file=file, vrrp=vrrp, name=name or default_name(vrrp), agent=agent, drbd=drbd, filesystem=fs,
+                  monitor=monitor, nfs=nfs, track=track, peer=peer, notify=notify, guard=guard, services=services)
+
+
+def parse(text: str, file: str = "<config>") -> Config:
+    """A file of one instance (`ProcessConfig.single`); the agent itself reads `parse_process`."""
+    return parse_process(text, file).single()
 
 
 def _beyond_64_bits(doc: dict[str, Any]) -> str | None:
@@ -816,20 +951,30 @@ def _beyond_64_bits(doc: dict[str, Any]) -> str | None:
 
 
 def load(path: str | Path) -> Config:
+    """A file of one instance (`ProcessConfig.single`)."""
+    return load_process(path).single()
+
+
+def load_process(path: str | Path) -> ProcessConfig:
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(str(path), "", f"cannot read: {e}") from None
-    return loads(data, str(path))
+    return loads_process(data, str(path))
 
 
 def loads(data: bytes, file: str = "<config>") -> Config:
-    """`load` after the read: the file's bytes as they are, so a fuzzer reaches everything `load` does."""
+    """A file of one instance, from its bytes."""
+    return loads_process(data, file).single()
+
+
+def loads_process(data: bytes, file: str = "<config>") -> ProcessConfig:
+    """`load_process` after the read: the file's bytes as they are, so a fuzzer reaches everything it does."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(file, "", f"cannot read: {e}") from None
-    return parse(text, file)
+    return parse_process(text, file)
 
 
 def describe_changes(old: Config, new: Config) -> list[str]:
