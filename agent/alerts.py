@@ -100,15 +100,17 @@ class Alerts:
         return {"hooks": len(self.hooks), "running": self.running, "queued": self.queued,
                 "started": self.started, "failed": self.failed, "dropped": self.dropped}
 
-    def send(self, a: Emit) -> None:
-        """Start (or queue) every hook that wants this event; never waits for one."""
+    def send(self, a: Emit, source: Config | None = None) -> None:
+        """Start (or queue) every hook that wants this event; never waits for one. `source`: the
+        instance that emitted it (its VRID and interface; else the configured instance's)."""
         if a.kind is None or not self.hooks:
             return
         event = a.kind.name.lower()
         wanted = [h for h in self.hooks if event in h.events]
         if not wanted:
             return
-        env = hook_env(a, self.vrid, self.interface)
+        vrid, interface = (source.vrrp.vrid, source.vrrp.interface) if source else (self.vrid, self.interface)
+        env = hook_env(a, vrid, interface)
         for hook in wanted:
             job = _Run(hook, event, env)
             if len(self._running) < self.max_running:

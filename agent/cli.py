@@ -36,7 +36,7 @@ def _socket_path(args: argparse.Namespace) -> str:
     if args.socket:
         return str(args.socket)
     try:
-        return configmod.load(args.config).agent.control_socket
+        return configmod.load_process(args.config).agent.control_socket
     except configmod.ConfigError:
         return configmod.AgentConfig().control_socket
 
@@ -109,16 +109,31 @@ def _peer_lines(i: dict[str, Any]) -> list[str]:
     return lines
 
 
-def format_status(s: dict[str, Any]) -> str:
-    a, i = s["agent"], s["instance"]
+def format_status(s: dict[str, Any], only: str | None = None) -> str:
+    """The agent's lines, then each instance's block (`only`: that one's); ControlError for a name it lacks."""
+    a = s["agent"]
+    blocks = s.get("instances") or {s["instance"].get("name", ""): s}  # an agent from before instances
+    if only is not None and only not in blocks:
+        raise control.ControlError(f"no instance {only} in this agent (instances: {', '.join(blocks)})")
+    lines = [f"failover-agent {a['version']}, pid {a['pid']}, up {a['uptime']:g} s, config {a['config']}",
+             f"sched     {a.get('scheduling', 'unknown')}",
+             f"reloads   {a['reloads']} ({a['reload_failures']} refused)"]
+    for name, block in blocks.items():
+        if only in (None, name):
+            lines += ["", f"instance  {name}"] if len(blocks) > 1 else []
+            lines += _instance_lines(block)
+    return "\n".join(lines)
+
+
+def _instance_lines(s: dict[str, Any]) -> list[str]:
+    """One instance's block of the status answer ({"instance", "steps", "storage"}) in lines."""
+    i = s["instance"]
     c = i["counters"]
     master = i["master"] or "unknown"
     if i["master"] == i["address"]:
         master += " (this node)"
     flags = [w for w, on in (("maintenance", i["maintenance"]), ("yielding after handover", i["yielding"])) if on]
     lines = [
-        f"failover-agent {a['version']}, pid {a['pid']}, up {a['uptime']:g} s, config {a['config']}",
-        f"sched     {a.get('scheduling', 'unknown')}",
         f"VRRP      VRID {i['vrid']} on {i['interface']} ({i['address']}), v{i['version']}, "
         f"advert {i['advert_interval']:g} s, Master_Down {i['master_down_interval']:g} s",
         f"state     {i['state']}, priority {i['priority']}{' (preempt)' if i['preempt'] else ' (nopreempt)'}"
@@ -135,32 +150,44 @@ def format_status(s: dict[str, Any]) -> str:
     if i.get("heal"):  # agent.healer: a StandAlone resource the agents cannot reconnect with proof
         lines.append(f"heal      {i['heal']}")
     lines.append(f"counters  adverts sent {c['adverts_sent']}, received {c['adverts_received']}; "
-                 f"transitions {c['transitions']}, became master {c['became_master']}, faults {c['faults']}; "
-                 f"reloads {a['reloads']} ({a['reload_failures']} refused)")
+                 f"transitions {c['transitions']}, became master {c['became_master']}, faults {c['faults']}")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(c["drops"].items())) or "none"
     lines.append(f"drops     {drops}")
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     answer = control.request(_socket_path(args), "status")
     answer.pop("ok", None)
-    print(json.dumps(answer, indent=2) if args.json else format_status(answer))
+    if not args.json:
+        print(format_status(answer, args.name))
+        return 0
+    if args.name is not None:
+        blocks = answer.get("instances", {})
+        if args.name not in blocks:
+            raise control.ControlError(f"no instance {args.name} in this agent (instances: {', '.join(blocks)})")
+        answer = {"agent": answer["agent"], "instances": {args.name: blocks[args.name]}}
+    print(json.dumps(answer, indent=2))
     return 0
 
 
+def _for(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's `instance`, when the admin named one (the agent picks its only instance otherwise)."""
+    return {} if args.name is None else {"instance": args.name}
+
+
 def cmd_handover(args: argparse.Namespace) -> int:
-    print(control.request(_socket_path(args), "handover")["message"])
+    print(control.request(_socket_path(args), "handover", **_for(args))["message"])
     return 0
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    print(control.request(_socket_path(args), "reset")["message"])
+    print(control.request(_socket_path(args), "reset", **_for(args))["message"])
     return 0
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
-    print(control.request(_socket_path(args), "maintenance", on=args.mode == "on")["message"])
+    print(control.request(_socket_path(args), "maintenance", on=args.mode == "on", **_for(args))["message"])
     return 0
 
 
@@ -173,11 +200,12 @@ def cmd_fence_peer(args: argparse.Namespace) -> int:
     (the peer silent, no witness answered yet, the tracker undecided), it asks again.
     """
     resource = os.environ.get("DRBD_RESOURCE", "?")
+    which = {"resource": resource} if "DRBD_RESOURCE" in os.environ else {}  # the instance of that resource
     t0 = time.monotonic()
     while True:
         try:
             answer = control.request(_socket_path(args), "fence-peer", timeout=30.0,
-                                     waited=round(time.monotonic() - t0, 3))
+                                     waited=round(time.monotonic() - t0, 3), **which)
         except (control.ControlError, OSError) as e:
             print(f"fence-peer {resource}: the local agent does not answer ({e}); not fencing (exit 6: a "
                   "disconnected Primary's I/O stays frozen)", file=sys.stderr)
@@ -225,26 +253,37 @@ async def _primary_of(name: str, exclude: list[Address], ipv6: bool) -> Address 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     try:
-        cfg = configmod.load(path)
+        process = configmod.load_process(path)
     except configmod.ConfigError as e:
         print(f"invalid: {_invalid(e)}", file=sys.stderr)
         return EXIT_INVALID
+    several = len(process.instances) > 1
+    if several:
+        print(f"{path}: valid ({len(process.instances)} instances: {', '.join(process.names)})")
+    failed = 0
+    for cfg in process.instances:
+        v = cfg.vrrp
+        print(f"{f'instance {cfg.name}' if several else path}: {'' if several else 'valid '}(VRRPv{v.version} VRID "
+              f"{v.vrid} on {v.interface}, priority {v.priority}, VIPs {', '.join(str(x) for x in v.vips)}; "
+              f"steps {', '.join(cfg.steps)})")
+        if not args.offline:
+            failed += _check_host(cfg)
+    if failed:
+        print(f"{failed} host check(s) failed", file=sys.stderr)
+        return EXIT_HOST_CHECK
+    return 0
+
+
+def _check_host(cfg: configmod.Config) -> int:
+    """Print this host's findings for one instance and its takeover time; the number of failed checks."""
     v = cfg.vrrp
-    print(f"{path}: valid (VRRPv{v.version} VRID {v.vrid} on {v.interface}, priority {v.priority}, "
-          f"VIPs {', '.join(str(x) for x in v.vips)}; steps {', '.join(cfg.steps)})")
-    if args.offline:
-        return 0
     vips = [x.ip for x in v.vips]
     findings = asyncio.run(checkconfig.host_findings(cfg, lambda name: _primary_of(name, vips, v.ipv6), runner.run))
     for finding in findings:
         print(finding.line())
     for line in checkconfig.takeover_time(cfg):
         print(line)
-    failed = [f for f in findings if not f.ok]
-    if failed:
-        print(f"{len(failed)} host check(s) failed", file=sys.stderr)
-        return EXIT_HOST_CHECK
-    return 0
+    return sum(not f.ok for f in findings)
 
 
 def journal_entries(since: str | None, directory: str | None, unit: str | None) -> list[dict[str, Any]]:
@@ -369,38 +408,45 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"invalid: {e}", file=sys.stderr)
         return EXIT_INVALID
     print(source.note)
-    cfg = source.config
-    state_file = cfg.agent.state_file if cfg is not None else configmod.AgentConfig().state_file
-    kept = handoff.read(state_file)
-    if kept is not None and os.environ.get("EXIT_CODE") == "exited" and os.environ.get("EXIT_STATUS") == "0":
-        print(f"the agent stopped for a restart and left {', '.join(kept.held)} held for the next agent to adopt "
-              f"({handoff.path_for(state_file)}): nothing removed")
-        return 0
-    if cfg is not None:
+    if source.instances:
         try:
             control.request(source.control_socket, "status", timeout=2)
             print("failover-agent is running: it manages its VIPs itself; nothing done")
             return 0
         except control.ControlError:
             pass
+    else:  # nothing ran: only a hand-off record may name VIPs (a start that should have adopted them failed)
+        _cleanup_instance(None, configmod.AgentConfig().state_file, "")
+    several = len(source.instances) > 1
+    for cfg in source.instances:
+        _cleanup_instance(cfg, cfg.agent.state_file, f"instance {cfg.name}: " if several else "")
+    return 0
+
+
+def _cleanup_instance(cfg: configmod.Config | None, state_file: str, label: str) -> None:
+    """`cmd_cleanup` for one instance: its hand-off record, its DRBD resource, its VIPs."""
+    kept = handoff.read(state_file)
+    if kept is not None and os.environ.get("EXIT_CODE") == "exited" and os.environ.get("EXIT_STATUS") == "0":
+        print(f"{label}the agent stopped for a restart and left {', '.join(kept.held)} held for the next agent to "
+              f"adopt ({handoff.path_for(state_file)}): nothing removed")
+        return
     if cfg is not None and cfg.drbd is not None and kept is None and os.environ.get("SERVICE_RESULT") in KILLED:
         serving, drbd_words = asyncio.run(_drbd_serving(cfg.drbd.resource))
         if serving:
-            print(f"the agent was killed ({os.environ.get('SERVICE_RESULT')}) while DRBD {drbd_words}: the VIPs stay "
-                  "and the node keeps serving; the peer cannot promote while this node is Primary and connected, "
-                  "and waits for the restarted agent to adopt the chain")
-            return 0
-        print(f"the agent was killed; DRBD {drbd_words}: not serving with a connected peer, so the VIPs go")
+            print(f"{label}the agent was killed ({os.environ.get('SERVICE_RESULT')}) while DRBD {drbd_words}: the "
+                  "VIPs stay and the node keeps serving; the peer cannot promote while this node is Primary and "
+                  "connected, and waits for the restarted agent to adopt the chain")
+            return
+        print(f"{label}the agent was killed; DRBD {drbd_words}: not serving with a connected peer, so the VIPs go")
     interface, vips = (cfg.vrrp.interface, [str(v) for v in cfg.vrrp.vips]) if cfg is not None else \
         (kept.interface, list(kept.vips)) if kept is not None else ("", [])
     if kept is not None:
-        print("the agent that should have adopted what a restart left held did not start: removing its VIPs")
+        print(f"{label}the agent that should have adopted what a restart left held did not start: removing its VIPs")
         handoff.take(state_file)
     if not vips:
-        return 0
+        return
     removed = asyncio.run(_remove_vips(interface, vips))
-    print(f"removed {', '.join(removed)}" if removed else "no VIP of ours was present")
-    return 0
+    print(f"{label}removed {', '.join(removed)}" if removed else f"{label}no VIP of ours was present")
 
 
 async def _drbd_serving(resource: str) -> tuple[bool, str]:
@@ -457,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         return p
 
     p = with_socket(sub.add_parser("status", help="state, master, VIPs, counters of the running agent"))
+    p.add_argument("name", nargs="?", help="only this instance (default: every instance)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     p = with_socket(sub.add_parser("fence-peer", help="DRBD fence-peer handler: exit 4 outdated, 5 peer dead, "
@@ -474,12 +521,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c", help="the config, as for the other commands")
     p.add_argument("--offline", action="store_true", help="the file only: no interface, program or DRBD checks")
     p.set_defaults(func=cmd_check_config, parser=p)
+    which = "the instance (may be left out while the agent runs one)"
     p = with_socket(sub.add_parser("handover", help="planned switch: release in order, then priority 0"))
+    p.add_argument("name", nargs="?", help=which)
     p.set_defaults(func=cmd_handover)
     p = with_socket(sub.add_parser("maintenance", help="on: stay backup and never take over; off: normal"))
     p.add_argument("mode", choices=("on", "off"))
+    p.add_argument("name", nargs="?", help=which)
     p.set_defaults(func=cmd_maintenance)
     p = with_socket(sub.add_parser("reset", help="end a FAULT hold-down now, once the cause is fixed"))
+    p.add_argument("name", nargs="?", help=which)
     p.set_defaults(func=cmd_reset)
     p = sub.add_parser("import-keepalived", help="convert a keepalived.conf vrrp_instance to TOML "
                                                  "(exit 0 converted, 3 needs review, 2 cannot convert)")

@@ -769,6 +769,8 @@ def _check_vrrp(file: str, v: dict[str, Any]) -> VrrpConfig:
 
 #: the sections of one instance: inside each [[instance]] table, or at the top of a file of one instance
 INSTANCE_SECTIONS = ("vrrp", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "guard", "service")
+#: the instance sections that are one table each ([[service]] is an array of them)
+_TABLE_SECTIONS = tuple(s for s in INSTANCE_SECTIONS if s != "service")
 #: the process's sections, always at the top: one control socket, metrics endpoint and scheduling
 #: for the one process, and [[notify]] hooks that share one bound on what runs at once (agent.alerts)
 PROCESS_SECTIONS = ("agent", "notify")
@@ -818,7 +820,11 @@ def _instance_name(v: Any) -> str:
     return _word(v, "an instance name")
 
 
-_INSTANCE_KEYS = ("name", *INSTANCE_SECTIONS)
+#: an [[instance]] table's own keys (beside its sections)
+_INSTANCE_OWN_KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": _instance_name,
+}
+_INSTANCE_KEYS = (*_INSTANCE_OWN_KEYS, *INSTANCE_SECTIONS)
 
 
 def parse_process(text: str, file: str = "<config>") -> ProcessConfig:
@@ -860,7 +866,7 @@ def parse_process(text: str, file: str = "<config>") -> ProcessConfig:
         if "name" not in table:
             raise ConfigError(file, f"{key}.name", "is required")
         try:
-            name = _instance_name(table["name"])
+            name = _INSTANCE_OWN_KEYS["name"](table["name"])
         except _Invalid as e:
             raise ConfigError(file, f"{key}.name", str(e)) from None
         try:
@@ -979,8 +985,31 @@ def loads_process(data: bytes, file: str = "<config>") -> ProcessConfig:
 
 def describe_changes(old: Config, new: Config) -> list[str]:
     """Human-readable 'section.key: old -> new' lines, for the reload log."""
+    return _section_changes(old, new, ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer",
+                                       "guard")) + _notify_changes(old.notify, new.notify) + \
+        _service_changes(old, new, every=True)
+
+
+def describe_process_changes(old: ProcessConfig, new: ProcessConfig) -> list[str]:
+    """`describe_changes` for the whole process: [agent] and [[notify]], instances added and removed,
+    and each instance's own lines, after its name when the process runs several."""
+    out = _section_changes(old, new, ("agent",)) + _notify_changes(old.notify, new.notify)
+    several = len(old.instances) > 1 or len(new.instances) > 1
+    for name in dict.fromkeys([*old.names, *new.names]):
+        a, b = old.instance(name), new.instance(name)
+        if a is None or b is None:
+            out.append(f"[[instance]] {name} {'added' if a is None else 'removed'}")
+            continue
+        own = _section_changes(a, b, _TABLE_SECTIONS) + _service_changes(a, b, every=True)
+        out += [f"{name}: {line}" if several else line for line in own]
+    if [n for n in old.names if n in new.names] != [n for n in new.names if n in old.names]:
+        out.append(f"[[instance]] order: {', '.join(old.names)} -> {', '.join(new.names)}")
+    return out
+
+
+def _section_changes(old: Any, new: Any, sections: tuple[str, ...]) -> list[str]:
     out = []
-    for section in ("vrrp", "agent", "drbd", "filesystem", "monitor", "nfs", "track", "peer", "guard"):
+    for section in sections:
         before, after = getattr(old, section), getattr(new, section)
         if before is None or after is None:
             if before != after:
@@ -992,10 +1021,13 @@ def describe_changes(old: Config, new: Config) -> list[str]:
                 if f.name == "auth_pass":
                     a, b = "***" if a else "''", "***" if b else "''"
                 out.append(f"{section}.{f.name}: {_show(a)} -> {_show(b)}")
-    if old.notify != new.notify:
-        out.append(f"notify: [{', '.join(h.describe() for h in old.notify)}] -> "
-                   f"[{', '.join(h.describe() for h in new.notify)}]")
-    return out + _service_changes(old, new, every=True)
+    return out
+
+
+def _notify_changes(old: tuple[NotifyConfig, ...], new: tuple[NotifyConfig, ...]) -> list[str]:
+    if old == new:
+        return []
+    return [f"notify: [{', '.join(h.describe() for h in old)}] -> [{', '.join(h.describe() for h in new)}]"]
 
 
 def _service_changes(old: Config, new: Config, every: bool) -> list[str]:

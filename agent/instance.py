@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -83,6 +84,7 @@ class Instance:
         self._stopped: asyncio.Future[None] = self.loop.create_future()
         self.last_advert: float | None = None  # loop time (monotonic) of our last advert
         self.kept: tuple[str, ...] = ()  # what a stop for a restart left held for the next agent
+        self.label = ""  # "NAME: " before its messages while the agent runs several instances
         self.templates = self._templates()
         self._do: dict[type, Callable[[Any], None]] = {
             act.SendAdvert: self._send_advert, act.Garp: lambda _: self.garp.send(self.cfg.vrrp.vips),
@@ -253,11 +255,14 @@ class Instance:
 
     # -- actions out --------------------------------------------------------------------------
     def _emit(self, a: act.Emit) -> None:
+        """The node's log lines and events, after the instance's label; every event carries INSTANCE=."""
         if a.kind is None:
-            log.log(a.level, a.message, *a.args)
+            if log.isEnabledFor(a.level):  # the dropped-packet lines of a flood are DEBUG: cheap when off
+                log.log(a.level, self.label + a.message, *a.args, extra={"journal_fields": {"INSTANCE": self.cfg.name}})
         else:
-            emit(a.kind, a.message, a.level, **a.fields)
-            self.alerts.send(a)
+            named = replace(a, message=self.label + a.message, fields={**a.fields, "INSTANCE": self.cfg.name})
+            emit(a.kind, named.message, named.level, **named.fields)
+            self.alerts.send(named, self.cfg)
 
     def _send_advert(self, a: act.SendAdvert) -> None:
         before = self.sock.sent
@@ -329,5 +334,5 @@ class Instance:
         rejected = None if self.peer_channel is None else self.peer_channel.rejected
         wire = Wire(self.info.name, str(self.info.primary), self.counters.adverts_sent, self.sock.wakeups,
                     self.garp.sent, rejected)
-        return {**as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time()),
+        return {"name": self.cfg.name, **as_json(self.node.snapshot(), self.cfg, wire, self.loop.time(), time.time()),
                 "notify": self.alerts.stats(), "heal": self.healer.note if self.healer else ""}

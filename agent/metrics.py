@@ -24,31 +24,40 @@ def _labels(**kv: object) -> str:
 
 
 def render(status: dict[str, Any]) -> str:
+    """Every per-instance series carries an `instance` label (its name) beside vrid and interface."""
     lines: list[str] = []
+    blocks = status["instances"]
 
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+    def metric(name: str, kind: str, help_: str, sample: Callable[[dict[str, str], dict[str, Any]],
+                                                                     list[tuple[str, float]]]) -> None:
         lines.append(f"# HELP failover_agent_{name} {help_}")
         lines.append(f"# TYPE failover_agent_{name} {kind}")
-        lines.extend(f"failover_agent_{name}{labels} {value:g}" for labels, value in samples)
+        for iname, block in blocks.items():
+            inst = block["instance"]
+            base = {"instance": iname, "vrid": str(inst["vrid"]), "interface": inst["interface"]}
+            lines.extend(f"failover_agent_{name}{labels} {value:g}" for labels, value in sample(base, block))
 
-    inst = status["instance"]
-    base = {"vrid": inst["vrid"], "interface": inst["interface"]}
-    c = inst["counters"]
+    def one(key: str) -> Callable[[dict[str, str], dict[str, Any]], list[tuple[str, float]]]:
+        return lambda base, b: [(_labels(**base), float(b["instance"][key]))]
+
+    def counter(key: str) -> Callable[[dict[str, str], dict[str, Any]], list[tuple[str, float]]]:
+        return lambda base, b: [(_labels(**base), b["instance"]["counters"][key])]
+
     metric("state", "gauge", "1 for the current VRRP state",
-           [(_labels(**base, state=s), 1.0 if inst["state"] == s else 0.0) for s in STATES])
-    metric("priority", "gauge", "priority advertised now", [(_labels(**base), inst["priority"])])
-    metric("maintenance", "gauge", "1 while maintenance mode is on", [(_labels(**base), float(inst["maintenance"]))])
-    metric("vips_held", "gauge", "1 while this node holds the VIPs", [(_labels(**base), float(inst["vips_held"]))])
-    metric("transitions_total", "counter", "VRRP state changes", [(_labels(**base), c["transitions"])])
-    metric("became_master_total", "counter", "times this node became master", [(_labels(**base), c["became_master"])])
-    metric("faults_total", "counter", "failures that put the instance in FAULT", [(_labels(**base), c["faults"])])
-    metric("adverts_sent_total", "counter", "VRRP adverts sent", [(_labels(**base), c["adverts_sent"])])
-    metric("adverts_received_total", "counter", "VRRP adverts accepted", [(_labels(**base), c["adverts_received"])])
+           lambda base, b: [(_labels(**base, state=s), 1.0 if b["instance"]["state"] == s else 0.0) for s in STATES])
+    metric("priority", "gauge", "priority advertised now", one("priority"))
+    metric("maintenance", "gauge", "1 while maintenance mode is on", one("maintenance"))
+    metric("vips_held", "gauge", "1 while this node holds the VIPs", one("vips_held"))
+    metric("transitions_total", "counter", "VRRP state changes", counter("transitions"))
+    metric("became_master_total", "counter", "times this node became master", counter("became_master"))
+    metric("faults_total", "counter", "failures that put the instance in FAULT", counter("faults"))
+    metric("adverts_sent_total", "counter", "VRRP adverts sent", counter("adverts_sent"))
+    metric("adverts_received_total", "counter", "VRRP adverts accepted", counter("adverts_received"))
     metric("drops_total", "counter", "received packets dropped, by reason",
-           [(_labels(**base, reason=r), n) for r, n in sorted(c["drops"].items())])
-    steps = status.get("steps", {})
+           lambda base, b: [(_labels(**base, reason=r), n)
+                            for r, n in sorted(b["instance"]["counters"]["drops"].items())])
     metric("step_duration_ms", "gauge", "duration of the last run of each acquire/release step",
-           [(_labels(**base, step=s), ms) for s, ms in sorted(steps.items())])
+           lambda base, b: [(_labels(**base, step=s), ms) for s, ms in sorted(b.get("steps", {}).items())])
     return "\n".join(lines) + "\n"
 
 

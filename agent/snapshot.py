@@ -13,6 +13,11 @@ ExecStopPost= alike and removed after the unit stopped, so a snapshot never outl
 or /run/failover-agent outside systemd.  The file name hashes the config path, so agents with
 different configs on one host (labs, a second pair) never read each other's snapshot; the path
 is also recorded inside and checked.
+
+A reload applies instance by instance (agent.daemon); one whose change is refused runs on with
+its old config while the others take the new one. Its section is then in an older text only,
+so the snapshot also keeps the texts that instances still run (`kept`), and cleanup removes the
+VIPs of their instances too (a VIP no longer held is simply not there).
 """
 
 from __future__ import annotations
@@ -54,17 +59,33 @@ class Snapshot:
     pid: int
     reason: str
     written: float
+    kept: tuple[str, ...] = ()  # earlier texts some instance still runs (a reload refused for it)
 
-    def config(self) -> configmod.Config:
+    def config(self) -> configmod.ProcessConfig:
         """The running config, parsed as the agent parsed it (named after its file, for messages)."""
+        return self._parse(self.text)
+
+    def instances(self) -> tuple[configmod.Config, ...]:
+        """Every instance that may hold something: the running config's, and those of `kept` it lacks."""
+        out = list(self.config().instances)
+        for text in self.kept:
+            out += [c for c in self._parse(text).instances if _cleans(c) not in {_cleans(o) for o in out}]
+        return tuple(out)
+
+    def _parse(self, text: str) -> configmod.ProcessConfig:
         try:
-            return configmod.parse(self.text, self.config_file)
+            return configmod.parse_process(text, self.config_file)
         except configmod.ConfigError as e:  # a newer agent's format, or a damaged file
             raise SnapshotError(f"{self.path}: the snapshot does not parse: {e}") from None
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.written))
         return f"snapshot {self.path}, written at {self.reason} by pid {self.pid} at {when}"
+
+
+def _cleans(cfg: configmod.Config) -> tuple[object, ...]:
+    """What cleanup acts on for an instance: two configs alike in these need one cleanup."""
+    return cfg.name, cfg.vrrp.interface, cfg.vrrp.vips, cfg.drbd, cfg.agent.state_file
 
 
 def runtime_dir() -> Path:
@@ -83,23 +104,23 @@ def path_for(config_file: str | Path, directory: Path | None = None) -> Path:
     return (directory or runtime_dir()) / f"running-config-{digest}.json"
 
 
-def read_config(path: str | Path) -> tuple[configmod.Config, str]:
-    """configmod.load plus the text it parsed: the snapshot must be what runs, not a second read."""
+def read_config(path: str | Path) -> tuple[configmod.ProcessConfig, str]:
+    """configmod.load_process plus the text it parsed: the snapshot must be what runs, not a second read."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise configmod.ConfigError(str(path), "", f"cannot read: {e}") from None
-    return configmod.parse(text, str(path)), text
+    return configmod.parse_process(text, str(path)), text
 
 
 def write(config_file: str | Path, text: str, reason: str, control_socket: str,
-          directory: Path | None = None) -> Path:
+          directory: Path | None = None, kept: tuple[str, ...] = ()) -> Path:
     """Atomically replace the snapshot (mode 0600: the text may hold auth_pass); returns its path."""
     path = path_for(config_file, directory)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     blob = json.dumps({"format": _FORMAT, "config_file": _key(config_file), "pid": os.getpid(),
                        "reason": reason, "written": time.time(), "control_socket": control_socket,
-                       "text": text})
+                       "text": text, "kept": list(kept)})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -125,7 +146,8 @@ def read(config_file: str | Path, directory: Path | None = None) -> Snapshot | N
         data = json.loads(raw)
         snap = Snapshot(path=path, config_file=str(data["config_file"]), text=str(data["text"]),
                         control_socket=str(data["control_socket"]), pid=int(data["pid"]),
-                        reason=str(data["reason"]), written=float(data["written"]))
+                        reason=str(data["reason"]), written=float(data["written"]),
+                        kept=tuple(str(t) for t in data.get("kept", ())))
     except (ValueError, TypeError, KeyError) as e:
         raise SnapshotError(f"{path}: not a snapshot: {e!r}") from None
     if snap.config_file != _key(config_file):  # a hash collision, or a file copied by hand
@@ -137,7 +159,7 @@ def read(config_file: str | Path, directory: Path | None = None) -> Snapshot | N
 class CleanupSource:
     """What `failoverctl cleanup` works from, and the line saying so (the journal keeps it)."""
 
-    config: configmod.Config | None  # None: there is nothing to clean up
+    instances: tuple[configmod.Config, ...]  # what may hold VIPs; () when there is nothing to clean up
     control_socket: str  # where a live agent would answer
     note: str
 
@@ -153,14 +175,14 @@ def for_cleanup(config_file: str | Path, env: Mapping[str, str] = os.environ,
     try:
         snap = read(config_file, directory)
         if snap is not None:
-            return CleanupSource(snap.config(), snap.control_socket, f"cleanup uses the config the agent ran "
+            return CleanupSource(snap.instances(), snap.control_socket, f"cleanup uses the config the agent ran "
                                  f"({snap.describe()}), not {config_file} as it is now")
         note = f"no snapshot of a running config ({path_for(config_file, directory)}): cleanup reads {config_file}"
     except SnapshotError as e:
         note = f"ignoring an unusable running-config snapshot ({e}): cleanup reads {config_file}"
     else:
         if env.get("EXIT_CODE") == "exited" and env.get("EXIT_STATUS") == "2":
-            return CleanupSource(None, "", "the agent stopped on a config error before acquiring anything: "
+            return CleanupSource((), "", "the agent stopped on a config error before acquiring anything: "
                                            "nothing to clean up")
-    cfg = configmod.load(config_file)
-    return CleanupSource(cfg, cfg.agent.control_socket, note)
+    cfg = configmod.load_process(config_file)
+    return CleanupSource(cfg.instances, cfg.agent.control_socket, note)

@@ -167,6 +167,16 @@ def _own_address(ifname: str, vips: list[Address]) -> Address | None:
         return None
 
 
+def _instance_for(process: configmod.ProcessConfig, vrid: int | None, interface: str | None) -> configmod.Config:
+    """The instance whose adverts to judge: the one matching --vrid and --interface (ConfigError: none or several)."""
+    fits = [c for c in process.instances if vrid in (None, c.vrrp.vrid) and interface in (None, c.vrrp.interface)]
+    if len(fits) != 1:
+        which = "none of its instances" if not fits else f"{len(fits)} of its instances"
+        raise configmod.ConfigError(process.file, "", f"{which} ({', '.join(process.names)}) fit; give --vrid and "
+                                    "--interface to pick one")
+    return fits[0]
+
+
 def main(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     if args.vrid is not None and not 1 <= args.vrid <= 255:
@@ -176,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
     cfg: configmod.Config | None = None
     if Path(args.config).exists():
         try:
-            cfg = configmod.load(args.config)
+            cfg = _instance_for(configmod.load_process(args.config), args.vrid, args.interface)
         except configmod.ConfigError as e:
             print(f"sniff: {e}; judging adverts by their structure only", file=sys.stderr)
     else:

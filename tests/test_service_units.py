@@ -235,13 +235,18 @@ def test_a_second_server_refuses_a_live_socket(tmp_path: Path) -> None:
 
 # -- metrics ------------------------------------------------------------------------------
 
-STATUS: dict[str, Any] = {
+NFS: dict[str, Any] = {
     "instance": {"state": "MASTER", "vrid": 51, "interface": "eth0", "priority": 150, "maintenance": False,
                  "vips_held": True,
                  "counters": {"transitions": 2, "became_master": 1, "faults": 0, "adverts_sent": 10,
                               "adverts_received": 3, "drops": {"ttl": 2, "vrid": 5}}},
     "steps": {"vip_add": 0.6},
 }
+DB: dict[str, Any] = {
+    "instance": {**NFS["instance"], "state": "BACKUP", "vrid": 52, "vips_held": False},
+    "steps": {},
+}
+STATUS: dict[str, Any] = {"instances": {"nfs": NFS, "db": DB}}
 
 LINE = re.compile(r'^failover_agent_[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+]+$')
 
@@ -250,9 +255,12 @@ def test_metrics_render_is_valid_exposition_text() -> None:
     text = metrics.render(STATUS)
     for line in text.splitlines():
         assert line.startswith("# ") or LINE.match(line), line
-    assert 'failover_agent_state{vrid="51",interface="eth0",state="MASTER"} 1' in text
-    assert 'failover_agent_drops_total{vrid="51",interface="eth0",reason="vrid"} 5' in text
-    assert 'failover_agent_step_duration_ms{vrid="51",interface="eth0",step="vip_add"} 0.6' in text
+    assert 'failover_agent_state{instance="nfs",vrid="51",interface="eth0",state="MASTER"} 1' in text
+    assert 'failover_agent_state{instance="db",vrid="52",interface="eth0",state="BACKUP"} 1' in text
+    assert 'failover_agent_vips_held{instance="db",vrid="52",interface="eth0"} 0' in text
+    assert 'failover_agent_drops_total{instance="nfs",vrid="51",interface="eth0",reason="vrid"} 5' in text
+    assert 'failover_agent_step_duration_ms{instance="nfs",vrid="51",interface="eth0",step="vip_add"} 0.6' in text
+    assert text.count("# TYPE failover_agent_state gauge") == 1  # one family, a series per instance
 
 
 def test_metrics_http_endpoint() -> None:

@@ -37,7 +37,7 @@ def rundir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_snapshot_round_trip_is_private_and_keyed_by_the_config_path(conf: Path, rundir: Path) -> None:
     cfg, text = snapshot.read_config(conf)
-    assert text == GOOD and cfg.vrrp.priority == 150
+    assert text == GOOD and cfg.single().vrrp.priority == 150
     written = snapshot.write(conf, text, "start", "/run/fa-test/control.sock")
     assert written.parent == rundir and written == snapshot.path_for(conf)
     assert stat.S_IMODE(written.stat().st_mode) == 0o600, "the text may carry auth_pass"
@@ -46,7 +46,7 @@ def test_snapshot_round_trip_is_private_and_keyed_by_the_config_path(conf: Path,
     snap = snapshot.read(conf)
     assert snap is not None and snap.text == GOOD and snap.reason == "start"
     assert snap.config_file == str(conf) and snap.control_socket == "/run/fa-test/control.sock"
-    assert [str(v) for v in snap.config().vrrp.vips] == ["192.0.2.100/24", "192.0.2.101/24"]
+    assert [str(v) for v in snap.config().single().vrrp.vips] == ["192.0.2.100/24", "192.0.2.101/24"]
     assert "written at start by pid" in snap.describe()
     other = conf.with_name("other.toml")
     assert snapshot.path_for(other) != written and snapshot.read(other) is None
@@ -65,15 +65,15 @@ def test_cleanup_prefers_the_snapshot_over_a_file_edited_into_nonsense(conf: Pat
     with pytest.raises(configmod.ConfigError):
         configmod.load(conf)
     source = snapshot.for_cleanup(conf, env={})
-    assert source.config is not None and source.config.vrrp.priority == 150
-    assert [str(v) for v in source.config.vrrp.vips] == ["192.0.2.100/24", "192.0.2.101/24"]
+    [cfg] = source.instances
+    assert cfg.vrrp.priority == 150 and [str(v) for v in cfg.vrrp.vips] == ["192.0.2.100/24", "192.0.2.101/24"]
     assert source.control_socket == "/run/fa-test/control.sock"
     assert "uses the config the agent ran (snapshot " in source.note and "written at reload" in source.note
 
 
 def test_cleanup_without_a_snapshot_reads_the_file(conf: Path, rundir: Path) -> None:
     source = snapshot.for_cleanup(conf, env={})
-    assert source.config is not None and source.config.vrrp.priority == 150
+    assert [c.vrrp.priority for c in source.instances] == [150]
     assert "no snapshot" in source.note and str(conf) in source.note
     conf.write_text(BROKEN)
     with pytest.raises(configmod.ConfigError, match=r"vrrp\.priority"):
@@ -85,7 +85,7 @@ def test_cleanup_after_a_config_error_exit_has_nothing_to_do(conf: Path, rundir:
     conf.write_text(BROKEN)
     source = snapshot.for_cleanup(conf, env={"EXIT_CODE": "exited", "EXIT_STATUS": "2",
                                              "SERVICE_RESULT": "exit-code"})
-    assert source.config is None and "config error" in source.note
+    assert source.instances == () and "config error" in source.note
     with pytest.raises(configmod.ConfigError):  # any other death: the file is all there is
         snapshot.for_cleanup(conf, env={"EXIT_CODE": "killed", "EXIT_STATUS": "KILL"})
 
@@ -109,7 +109,7 @@ def test_an_unusable_snapshot_falls_back_to_the_file(conf: Path, rundir: Path, d
         use()
     conf.write_text(GOOD.replace("priority = 150", "priority = 120"))
     source = snapshot.for_cleanup(conf, env={"EXIT_CODE": "exited", "EXIT_STATUS": "2"})
-    assert source.config is not None and source.config.vrrp.priority == 120
+    assert [c.vrrp.priority for c in source.instances] == [120]
     assert source.note.startswith("ignoring an unusable running-config snapshot")
 
 
@@ -117,23 +117,26 @@ def test_agent_snapshots_what_it_parsed_and_each_accepted_reload(conf: Path, run
     """Start and reload write the text the agent parsed; a refused reload leaves the snapshot alone."""
 
     class FakeInstance:
-        def __init__(self) -> None:
+        def __init__(self, cfg: configmod.Config) -> None:
             self.applied: list[int] = []
+            self.cfg, self.label = cfg, ""
 
         async def reconfigure(self, cfg: configmod.Config) -> None:
             snap = snapshot.read(conf)
             assert snap is not None
             # written before the new config is applied: cleanup already sees what may be added
-            assert snap.config().vrrp.priority == cfg.vrrp.priority
+            assert snap.config().single().vrrp.priority == cfg.vrrp.priority
             self.applied.append(cfg.vrrp.priority)
+            self.cfg = cfg
 
     cfg, text = snapshot.read_config(conf)
     agent = Agent(cfg, text)
     agent._snapshot("start")
     first = snapshot.read(conf)
     assert first is not None and first.text == GOOD and first.control_socket == "/run/fa-test/control.sock"
-    fake = FakeInstance()
-    agent.instance = fake  # type: ignore[assignment]
+    fake = FakeInstance(cfg.single())
+    agent.instances = {"vrrp-51": fake}  # type: ignore[dict-item]
+    agent._running = True
     conf.write_text(GOOD.replace("priority = 150", "priority = 160"))
     asyncio.run(agent.reload())
     assert fake.applied == [160]

@@ -27,6 +27,13 @@ from nfs.settings import NfsConfig
 REPO = Path(__file__).resolve().parents[1]
 
 # section -> (key table, dataclass, one line of description)
+@dataclasses.dataclass(frozen=True)
+class _Instance:
+    """An [[instance]] table's own keys, for their defaults (its sections have their own tables)."""
+
+    name: str
+
+
 SECTIONS: dict[str, tuple[Mapping[str, Callable[[Any], Any]], type[Any], str]] = {
     "vrrp": (config._VRRP_KEYS, config.VrrpConfig, "The VRRP instance (required)."),
     "agent": (config._AGENT_KEYS, config.AgentConfig, "The agent process."),
@@ -40,9 +47,15 @@ SECTIONS: dict[str, tuple[Mapping[str, Callable[[Any], Any]], type[Any], str]] =
     "monitor": (config._MONITOR_KEYS, config.MonitorConfig, "Checks of the held steps while serving."),
     "service": (config._SERVICE_KEYS, config.ServiceConfig, "[[service]]: the admin's services, started after "
                 "the filesystem and NFS and before the VIP, stopped in reverse."),
+    "instance": (config._INSTANCE_OWN_KEYS, _Instance, "[[instance]]: one table per instance, for an agent that runs "
+                 "several: its name and its own sections as [instance.vrrp], [instance.drbd], [[instance.service]] "
+                 "and so on (every section above but [agent], which stays at the top with [[notify]]). A file "
+                 "without [[instance]] tables is one instance named vrrp-VRID."),
 }
 
 KEY_DOCS: dict[str, str] = {
+    "instance.name": "letters, digits, '-', '.' and '_': what failoverctl, the journal (INSTANCE=) and the "
+                     "metrics (instance=) call the instance; unique in the file",
     "vrrp.interface": "the VRRP interface (FAULT while it is down)",
     "vrrp.vrid": "virtual router id, 1..255",
     "vrrp.vips": "one or more virtual addresses ADDRESS/PREFIX, all IPv4 or all IPv6 (IPv6 needs version 3); "

@@ -190,15 +190,16 @@ def _config_seeds() -> list[bytes]:
 
 
 def _config_runner() -> Runner:
-    base = config.parse(_CONFIG_BASE, "base.toml")
+    base = config.parse_process(_CONFIG_BASE, "base.toml")
 
     def run(data: bytes) -> str:
         try:
-            cfg = config.loads(data, "fuzz.toml")
+            process = config.loads_process(data, "fuzz.toml")
         except config.ConfigError:
             return "ConfigError"
-        config.describe_changes(base, cfg)  # the reload log must cope with whatever was accepted
-        _check(cfg.steps[-1] == "vip", f"steps {cfg.steps}")
+        config.describe_process_changes(base, process)  # the reload log must cope with whatever was accepted
+        for cfg in process.instances:
+            _check(cfg.steps[-1] == "vip", f"steps {cfg.steps}")
         return ACCEPTED
 
     return run
@@ -363,7 +364,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("vrrp", "vrrp.packet decode + Validator.check", _vrrp_runner, _vrrp_seeds, False, 1500, _vrrp_fixup),
     Target("peerwire", "agent.peerwire.decode", _peer_runner, _peer_seeds, True, peerwire.MAX_DATAGRAM + 64,
            _peer_fixup),
-    Target("config", "agent.config.loads (TOML)", _config_runner, _config_seeds, True, 8192),
+    Target("config", "agent.config.loads_process (TOML)", _config_runner, _config_seeds, True, 8192),
     Target("drbd-events2", "drbd.status.parse_events2", _events2_runner, _fixture_seeds("events2-*.txt"), True,
            8192),
     Target("drbd-proc", "drbd.status.parse_proc_drbd", _proc_runner, _fixture_seeds("proc_drbd-*.txt"), True, 8192),

@@ -1,0 +1,237 @@
+"""The agent runs several instances: control requests find theirs, SIGHUP adds, removes and changes them.
+
+The instances are stand-ins that record what the agent asks of them; `Agent._start_instance`
+(the part that needs an interface, raw sockets and root) is replaced by one that makes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import config as configmod
+from agent import snapshot
+from agent.control import ControlError
+from agent.daemon import Agent, SetupError
+from agent.events import Admin
+
+HEAD = '[agent]\ncontrol_socket = "/run/fa-test/control.sock"\nstate_file = "{state}"\n'
+INSTANCE = """
+[[instance]]
+name = "{name}"
+[instance.vrrp]
+interface = "eth0"
+vrid = {vrid}
+priority = {priority}
+vips = ["192.0.2.{vrid}/24"]
+"""
+
+
+def text(state: Path, *instances: tuple[str, int, int]) -> str:
+    return HEAD.format(state=state) + "".join(INSTANCE.format(name=n, vrid=v, priority=p) for n, v, p in instances)
+
+
+class FakeInstance:
+    """What the daemon uses of an `agent.instance.Instance`, and a log of what it was asked."""
+
+    def __init__(self, cfg: configmod.Config, log: list[str]) -> None:
+        self.cfg, self.log, self.label, self.kept = cfg, log, "", ()
+        log.append(f"start {cfg.name} {cfg.vrrp.vrid}")
+
+    async def stop(self, reason: str, restart: bool = False) -> None:
+        self.log.append(f"stop {self.cfg.name} ({reason})")
+
+    async def reconfigure(self, new: configmod.Config) -> None:
+        self.log.append(f"reconfigure {new.name} priority {new.vrrp.priority}")
+        self.cfg = new
+
+    async def handover(self) -> str:
+        return f"handover {self.cfg.name}"
+
+    async def maintenance(self, on: bool) -> str:
+        return f"maintenance {'on' if on else 'off'} {self.cfg.name}"
+
+    async def admin(self, command: Admin) -> dict[str, Any]:
+        return {"message": f"{command.name.lower()} {self.cfg.name}"}
+
+    async def fence_peer(self, waited: float) -> dict[str, Any]:
+        return {"message": f"fence-peer {self.cfg.name}"}
+
+    async def refresh(self) -> None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        v = self.cfg.vrrp
+        return {"name": self.cfg.name, "state": "BACKUP", "vrid": v.vrid, "priority": v.priority, "master": None,
+                "maintenance": False, "vips": [str(x) for x in v.vips], "vips_held": False, "chain": ["vip"],
+                "phase": "IDLE", "held": [], "steps": {}}
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    log: list[str] = []
+    BROKEN.clear()
+
+    async def start(self: Agent, cfg: configmod.Config) -> FakeInstance:
+        if f"{cfg.name} {cfg.vrrp.vrid}" in BROKEN:
+            raise SetupError(f"{cfg.name} cannot start")
+        return FakeInstance(cfg, log)
+
+    monkeypatch.setattr(Agent, "_start_instance", start)
+    return tmp_path, log
+
+
+BROKEN: set[str] = set()  # "NAME VRID" of the instances that cannot start
+
+
+async def started(conf: Path) -> Agent:
+    cfg, body = snapshot.read_config(conf)
+    agent = Agent(cfg, body)
+    for one in cfg.instances:
+        await agent._add(one)
+    agent._running = True
+    return agent
+
+
+def test_requests_name_their_instance(setup: tuple[Path, list[str]]) -> None:
+    tmp, _ = setup
+    conf = tmp / "agent.toml"
+    conf.write_text(text(tmp / "state.json", ("nfs", 51, 150), ("db", 52, 100)))
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        assert list(agent.instances) == ["nfs", "db"]
+        assert [i.label for i in agent.instances.values()] == ["nfs: ", "db: "]  # type: ignore[attr-defined]
+        assert (await agent.handle({"command": "handover", "instance": "db"}))["message"] == "handover db"
+        assert (await agent.handle({"command": "maintenance", "on": True, "instance": "nfs"}))["message"] == \
+            "maintenance on nfs"
+        assert (await agent.handle({"command": "reset", "instance": "db"}))["message"] == "reset db"
+        for command in ("handover", "reset"):
+            with pytest.raises(ControlError, match=f"{command} needs an instance: one of nfs, db"):
+                await agent.handle({"command": command})
+        with pytest.raises(ControlError, match='no instance "web" in this agent \\(instances: nfs, db\\)'):
+            await agent.handle({"command": "handover", "instance": "web"})
+        with pytest.raises(ControlError, match="no instance 7 in this agent"):
+            await agent.handle({"command": "reset", "instance": 7})
+        status = await agent.handle({"command": "status"})
+        assert list(status["instances"]) == ["nfs", "db"] and "instance" not in status, \
+            "with several instances, no top-level instance block: which one would it be?"
+        assert status["instances"]["db"]["instance"]["vrid"] == 52 and status["instances"]["db"]["storage"] is None
+        assert agent.status_line() == "nfs: BACKUP, priority 150 | db: BACKUP, priority 100"
+
+    asyncio.run(scenario())
+
+
+def test_one_instance_needs_no_name_and_keeps_the_old_status_shape(setup: tuple[Path, list[str]]) -> None:
+    tmp, _ = setup
+    conf = tmp / "agent.toml"
+    conf.write_text('[vrrp]\ninterface = "eth0"\nvrid = 51\nvips = ["192.0.2.100/24"]\n'
+                    '[agent]\ncontrol_socket = "/run/fa-test/control.sock"\n')
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        assert (await agent.handle({"command": "handover"}))["message"] == "handover vrrp-51"
+        assert (await agent.handle({"command": "fence-peer", "resource": "r9"}))["message"] == "fence-peer vrrp-51"
+        status = await agent.handle({"command": "status"})
+        assert status["instance"]["vrid"] == 51 and status["storage"] is None and status["steps"] == {}
+        assert status["instances"]["vrrp-51"]["instance"] is status["instance"]
+        assert agent.status_line() == "BACKUP, priority 100"
+
+    asyncio.run(scenario())
+
+
+def test_fence_peer_finds_the_instance_of_its_drbd_resource(setup: tuple[Path, list[str]]) -> None:
+    tmp, _ = setup
+    conf = tmp / "agent.toml"
+    storage = '[instance.drbd]\nresource = "{r}"\n'
+    body = text(tmp / "state.json", ("nfs", 51, 150), ("db", 52, 100))
+    body = body.replace('vips = ["192.0.2.51/24"]\n', 'vips = ["192.0.2.51/24"]\n' + storage.format(r="r0"))
+    body = body.replace('vips = ["192.0.2.52/24"]\n', 'vips = ["192.0.2.52/24"]\n' + storage.format(r="r1"))
+    conf.write_text(body)
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        assert (await agent.handle({"command": "fence-peer", "resource": "r1"}))["message"] == "fence-peer db"
+        assert (await agent.handle({"command": "fence-peer", "resource": "r0"}))["message"] == "fence-peer nfs"
+        with pytest.raises(ControlError, match="fence-peer needs an instance"):
+            await agent.handle({"command": "fence-peer", "resource": "r7"})
+
+    asyncio.run(scenario())
+
+
+def test_reload_adds_removes_and_changes_instances(setup: tuple[Path, list[str]]) -> None:
+    tmp, log = setup
+    conf, state = tmp / "agent.toml", tmp / "state.json"
+    conf.write_text(text(state, ("nfs", 51, 150), ("db", 52, 100), ("web", 53, 100)))
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        log.clear()
+        # db: a live change; web: removed; mail: added; nfs: a new VRID, its identity, restarts alone
+        conf.write_text(text(state, ("nfs", 61, 150), ("db", 52, 120), ("mail", 54, 100)))
+        await agent.reload()
+        assert log == ["stop web (reload: instance removed)", "stop nfs (reload)", "start nfs 61",
+                       "reconfigure db priority 120", "start mail 54"]
+        assert list(agent.instances) == ["nfs", "db", "mail"] and agent.cfg.names == ("nfs", "db", "mail")
+        assert agent.reloads == 1 and agent.reload_failures == 0
+        snap = snapshot.read(conf)
+        assert snap is not None and snap.kept == () and [c.name for c in snap.instances()] == ["nfs", "db", "mail"]
+        log.clear()
+        await agent.reload()  # the same file again: nothing moves
+        assert log == []
+        # back to one instance of the old format: it is another instance (vrrp-52), db leaves
+        conf.write_text('[vrrp]\ninterface = "eth0"\nvrid = 52\nvips = ["192.0.2.52/24"]\n' + HEAD.format(state=state))
+        log.clear()
+        await agent.reload()
+        assert log == ["stop mail (reload: instance removed)", "stop db (reload: instance removed)",
+                       "stop nfs (reload: instance removed)", "start vrrp-52 52"]
+        assert [i.label for i in agent.instances.values()] == [""]  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_refused_for_one_instance_keeps_it_and_its_text_for_cleanup(
+        setup: tuple[Path, list[str]], caplog: pytest.LogCaptureFixture) -> None:
+    tmp, log = setup
+    conf, state = tmp / "agent.toml", tmp / "state.json"
+    first = text(state, ("nfs", 51, 150), ("db", 52, 100))
+    conf.write_text(first)
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        log.clear()
+        BROKEN.update({"nfs 61", "mail 54"})
+        conf.write_text(text(state, ("nfs", 61, 150), ("db", 52, 120), ("mail", 54, 100)))
+        await agent.reload()
+        BROKEN.clear()
+        # nfs cannot start on VRID 61: back on 51; mail cannot start at all; db takes its change
+        assert log == ["stop nfs (reload)", "start nfs 51", "reconfigure db priority 120"]
+        assert list(agent.instances) == ["nfs", "db"] and agent.reload_failures == 1
+        assert [c.vrrp.vrid for c in agent.cfg.instances] == [51, 52]
+        assert "reload: new instance mail cannot start: mail cannot start" in caplog.text
+        snap = snapshot.read(conf)
+        assert snap is not None and snap.reason == "reload (partly refused)" and snap.kept == (first,)
+        # cleanup sees nfs on both VRIDs (51 runs, 61 is what the file says), and everything else
+        assert sorted((c.name, c.vrrp.vrid) for c in snap.instances()) == \
+            [("db", 52), ("mail", 54), ("nfs", 51), ("nfs", 61)]
+
+    asyncio.run(scenario())
+
+
+def test_a_config_error_on_reload_changes_nothing(setup: tuple[Path, list[str]]) -> None:
+    tmp, log = setup
+    conf, state = tmp / "agent.toml", tmp / "state.json"
+    conf.write_text(text(state, ("nfs", 51, 150), ("db", 52, 100)))
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        log.clear()
+        conf.write_text(text(state, ("nfs", 51, 150), ("db", 51, 100)))
+        await agent.reload()
+        assert log == [] and agent.reload_failures == 1 and list(agent.instances) == ["nfs", "db"]
+
+    asyncio.run(scenario())
