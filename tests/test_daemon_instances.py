@@ -105,7 +105,7 @@ def test_requests_name_their_instance(setup: tuple[Path, list[str]]) -> None:
     async def scenario() -> None:
         agent = await started(conf)
         assert list(agent.instances) == ["nfs", "db"]
-        assert [i.label for i in agent.instances.values()] == ["nfs: ", "db: "]  # type: ignore[attr-defined]
+        assert [i.label for i in agent.instances.values()] == ["nfs: ", "db: "]
         assert (await agent.handle({"command": "handover", "instance": "db"}))["message"] == "handover db"
         assert (await agent.handle({"command": "maintenance", "on": True, "instance": "nfs"}))["message"] == \
             "maintenance on nfs"
@@ -189,7 +189,7 @@ def test_reload_adds_removes_and_changes_instances(setup: tuple[Path, list[str]]
         await agent.reload()
         assert log == ["stop mail (reload: instance removed)", "stop db (reload: instance removed)",
                        "stop nfs (reload: instance removed)", "start vrrp-52 52"]
-        assert [i.label for i in agent.instances.values()] == [""]  # type: ignore[attr-defined]
+        assert [i.label for i in agent.instances.values()] == [""]
 
     asyncio.run(scenario())
 
