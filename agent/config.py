@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from ipaddress import AddressValueError, IPv4Address, NetmaskValueError, ip_address, ip_interface
 from pathlib import Path
@@ -673,6 +673,7 @@ class Config:
     file: str
     vrrp: VrrpConfig
     name: str = ""  # set by the parser: [[instance]] name, else default_name(vrrp)
+    sync_group: str = ""  # instances of one group are master together (agent.syncgroup)
     agent: AgentConfig = AgentConfig()
     drbd: DrbdConfig | None = None
     filesystem: FilesystemConfig | None = None
@@ -823,6 +824,7 @@ def _instance_name(v: Any) -> str:
 #: an [[instance]] table's own keys (beside its sections)
 _INSTANCE_OWN_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _instance_name,
+    "sync_group": lambda v: _word(v, "a sync group name"),
 }
 _INSTANCE_KEYS = (*_INSTANCE_OWN_KEYS, *INSTANCE_SECTIONS)
 
@@ -870,10 +872,15 @@ def parse_process(text: str, file: str = "<config>") -> ProcessConfig:
         except _Invalid as e:
             raise ConfigError(file, f"{key}.name", str(e)) from None
         try:
-            instances.append(_parse_instance(file, table, replace(agent, state_file=instance_state_file(
-                agent.state_file, name)), notify, name))
+            group = _INSTANCE_OWN_KEYS["sync_group"](table["sync_group"]) if "sync_group" in table else ""
+        except _Invalid as e:
+            raise ConfigError(file, f"{key}.sync_group", str(e)) from None
+        try:
+            cfg = _parse_instance(file, table, replace(agent, state_file=instance_state_file(agent.state_file, name)),
+                                  notify, name)
         except ConfigError as e:
             raise ConfigError(e.file, f"{key}.{e.key}" if e.key else key, e.reason) from None
+        instances.append(replace(cfg, sync_group=group))
     _check_apart(file, instances)
     return ProcessConfig(file=file, instances=tuple(instances), agent=agent, notify=notify)
 
@@ -905,6 +912,20 @@ def _check_apart(file: str, instances: list[Config]) -> None:
     # the kernel's nfsd (or the one ganesha) serves every export of the host: two instances
     # starting and stopping it would take each other's clients down (active/active comes later)
     owners(lambda c: [True] if c.nfs else [], "nfs", lambda _: "the host's one NFS server")
+    groups = sync_groups(instances)
+    alone = next((j for j, c in enumerate(instances) if c.sync_group and len(groups[c.sync_group]) == 1), None)
+    if alone is not None:
+        raise ConfigError(file, f"instance[{alone + 1}].sync_group", f"no other instance is in the sync group "
+                          f"{instances[alone].sync_group}: a group is two instances or more")
+
+
+def sync_groups(instances: Sequence[Config]) -> dict[str, tuple[str, ...]]:
+    """Each sync group's members (instance names), in file order."""
+    out: dict[str, tuple[str, ...]] = {}
+    for c in instances:
+        if c.sync_group:
+            out[c.sync_group] = (*out.get(c.sync_group, ()), c.name)
+    return out
 
 
 def _parse_instance(file: str, doc: dict[str, Any], agent: AgentConfig, notify: tuple[NotifyConfig, ...],
@@ -1001,6 +1022,8 @@ def describe_process_changes(old: ProcessConfig, new: ProcessConfig) -> list[str
             out.append(f"[[instance]] {name} {'added' if a is None else 'removed'}")
             continue
         own = _section_changes(a, b, _TABLE_SECTIONS) + _service_changes(a, b, every=True)
+        if a.sync_group != b.sync_group:
+            own.append(f"sync_group: {a.sync_group or 'none'} -> {b.sync_group or 'none'}")
         out += [f"{name}: {line}" if several else line for line in own]
     if [n for n in old.names if n in new.names] != [n for n in new.names if n in old.names]:
         out.append(f"[[instance]] order: {', '.join(old.names)} -> {', '.join(new.names)}")

@@ -34,8 +34,10 @@ from agent.instance import Counters, Instance, PeerSetupError, ReconcileError, a
 from agent.journal import Event, emit, setup_logging, under_journal
 from agent.metrics import MetricsServer
 from agent.sched import Scheduling, apply_priority
+from agent.syncgroup import HandOver, SyncGroups
 from agent.version import version
 from vrrp.netlink import AsyncIPRoute
+from vrrp.router import State
 from vrrp.vip import LinkInfo
 
 log = logging.getLogger("failover-agent")
@@ -109,6 +111,9 @@ class Agent:
         self._control_socket = cfg.agent.control_socket  # [agent] changes wait for a restart
         self._lock = asyncio.Lock()
         self.scheduling = Scheduling(0)
+        self.groups = SyncGroups(configmod.sync_groups(cfg.instances))
+        self._reloading = False  # an instance leaving for a reload is no failure of its sync group
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -181,6 +186,8 @@ class Agent:
 
     async def _stop_all(self, reason: str, restart: bool = False) -> None:
         """Every instance leaves in order, all at once: one's release does not wait for another's."""
+        for task in list(self._tasks):  # sync-group hand-overs: the instances are leaving anyway
+            task.cancel()
         await asyncio.gather(*(inst.stop(reason, restart=restart) for inst in reversed(self.instances.values())))
 
     def _snapshot(self, reason: str) -> None:
@@ -270,9 +277,25 @@ class Agent:
             raise SetupError(f"{where}: {e}" if len(self.cfg.instances) > 1 else str(e)) from None
         return inst
 
-    def _state_changed(self, _: Instance | None = None) -> None:
+    def _state_changed(self, inst: Instance | None = None) -> None:
+        if inst is not None and self.groups.members:
+            stopping = self._stop is not None and self._stop.is_set()
+            state = State(inst.node.snapshot().state)
+            for move in self.groups.changed(inst.cfg.name, state, react=not (stopping or self._reloading)):
+                task = asyncio.get_running_loop().create_task(self._hand_over(move))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         if self.notify.enabled:
             self.notify(f"STATUS={self.status_line()}")
+
+    async def _hand_over(self, move: HandOver) -> None:
+        """A sync group's member hands over because another one failed or left (agent.syncgroup)."""
+        async with self._lock:
+            inst = self.instances.get(move.member)
+            if inst is None or inst.node.stopped or (self._stop is not None and self._stop.is_set()):
+                return
+            log.warning("%s: %s hands over too (sync group)", move.cause, move.member)
+            await inst.handover()
 
     def status_line(self) -> str:
         """systemd's STATUS=: the one instance as before; with several, each after its name."""
@@ -392,11 +415,29 @@ class Agent:
             log.warning("reload: [agent] settings (control socket, metrics, state file) take effect at the "
                         "next restart")
         self.cfg = replace(new, agent=replace(old.agent, realtime_priority=new.agent.realtime_priority))
+        self._reloading = True
+        try:
+            refused = await self._apply(old, new, text)
+        finally:
+            self._reloading = False
+        if refused:
+            self.reload_failures += 1
+        self.instances = {name: self.instances[name] for name in new.names if name in self.instances}
+        running = tuple(inst.cfg for inst in self.instances.values())
+        self.cfg = replace(self.cfg, instances=running)
+        self.groups.configure(configmod.sync_groups(running))
+        self._relabel()
+        self._snapshot("reload (partly refused)" if refused else "reload")
+        self._state_changed()
+
+    async def _apply(self, old: ProcessConfig, new: ProcessConfig, text: str) -> bool:
+        """`reload`'s instance by instance part; True if the change of some instance was refused."""
         for name in reversed(old.names):
             if new.instance(name) is None and name in self.instances:
                 log.info("reload: instance %s removed: it leaves in order", name)
                 await self.instances.pop(name).stop("reload: instance removed")
                 self._sources.pop(name, None)
+                self.groups.changed(name, None, react=False)
         refused = False
         for cfg in new.instances:
             before = old.instance(cfg.name)
@@ -412,14 +453,7 @@ class Agent:
                 self._sources[cfg.name] = text
             else:
                 refused = True
-        if refused:
-            self.reload_failures += 1
-        self.instances = {name: self.instances[name] for name in new.names if name in self.instances}
-        running = tuple(inst.cfg for inst in self.instances.values())
-        self.cfg = replace(self.cfg, instances=running)
-        self._relabel()
-        self._snapshot("reload (partly refused)" if refused else "reload")
-        self._state_changed()
+        return refused
 
     async def _change(self, old: Config, new: Config) -> bool:
         """One instance's changes: live, or an ordered leave and a new instance when an identity key

@@ -34,11 +34,22 @@ def text(state: Path, *instances: tuple[str, int, int]) -> str:
     return HEAD.format(state=state) + "".join(INSTANCE.format(name=n, vrid=v, priority=p) for n, v, p in instances)
 
 
+class FakeNode:
+    """The node's part the daemon reads: its state, and whether it stopped."""
+
+    def __init__(self) -> None:
+        self.state, self.stopped = "BACKUP", False
+
+    def snapshot(self) -> FakeNode:
+        return self
+
+
 class FakeInstance:
     """What the daemon uses of an `agent.instance.Instance`, and a log of what it was asked."""
 
     def __init__(self, cfg: configmod.Config, log: list[str]) -> None:
         self.cfg, self.log, self.label, self.kept = cfg, log, "", ()
+        self.node = FakeNode()
         log.append(f"start {cfg.name} {cfg.vrrp.vrid}")
 
     async def stop(self, reason: str, restart: bool = False) -> None:
@@ -49,6 +60,7 @@ class FakeInstance:
         self.cfg = new
 
     async def handover(self) -> str:
+        self.log.append(f"handover {self.cfg.name}")
         return f"handover {self.cfg.name}"
 
     async def maintenance(self, on: bool) -> str:
@@ -233,5 +245,44 @@ def test_a_config_error_on_reload_changes_nothing(setup: tuple[Path, list[str]])
         conf.write_text(text(state, ("nfs", 51, 150), ("db", 51, 100)))
         await agent.reload()
         assert log == [] and agent.reload_failures == 1 and list(agent.instances) == ["nfs", "db"]
+
+    asyncio.run(scenario())
+
+
+def test_a_sync_group_hands_over_when_one_member_fails(setup: tuple[Path, list[str]]) -> None:
+    tmp, log = setup
+    conf, state = tmp / "agent.toml", tmp / "state.json"
+    grouped = text(state, ("nfs", 51, 150), ("db", 52, 100), ("web", 53, 100)).replace(
+        'name = "nfs"', 'name = "nfs"\nsync_group = "storage"').replace(
+        'name = "db"', 'name = "db"\nsync_group = "storage"')
+    conf.write_text(grouped)
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        inst = agent.instances
+
+        def now(name: str, st: str) -> None:
+            inst[name].node.state = st  # type: ignore[attr-defined]
+            agent._state_changed(inst[name])
+
+        for name in ("nfs", "db", "web"):
+            now(name, "MASTER")
+        log.clear()
+        now("nfs", "FAULT")
+        await asyncio.sleep(0.01)
+        assert log == ["handover db"], "db is nfs's group: it leaves too; web is in none"
+        now("db", "BACKUP")
+        now("nfs", "BACKUP")
+        now("nfs", "MASTER")
+        await asyncio.sleep(0.01)
+        assert log == ["handover db"], "nothing is ever forced to MASTER"
+        # a reload that drops the group: web's and nfs's faults move nothing any more
+        conf.write_text(grouped.replace('sync_group = "storage"\n', ""))
+        await agent.reload()
+        assert agent.groups.members == {}
+        log.clear()
+        now("nfs", "FAULT")
+        await asyncio.sleep(0.01)
+        assert log == []
 
     asyncio.run(scenario())

@@ -118,3 +118,18 @@ def test_one_nfs_server_per_host() -> None:
     text = text.replace('[[instance.service]]', exports.replace("{d}", "db") + '[[instance.service]]')
     with pytest.raises(ConfigError, match=r"instance\[2\]\.nfs: the host's one NFS server"):
         parse_process(text)
+
+
+def test_sync_groups() -> None:
+    text = _edit('name = "nfs"', 'name = "nfs"\nsync_group = "storage"')
+    with pytest.raises(ConfigError) as err:
+        parse_process(text)
+    assert err.value.key == "instance[1].sync_group" and "a group is two instances or more" in err.value.reason
+    both = parse_process(text.replace('name = "db"', 'name = "db"\nsync_group = "storage"'))
+    assert [c.sync_group for c in both.instances] == ["storage", "storage"]
+    assert config.sync_groups(both.instances) == {"storage": ("nfs", "db")}
+    assert config.sync_groups(parse_process(TWO).instances) == {}
+    with pytest.raises(ConfigError, match="not a sync group name"):
+        parse_process(_edit('name = "db"', 'name = "db"\nsync_group = "a b"'))
+    moved = config.describe_process_changes(parse_process(TWO), both)
+    assert moved == ["nfs: sync_group: none -> storage", "db: sync_group: none -> storage"]

@@ -32,6 +32,7 @@ class _Instance:
     """An [[instance]] table's own keys, for their defaults (its sections have their own tables)."""
 
     name: str
+    sync_group: str = ""
 
 
 SECTIONS: dict[str, tuple[Mapping[str, Callable[[Any], Any]], type[Any], str]] = {
@@ -56,6 +57,9 @@ SECTIONS: dict[str, tuple[Mapping[str, Callable[[Any], Any]], type[Any], str]] =
 KEY_DOCS: dict[str, str] = {
     "instance.name": "letters, digits, '-', '.' and '_': what failoverctl, the journal (INSTANCE=) and the "
                      "metrics (instance=) call the instance; unique in the file",
+    "instance.sync_group": "instances of one group are master together: when one goes to FAULT or leaves MASTER, "
+                           "the others of its group that are MASTER here hand over (never forced to MASTER); "
+                           "a group needs two instances or more",
     "vrrp.interface": "the VRRP interface (FAULT while it is down)",
     "vrrp.vrid": "virtual router id, 1..255",
     "vrrp.vips": "one or more virtual addresses ADDRESS/PREFIX, all IPv4 or all IPv6 (IPv6 needs version 3); "
