@@ -286,18 +286,28 @@ def _check_host(cfg: configmod.Config) -> int:
     return sum(not f.ok for f in findings)
 
 
-def journal_entries(since: str | None, directory: str | None, unit: str | None) -> list[dict[str, Any]]:
-    """Our events from the journal, oldest first (journalctl ORs repeated MESSAGE_ID matches)."""
-    journalctl = shutil.which("journalctl")
-    if journalctl is None:
-        raise control.ControlError("journalctl not found: history needs systemd's journal")
+def journal_argv(journalctl: str, since: str | None, directory: str | None, unit: str | None,
+                 instance: str | None = None) -> list[str]:
+    """journalctl's arguments for our events: it ORs the repeated MESSAGE_ID matches and ANDs the
+    other fields (`instance`: only the events of that instance, INSTANCE=NAME)."""
     argv = [journalctl, "--no-pager", "-o", "json"]
     if directory:
         argv += ["-D", directory]
     if since:
         argv += ["--since", since]
     argv.append(f"_SYSTEMD_UNIT={unit}" if unit else f"SYSLOG_IDENTIFIER={IDENTIFIER}")
-    argv += [f"MESSAGE_ID={e.value}" for e in Event]
+    if instance:
+        argv.append(f"INSTANCE={instance}")
+    return argv + [f"MESSAGE_ID={e.value}" for e in Event]
+
+
+def journal_entries(since: str | None, directory: str | None, unit: str | None,
+                    instance: str | None = None) -> list[dict[str, Any]]:
+    """Our events from the journal, oldest first."""
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        raise control.ControlError("journalctl not found: history needs systemd's journal")
+    argv = journal_argv(journalctl, since, directory, unit, instance)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise control.ControlError(f"journalctl failed: {proc.stderr.strip()}")
@@ -312,7 +322,7 @@ def journal_entries(since: str | None, directory: str | None, unit: str | None) 
 
 def cmd_history(args: argparse.Namespace) -> int:
     names = {e.value: e.name for e in Event}
-    entries = journal_entries(args.since, args.directory, args.unit)
+    entries = journal_entries(args.since, args.directory, args.unit, args.instance)
     if args.json:
         for e in entries:
             print(json.dumps({"time": int(e.get("__REALTIME_TIMESTAMP", 0)) / 1e6,
@@ -320,7 +330,8 @@ def cmd_history(args: argparse.Namespace) -> int:
                               **{k: v for k, v in e.items() if not k.startswith("_")}}))
         return 0
     if not entries:
-        print("no failover-agent events in the journal" + (f" since {args.since}" if args.since else ""))
+        print("no failover-agent events in the journal" + (f" of instance {args.instance}" if args.instance else "")
+              + (f" since {args.since}" if args.since else ""))
     for e in entries:
         ts = int(e.get("__REALTIME_TIMESTAMP", 0)) / 1e6
         print(f"{_when(ts)}  {names.get(e.get('MESSAGE_ID', ''), '?'):<13} {e.get('MESSAGE', '')}")
@@ -513,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--since", help="journalctl time spec, e.g. '1 hour ago' or '2026-11-21 02:00'")
     p.add_argument("--json", action="store_true")
     p.add_argument("--unit", help="read entries of this systemd unit instead of by identifier")
+    p.add_argument("--instance", help="only the events of this instance (their INSTANCE= field)")
     p.add_argument("--directory", "-D", help="read journal files from this directory")
     p.set_defaults(func=cmd_history)
     p = sub.add_parser("check-config", help="validate a config file and check this host against it "

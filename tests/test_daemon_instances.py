@@ -14,9 +14,11 @@ import pytest
 
 from agent import config as configmod
 from agent import snapshot
+from agent.cli import journal_argv
 from agent.control import ControlError
 from agent.daemon import Agent, SetupError
 from agent.events import Admin
+from agent.journal import Event
 
 HEAD = '[agent]\ncontrol_socket = "/run/fa-test/control.sock"\nstate_file = "{state}"\n'
 INSTANCE = """
@@ -286,3 +288,11 @@ def test_a_sync_group_hands_over_when_one_member_fails(setup: tuple[Path, list[s
         assert log == []
 
     asyncio.run(scenario())
+
+
+def test_history_of_one_instance_matches_its_field() -> None:
+    argv = journal_argv("/bin/journalctl", "1 hour ago", None, None, "db")
+    assert argv[:6] == ["/bin/journalctl", "--no-pager", "-o", "json", "--since", "1 hour ago"]
+    assert argv[6:8] == ["SYSLOG_IDENTIFIER=failover-agent", "INSTANCE=db"]  # ANDed: another field
+    assert all(a.startswith("MESSAGE_ID=") for a in argv[8:]) and len(argv[8:]) == len(Event)
+    assert "INSTANCE=db" not in journal_argv("/bin/journalctl", None, None, None)
