@@ -9,7 +9,7 @@ from agent.config import ConfigError, parse_process
 
 ONE = '[vrrp]\ninterface = "eth0"\nvrid = 51\nvips = ["192.0.2.100/24"]\n'
 
-TWO = """
+PROCESS = """
 [agent]
 state_file = "/var/lib/fa/state.json"
 
@@ -17,34 +17,25 @@ state_file = "/var/lib/fa/state.json"
 argv = ["/usr/local/bin/alert"]
 events = ["transition"]
 
-[[instance]]
-name = "nfs"
-[instance.vrrp]
-interface = "eth0"
-vrid = 51
-vips = ["192.0.2.100/24"]
-[instance.drbd]
-resource = "r0"
-[instance.filesystem]
-device = "/dev/drbd0"
-mountpoint = "/srv/nfs"
-
-[[instance]]
-name = "db"
-[instance.vrrp]
-interface = "eth0"
-vrid = 52
-priority = 50
-vips = ["192.0.2.101/24"]
-[instance.drbd]
-resource = "r1"
-[instance.filesystem]
-device = "/dev/drbd1"
-mountpoint = "/srv/db"
-[[instance.service]]
-name = "mariadb"
-unit = "mariadb.service"
 """
+
+STORAGE = """
+[[instance]]
+name = "{name}"
+[instance.vrrp]
+interface = "eth0"
+vrid = {vrid}
+priority = {priority}
+vips = ["192.0.2.{host}/24"]
+[instance.drbd]
+resource = "r{minor}"
+[instance.filesystem]
+device = "/dev/drbd{minor}"
+mountpoint = "/srv/{name}"
+"""
+TWO = PROCESS + STORAGE.format(name="nfs", vrid=51, priority=100, host=100, minor=0) + \
+    STORAGE.format(name="db", vrid=52, priority=50, host=101, minor=1) + \
+    '[[instance.service]]\nname = "mariadb"\nunit = "mariadb.service"\n'
 
 
 def test_a_file_of_one_instance_is_one_instance_named_after_its_vrid() -> None:
