@@ -19,21 +19,15 @@ from agent.control import ControlError
 from agent.daemon import Agent, SetupError
 from agent.events import Admin
 from agent.journal import Event
+from tests.test_instances_config import STORAGE
 
 HEAD = '[agent]\ncontrol_socket = "/run/fa-test/control.sock"\nstate_file = "{state}"\n'
-INSTANCE = """
-[[instance]]
-name = "{name}"
-[instance.vrrp]
-interface = "eth0"
-vrid = {vrid}
-priority = {priority}
-vips = ["192.0.2.{vrid}/24"]
-"""
 
 
 def text(state: Path, *instances: tuple[str, int, int]) -> str:
-    return HEAD.format(state=state) + "".join(INSTANCE.format(name=n, vrid=v, priority=p) for n, v, p in instances)
+    """The process's [agent], then storage instances (NAME, VRID, priority) on DRBD r0, r1, ..."""
+    return HEAD.format(state=state) + "".join(STORAGE.format(name=n, vrid=v, priority=p, host=v, minor=i)
+                                              for i, (n, v, p) in enumerate(instances))
 
 
 class FakeNode:
@@ -161,11 +155,7 @@ def test_one_instance_needs_no_name_and_keeps_the_old_status_shape(setup: tuple[
 def test_fence_peer_finds_the_instance_of_its_drbd_resource(setup: tuple[Path, list[str]]) -> None:
     tmp, _ = setup
     conf = tmp / "agent.toml"
-    storage = '[instance.drbd]\nresource = "{r}"\n'
-    body = text(tmp / "state.json", ("nfs", 51, 150), ("db", 52, 100))
-    body = body.replace('vips = ["192.0.2.51/24"]\n', 'vips = ["192.0.2.51/24"]\n' + storage.format(r="r0"))
-    body = body.replace('vips = ["192.0.2.52/24"]\n', 'vips = ["192.0.2.52/24"]\n' + storage.format(r="r1"))
-    conf.write_text(body)
+    conf.write_text(text(tmp / "state.json", ("nfs", 51, 150), ("db", 52, 100)))  # on r0 and r1
 
     async def scenario() -> None:
         agent = await started(conf)
