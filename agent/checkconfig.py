@@ -285,6 +285,7 @@ def takeover_time(cfg: Config) -> list[str]:
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""")
 _INDEXED = re.compile(r"^([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\[(\d+)\](?:\.([A-Za-z0-9_-]+))?$")
+_INSTANCE = re.compile(r"^instance\[(\d+)\](?:\.(.+))?$")  # [[instance]] tables: their keys inside
 _TOP_INDEXED = re.compile(r"^([A-Za-z0-9_-]+)\[(\d+)\](?:\.([A-Za-z0-9_-]+))?$")  # [[service]], [[notify]]
 
 
@@ -311,7 +312,7 @@ def _find(lines: list[tuple[int, str]], table: str, nth: int, key: str | None) -
         h = _HEADER.match(line)
         if h:
             inside = False
-            if ".".join(p.strip().strip("\"'") for p in h.group(1).split(".")) == table:
+            if _table(line) == table:
                 seen += 1
                 if seen == nth:
                     header, inside = number, True
@@ -332,6 +333,40 @@ def key_line(text: str, key: str) -> int | None:
     dotted keys or inline tables elsewhere are not found, and the caller prints no line then.
     """
     lines = _logical_lines(text)
+    inst = _INSTANCE.match(key)
+    if inst:
+        return _instance_key_line(lines, int(inst.group(1)), inst.group(2))
+    return _key_line(lines, key)
+
+
+def _instance_key_line(lines: list[tuple[int, str]], nth: int, key: str | None) -> int | None:
+    """`key_line` of "instance[N].KEY": KEY in the Nth [[instance]] table, whose own sections are
+    [instance.vrrp], [[instance.service]], ... up to the next [[instance]]."""
+    starts = [i for i, (_, line) in enumerate(lines) if _table(line) == "instance"]
+    if nth > len(starts):
+        return None
+    first = starts[nth - 1]
+    end = starts[nth] if nth < len(starts) else len(lines)
+    header = lines[first][0]
+    if key is None:
+        return header
+    own = lines[first + 1:end]
+    for n, line in own:  # the table's own keys (name, sync_group), before its first section
+        if _HEADER.match(line):
+            break
+        k = _KEY.match(line)
+        if k and k.group(1).strip("\"'") == key:
+            return n
+    inner = [(n, line.replace("instance.", "", 1) if _HEADER.match(line) else line) for n, line in own]
+    return _key_line(inner, key) or header
+
+
+def _table(line: str) -> str | None:
+    h = _HEADER.match(line)
+    return ".".join(p.strip().strip("\"'") for p in h.group(1).split(".")) if h else None
+
+
+def _key_line(lines: list[tuple[int, str]], key: str) -> int | None:
     top = _TOP_INDEXED.match(key)
     if top:
         header, line = _find(lines, top.group(1), int(top.group(2)), top.group(3))

@@ -285,6 +285,42 @@ def test_key_line(key: str, line: int | None) -> None:
     assert checkconfig.key_line(FILE, key) == line
 
 
+INSTANCES = """[agent]
+metrics = ""
+
+[[instance]]
+name = "nfs"
+[instance.vrrp]
+vrid = 51
+
+[[instance]]
+name = "db"
+sync_group = "g"
+[instance.vrrp]
+vrid = 52
+[[instance.service]]
+name = "a"
+[[instance.service]]
+name = "b"
+unit = "x"
+"""
+
+
+@pytest.mark.parametrize(("key", "line"), [
+    ("instance[2].vrrp.vrid", 13),
+    ("instance[1].vrrp.vrid", 7),
+    ("instance[2].name", 10),
+    ("instance[2].sync_group", 11),
+    ("instance[1].sync_group", 4),  # not written: the instance's header
+    ("instance[2].service[2].unit", 18),
+    ("instance[2].drbd", 9),
+    ("instance[2]", 9),
+    ("instance[3].vrrp.vrid", None),
+])
+def test_key_line_in_instance_tables(key: str, line: int | None) -> None:
+    assert checkconfig.key_line(INSTANCES, key) == line
+
+
 def test_a_key_inside_a_multiline_string_is_not_taken() -> None:
     assert checkconfig.key_line(FILE, "vrrp.timeout") == 2
 
