@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -114,7 +115,7 @@ def format_status(s: dict[str, Any], only: str | None = None) -> str:
     a = s["agent"]
     blocks = s.get("instances") or {s["instance"].get("name", ""): s}  # an agent from before instances
     if only is not None and only not in blocks:
-        raise control.ControlError(f"no instance {only} in this agent (instances: {', '.join(blocks)})")
+        raise _no_instance(only, blocks)
     lines = [f"failover-agent {a['version']}, pid {a['pid']}, up {a['uptime']:g} s, config {a['config']}",
              f"sched     {a.get('scheduling', 'unknown')}",
              f"reloads   {a['reloads']} ({a['reload_failures']} refused)"]
@@ -123,6 +124,10 @@ def format_status(s: dict[str, Any], only: str | None = None) -> str:
             lines += ["", f"instance  {name}"] if len(blocks) > 1 else []
             lines += _instance_lines(block)
     return "\n".join(lines)
+
+
+def _no_instance(name: str, names: Iterable[str]) -> control.ControlError:
+    return control.ControlError(f"no instance {name} in this agent (instances: {', '.join(names)})")
 
 
 def _instance_lines(s: dict[str, Any]) -> list[str]:
@@ -165,7 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.name is not None:
         blocks = answer.get("instances", {})
         if args.name not in blocks:
-            raise control.ControlError(f"no instance {args.name} in this agent (instances: {', '.join(blocks)})")
+            raise _no_instance(args.name, blocks)
         answer = {"agent": answer["agent"], "instances": {args.name: blocks[args.name]}}
     print(json.dumps(answer, indent=2))
     return 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agent.cli import format_status
+from agent.control import ControlError
 
 
 def sample() -> dict[str, Any]:
@@ -68,3 +71,18 @@ def test_a_backup_waiting_for_a_silent_master_s_agent_says_so() -> None:
     assert f"NOT TAKING OVER: {why}" in format_status(s)
     s["instance"]["waiting_for"] = None
     assert "NOT TAKING OVER" not in format_status(s)
+
+
+def test_several_instances_each_get_their_block() -> None:
+    one = sample()
+    block = {k: one[k] for k in ("instance", "steps", "storage")}
+    other = {"instance": {**one["instance"], "vrid": 52, "state": "MASTER", "faults": {}, "fault": None},
+             "steps": {}, "storage": None}
+    s = {"agent": one["agent"], "instances": {"nfs": block, "db": other}}
+    text = format_status(s)
+    assert text.index("instance  nfs") < text.index("VRID 51") < text.index("instance  db") < text.index("VRID 52")
+    assert text.count("failover-agent 0.1.0") == 1 and "reloads   0 (0 refused)" in text
+    only = format_status(s, "db")
+    assert "VRID 52" in only and "VRID 51" not in only and "instance  db" in only
+    with pytest.raises(ControlError, match=r"no instance web in this agent \(instances: nfs, db\)"):
+        format_status(s, "web")
