@@ -300,7 +300,7 @@ class Agent:
     def status_line(self) -> str:
         """systemd's STATUS=: the one instance as before; with several, each after its name."""
         if not self.instances:
-            return "starting"
+            return "starting" if not self._running else "no instance running (see the journal)"
         lines = {name: self._instance_line(inst) for name, inst in self.instances.items()}
         return " | ".join(f"{name}: {line}" for name, line in lines.items()) if len(lines) > 1 \
             else next(iter(lines.values()))
