@@ -368,6 +368,7 @@ def test_the_instance_hands_the_nodes_events_to_its_hooks(tmp_path: Path) -> Non
     states = sorted(r["env"]["FAILOVER_VRRP_STATE"] for r in dumps(tmp_path / "a"))
     assert "MASTER" in states, states
     assert all(r["env"]["FAILOVER_VRID"] == "51" for r in dumps(tmp_path / "a"))
+    assert all(r["env"]["FAILOVER_INSTANCE"] == "vrrp-51" for r in dumps(tmp_path / "a"))
     assert [r["env"]["FAILOVER_EVENT"] for r in dumps(tmp_path / "b")] == ["released"]
     assert status["notify"]["hooks"] == 1
 
