@@ -194,9 +194,9 @@ class Agent:
         """Record the running config for ExecStopPost's cleanup; a failure only costs that fallback."""
         if self.text is None:
             return
-        kept = tuple(dict.fromkeys(t for t in self._sources.values() if t is not None and t != self.text))
+        older = tuple(dict.fromkeys(t for t in self._sources.values() if t is not None and t != self.text))
         try:
-            path = snapshot.write(self.cfg.file, self.text, reason, self._control_socket, kept=kept)
+            path = snapshot.write(self.cfg.file, self.text, reason, self._control_socket, older=older)
         except OSError as e:
             log.warning("cannot write the running-config snapshot (%s): after a crash, cleanup will read %s",
                         e, self.cfg.file)

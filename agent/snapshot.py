@@ -16,7 +16,7 @@ is also recorded inside and checked.
 
 A reload applies instance by instance (agent.daemon); one whose change is refused runs on with
 its old config while the others take the new one. Its section is then in an older text only,
-so the snapshot also keeps the texts that instances still run (`kept`), and cleanup removes the
+so the snapshot also holds the older texts instances still run (`older`), and cleanup removes the
 VIPs of their instances too (a VIP no longer held is simply not there).
 """
 
@@ -59,16 +59,16 @@ class Snapshot:
     pid: int
     reason: str
     written: float
-    kept: tuple[str, ...] = ()  # earlier texts some instance still runs (a reload refused for it)
+    older: tuple[str, ...] = ()  # earlier texts some instance still runs (a reload refused for it)
 
     def config(self) -> configmod.ProcessConfig:
         """The running config, parsed as the agent parsed it (named after its file, for messages)."""
         return self._parse(self.text)
 
     def instances(self) -> tuple[configmod.Config, ...]:
-        """Every instance that may hold something: the running config's, and those of `kept` it lacks."""
+        """Every instance that may hold something: the running config's, and those of `older` it lacks."""
         out = list(self.config().instances)
-        for text in self.kept:
+        for text in self.older:
             out += [c for c in self._parse(text).instances if _cleans(c) not in {_cleans(o) for o in out}]
         return tuple(out)
 
@@ -114,13 +114,13 @@ def read_config(path: str | Path) -> tuple[configmod.ProcessConfig, str]:
 
 
 def write(config_file: str | Path, text: str, reason: str, control_socket: str,
-          directory: Path | None = None, kept: tuple[str, ...] = ()) -> Path:
+          directory: Path | None = None, older: tuple[str, ...] = ()) -> Path:
     """Atomically replace the snapshot (mode 0600: the text may hold auth_pass); returns its path."""
     path = path_for(config_file, directory)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     blob = json.dumps({"format": _FORMAT, "config_file": _key(config_file), "pid": os.getpid(),
                        "reason": reason, "written": time.time(), "control_socket": control_socket,
-                       "text": text, "kept": list(kept)})
+                       "text": text, "older": list(older)})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -147,7 +147,7 @@ def read(config_file: str | Path, directory: Path | None = None) -> Snapshot | N
         snap = Snapshot(path=path, config_file=str(data["config_file"]), text=str(data["text"]),
                         control_socket=str(data["control_socket"]), pid=int(data["pid"]),
                         reason=str(data["reason"]), written=float(data["written"]),
-                        kept=tuple(str(t) for t in data.get("kept", ())))
+                        older=tuple(str(t) for t in data.get("older", ())))
     except (ValueError, TypeError, KeyError) as e:
         raise SnapshotError(f"{path}: not a snapshot: {e!r}") from None
     if snap.config_file != _key(config_file):  # a hash collision, or a file copied by hand

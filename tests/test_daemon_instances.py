@@ -183,7 +183,7 @@ def test_reload_adds_removes_and_changes_instances(setup: tuple[Path, list[str]]
         assert list(agent.instances) == ["nfs", "db", "mail"] and agent.cfg.names == ("nfs", "db", "mail")
         assert agent.reloads == 1 and agent.reload_failures == 0
         snap = snapshot.read(conf)
-        assert snap is not None and snap.kept == () and [c.name for c in snap.instances()] == ["nfs", "db", "mail"]
+        assert snap is not None and snap.older == () and [c.name for c in snap.instances()] == ["nfs", "db", "mail"]
         log.clear()
         await agent.reload()  # the same file again: nothing moves
         assert log == []
@@ -218,7 +218,7 @@ def test_a_reload_refused_for_one_instance_keeps_it_and_its_text_for_cleanup(
         assert [c.vrrp.vrid for c in agent.cfg.instances] == [51, 52]
         assert "reload: new instance mail cannot start: mail cannot start" in caplog.text
         snap = snapshot.read(conf)
-        assert snap is not None and snap.reason == "reload (partly refused)" and snap.kept == (first,)
+        assert snap is not None and snap.reason == "reload (partly refused)" and snap.older == (first,)
         # cleanup sees nfs on both VRIDs (51 runs, 61 is what the file says), and everything else
         assert sorted((c.name, c.vrrp.vrid) for c in snap.instances()) == \
             [("db", 52), ("mail", 54), ("nfs", 51), ("nfs", 61)]
