@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from agent import cli, snapshot
 from agent import config as configmod
-from agent import snapshot
 from agent.cli import journal_argv
 from agent.control import ControlError
 from agent.daemon import Agent, SetupError
@@ -286,3 +286,29 @@ def test_history_of_one_instance_matches_its_field() -> None:
     assert argv[6:8] == ["SYSLOG_IDENTIFIER=failover-agent", "INSTANCE=db"]  # ANDed: another field
     assert all(a.startswith("MESSAGE_ID=") for a in argv[8:]) and len(argv[8:]) == len(Event)
     assert "INSTANCE=db" not in journal_argv("/bin/journalctl", None, None, None)
+
+
+def test_cleanup_covers_every_instance_and_keeps_a_serving_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """After a kill: each instance's VIPs go, except those of one whose DRBD resource serves on."""
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    monkeypatch.setenv("SERVICE_RESULT", "signal")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(text(tmp_path / "state.json", ("nfs", 51, 150), ("db", 52, 100)).replace(
+        "/run/fa-test/control.sock", str(tmp_path / "control.sock")))
+    removed: list[tuple[str, list[str]]] = []
+
+    async def serving(resource: str) -> tuple[bool, str]:
+        return resource == "r0", f"{resource} in some state"
+
+    async def remove(interface: str, vips: list[str]) -> list[str]:
+        removed.append((interface, vips))
+        return vips
+
+    monkeypatch.setattr("agent.cli._drbd_serving", serving)
+    monkeypatch.setattr("agent.cli._remove_vips", remove)
+    assert cli.main(["cleanup", "-c", str(conf)]) == 0
+    assert removed == [("eth0", ["192.0.2.52/24"])]
+    out = capsys.readouterr().out
+    assert "instance nfs: the agent was killed (signal) while DRBD r0 in some state: the VIPs stay" in out
+    assert "instance db: removed 192.0.2.52/24" in out
