@@ -44,6 +44,13 @@ def test_examples_parse(name: str, steps: tuple[str, ...], backend: str | None) 
     assert (cfg.nfs.backend if cfg.nfs else None) == backend
 
 
+def test_the_example_of_two_instances_parses() -> None:
+    process = config.load_process(EXAMPLES / "two-instances.toml")
+    assert process.names == ("nfs", "db")
+    assert [tuple(str(s.value) for s in c.steps) for c in process.instances] == [
+        ("drbd", "mount", "nfs_state", "nfs", "vip"), ("drbd", "mount", "service:mariadb", "vip")]
+
+
 def test_debian_ships_every_example() -> None:
     listed = (REPO / "debian/failover-agent.examples").read_text().split()
     assert sorted(listed) == sorted(f"examples/{p.name}" for p in EXAMPLES.glob("*.toml"))
