@@ -789,6 +789,7 @@ class ProcessConfig:
     instances: tuple[Config, ...]
     agent: AgentConfig = AgentConfig()
     notify: tuple[NotifyConfig, ...] = ()
+    at_top: bool = False  # the file has its one instance's sections at the top, no [[instance]] tables
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -847,7 +848,7 @@ def parse_process(text: str, file: str = "<config>") -> ProcessConfig:
     notify = _check_notify(file, doc.get("notify", []))
     if "instance" not in doc:
         one = _parse_instance(file, doc, agent, notify, "")
-        return ProcessConfig(file=file, instances=(one,), agent=agent, notify=notify)
+        return ProcessConfig(file=file, instances=(one,), agent=agent, notify=notify, at_top=True)
     top = next((s for s in INSTANCE_SECTIONS if s in doc), None)
     if top is not None:
         raise ConfigError(file, top, "is a section of one instance: with [[instance]] tables, it goes inside "

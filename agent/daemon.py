@@ -396,7 +396,7 @@ class Agent:
             emit(Event.RELOAD_FAILED, f"reload refused, keeping the running config: {e}", logging.ERROR,
                  FILE=e.file, KEY=e.key or None, REASON=e.reason)
             return
-        old = self.cfg
+        old = self._follow_rename(new)
         changes = configmod.describe_process_changes(old, new)
         self.reloads += 1
         # before applying: a VIP the new config adds must already be in what cleanup reads (and
@@ -429,6 +429,21 @@ class Agent:
         self._relabel()
         self._snapshot("reload (partly refused)" if refused else "reload")
         self._state_changed()
+
+    def _follow_rename(self, new: ProcessConfig) -> ProcessConfig:
+        """The running config as `new` names its instances. A file of one instance at the top names
+        it after its VRID: a new VRID there changes that instance (it restarts, as before instances),
+        it is not another one; from here on the running instance goes by the new name."""
+        old = self.cfg
+        if not (old.at_top and new.at_top) or len(old.instances) != 1 or old.names == new.names \
+                or old.names[0] not in self.instances:
+            return old
+        before, after = old.instances[0].name, new.instances[0].name
+        self.instances[after] = self.instances.pop(before)
+        self.counters[after] = self.counters.pop(before, Counters())
+        self._sources[after] = self._sources.pop(before, None)
+        self.groups.changed(before, None, react=False)
+        return replace(old, instances=(replace(old.instances[0], name=after),))
 
     async def _apply(self, old: ProcessConfig, new: ProcessConfig, text: str) -> bool:
         """`reload`'s instance by instance part; True if the change of some instance was refused."""

@@ -312,3 +312,22 @@ def test_cleanup_covers_every_instance_and_keeps_a_serving_one(
     out = capsys.readouterr().out
     assert "instance nfs: the agent was killed (signal) while DRBD r0 in some state: the VIPs stay" in out
     assert "instance db: removed 192.0.2.52/24" in out
+
+
+def test_a_new_vrid_in_a_file_of_one_instance_restarts_that_instance(setup: tuple[Path, list[str]]) -> None:
+    """Named after its VRID, the instance of a file without [[instance]] tables keeps its identity
+    across a VRID change: one ordered leave and a restart, as before instances."""
+    tmp, log = setup
+    conf = tmp / "agent.toml"
+    one = '[vrrp]\ninterface = "eth0"\nvrid = {vrid}\nvips = ["192.0.2.100/24"]\n' + HEAD.format(state=tmp / "s.json")
+    conf.write_text(one.format(vrid=51))
+
+    async def scenario() -> None:
+        agent = await started(conf)
+        log.clear()
+        conf.write_text(one.format(vrid=52))
+        await agent.reload()
+        assert log == ["stop vrrp-51 (reload)", "start vrrp-52 52"]
+        assert list(agent.instances) == ["vrrp-52"] and list(agent.counters) == ["vrrp-52"]
+
+    asyncio.run(scenario())

@@ -43,7 +43,7 @@ def test_a_file_of_one_instance_is_one_instance_named_after_its_vrid() -> None:
     assert p.names == ("vrrp-51",)
     only = p.single()
     assert only.name == "vrrp-51" and only.agent.state_file == config.AgentConfig().state_file
-    assert config.parse(ONE).name == "vrrp-51"
+    assert config.parse(ONE).name == "vrrp-51" and p.at_top and not parse_process(TWO).at_top
 
 
 def test_instance_tables() -> None:

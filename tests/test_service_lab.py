@@ -155,5 +155,5 @@ def test_metrics_endpoint(lab: NetnsLab, tmp_path: Path) -> None:
     import sys
 
     text = lab.run("a", [sys.executable, "-c", code]).stdout
-    assert 'failover_agent_state{vrid="51",interface="eth0",state="MASTER"} 1' in text
+    assert 'failover_agent_state{instance="vrrp-51",vrid="51",interface="eth0",state="MASTER"} 1' in text
     assert "failover_agent_adverts_sent_total" in text
