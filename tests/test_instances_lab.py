@@ -71,3 +71,34 @@ def test_two_instances_alternate_and_move_alone(lab: NetnsLab, tmp_path: Path) -
     assert list(b.status()["instances"]) == ["left"] and b.status()["instance"]["state"] == "BACKUP"
     assert "[[instance]] right removed" in b.log()
     assert a.alive and b.alive
+
+
+def test_a_sync_group_moves_together_when_one_member_fails(lab: NetnsLab, tmp_path: Path) -> None:
+    """left and right in one group, both preferred on a: a check failing for left alone (FAULT)
+    moves right to b as well; once it passes again, left preempts back and b hands right back."""
+    flag = tmp_path / "left-broken"
+    agents = {}
+    for node, priority in (("a", 150), ("b", 100)):
+        agent = AgentProc(lab, node, tmp_path)
+        text = two_instances(agent, priority, priority).replace('name = "left"', 'name = "left"\nsync_group = "g"')
+        text = text.replace('name = "right"', 'name = "right"\nsync_group = "g"')
+        if node == "a":  # left's check on a: fails while the flag file exists
+            text = text.replace('vips = ["192.0.2.100/24"]\n', 'vips = ["192.0.2.100/24"]\n[[instance.track.check]]\n'
+                                f'argv = ["/bin/sh", "-c", "test ! -e {flag}"]\ninterval = 0.2\ntimeout = 0.1\n'
+                                'fall = 1\n')
+        agent.write_config(text)
+        lab.add_cleanup(agent.close)
+        agents[node] = agent.start()
+    a, b = agents["a"], agents["b"]
+
+    def on(node: str) -> bool:
+        return all(lab.has_address(node, ip) for ip in (LEFT, RIGHT))
+
+    assert wait_until(lambda: on("a"), 5), (states(a), states(b))
+    flag.write_text("")
+    assert wait_until(lambda: on("b"), 5), (states(a), states(b))
+    assert states(a) == {"left": "FAULT", "right": "BACKUP"}
+    assert "left of sync group g is FAULT: right hands over too (sync group)" in a.log()
+    flag.unlink()
+    assert wait_until(lambda: on("a"), 10), (states(a), states(b))
+    assert "left of sync group g left MASTER: right hands over too (sync group)" in b.log()
