@@ -21,7 +21,7 @@ from agent import config as configmod
 from agent.heal import ACTIVE as FENCE_NOT_FENCED
 from agent.heal import DRBD_FENCE_CODES, fence_verdict
 from agent.journal import IDENTIFIER, Event
-from agent.keepalived_import import ImportError_, convert
+from agent.keepalived_import import ImportError_, convert, convert_all
 from agent.version import version
 from drbd import runner
 from vrrp.packet import Address
@@ -363,7 +363,7 @@ def write_config(path: str, text: str, private: bool) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     try:
         text = Path(args.file).read_text(encoding="utf-8")
-        result = convert(text, args.instance, source=args.file)
+        result = convert(text, args.instance, source=args.file) if args.instance else convert_all(text, args.file)
     except (OSError, UnicodeDecodeError) as e:
         print(f"cannot read {args.file}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return EXIT_INVALID
@@ -549,10 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     p = with_socket(sub.add_parser("reset", help="end a FAULT hold-down now, once the cause is fixed"))
     p.add_argument("name", nargs="?", help=which)
     p.set_defaults(func=cmd_reset)
-    p = sub.add_parser("import-keepalived", help="convert a keepalived.conf vrrp_instance to TOML "
-                                                 "(exit 0 converted, 3 needs review, 2 cannot convert)")
+    p = sub.add_parser("import-keepalived", help="convert a keepalived.conf's vrrp_instances and sync groups to "
+                                                 "TOML (exit 0 converted, 3 needs review, 2 cannot convert)")
     p.add_argument("file")
-    p.add_argument("--instance", help="which vrrp_instance (default: the first)")
+    p.add_argument("--instance", help="only this vrrp_instance, as a file of one instance (default: every one, "
+                                      "as [[instance]] tables)")
     p.add_argument("--output", "-o", help="write the TOML here instead of stdout")
     p.set_defaults(func=cmd_import)
     p = sub.add_parser("sniff", help="capture VRRP adverts on the wire and say what the agent would do with each")

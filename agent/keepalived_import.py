@@ -940,6 +940,12 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
             read: Callable[[str], str] = _read_text, which: Callable[[str], str | None] = _which,
             exports_files: Sequence[str] = EXPORTS_FILES) -> Result:
     """Convert one vrrp_instance; `read`, `which` and `exports_files` are the host, for the tests."""
+    return _convert(text, instance, source, read, which, exports_files)[0]
+
+
+def _convert(text: str, instance: str | None, source: str, read: Callable[[str], str],
+             which: Callable[[str], str | None], exports_files: Sequence[str]) -> tuple[Result, list[_Block]]:
+    """`convert`, and the output's tables (valid alone) for `convert_all` to nest."""
     include_notes: list[str] = []
     tree = parse(text, source, include_notes, read)
     instances = [n for n in tree if n.keyword == "vrrp_instance" and n.children is not None]
@@ -1135,7 +1141,7 @@ def convert(text: str, instance: str | None = None, source: str = "keepalived.co
         res.toml = _render(res, source, name, blocks)
         try:
             configmod.parse(res.toml, f"{source} ({name})")
-            return res
+            return res, blocks
         except configmod.ConfigError as e:
             refused = _block_for(e.key, blocks)
             if refused is None or refused.name == "vrrp":
@@ -1156,4 +1162,80 @@ def _render(res: Result, source: str, name: str, blocks: list[_Block]) -> str:
         if i:
             lines.append("")
         lines += block.render()
+    return "\n".join(lines) + "\n"
+
+
+# -- every instance of the file ---------------------------------------------------------------
+_HEADER_LINE = re.compile(r"^(# )?\[(\[?)([A-Za-z_.]+)(\]?)\]$")
+
+
+def convert_all(text: str, source: str = "keepalived.conf", *, read: Callable[[str], str] = _read_text,
+                which: Callable[[str], str | None] = _which, exports_files: Sequence[str] = EXPORTS_FILES) -> Result:
+    """Every vrrp_instance of the file: one `[[instance]]` table each (named after it), and a
+    vrrp_sync_group as the `sync_group` of its members. A file of one vrrp_instance converts as
+    `convert` does, to a file of one instance."""
+    tree = parse(text, source, [], read)
+    names = [n.args[0] if n.args else "?" for n in tree if n.keyword == "vrrp_instance" and n.children is not None]
+    if len(names) <= 1:
+        return convert(text, None, source, read=read, which=which, exports_files=exports_files)
+    if len(set(names)) != len(names):
+        raise ImportError_(f"vrrp_instance names repeat ({', '.join(names)}): convert them one by one with --instance")
+    parts = [_convert(text, name, source, read, which, exports_files) for name in names]
+    group_of = {m: g.args[0] for g in tree if g.keyword == "vrrp_sync_group" and g.args
+                for c in g.children or [] if c.keyword == "group"
+                for x in c.children or [] for m in [x.keyword, *x.args] if m in names}
+    group_of = {m: g for m, g in group_of.items() if len(_members(group_of)[g]) > 1}  # ours need two members
+    res = Result("", ", ".join(names), checks=sum(r.checks for r, _ in parts))
+    for attr in ("mapped", "replaced", "unmapped", "warnings", "review"):
+        items = [f"{r.instance}: {item}" for r, _ in parts for item in getattr(r, attr)]
+        setattr(res, attr, list(dict.fromkeys(items)))
+    res.mapped += [f"vrrp_sync_group {g} -> sync_group = \"{_table_name(g)}\" in {', '.join(sorted(ms))}"
+                   for g, ms in _members(group_of).items()]
+    while True:  # each refusal comments out one draft table of one instance, so this ends
+        res.toml = _render_all(res, source, [(r.instance, blocks) for r, blocks in parts], group_of)
+        try:
+            configmod.parse_process(res.toml, f"{source} (every vrrp_instance)")
+            return res
+        except configmod.ConfigError as e:
+            m = re.match(r"^instance\[(\d+)\]\.(.+)$", e.key)
+            refused = _block_for(m.group(2), parts[int(m.group(1)) - 1][1]) if m else None
+            if refused is None or refused.name == "vrrp":
+                raise ImportError_(f"the converted config is not valid: {e.key}: {e.reason}") from None
+            refused.active = False
+            res.review.append(f"draft {e.key}: {e.reason}")
+
+
+def _members(group_of: dict[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for member, group in group_of.items():
+        out.setdefault(group, []).append(member)
+    return out
+
+
+def _table_name(name: str) -> str:
+    """A keepalived name as an instance or group name here (letters, digits, '-', '.', '_')."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)[:64] or "_"
+
+
+def _nested(block: _Block) -> _Block:
+    """`block` as a table of an [[instance]]: [vrrp] -> [instance.vrrp], [[track.check]] -> [[instance.track.check]]."""
+    def nest(line: str) -> str:
+        m = _HEADER_LINE.match(line)
+        return f"{m.group(1) or ''}[{m.group(2)}instance.{m.group(3)}{m.group(4)}]" if m else line
+
+    return _Block(block.name, [nest(line) for line in block.lines], block.comments, block.active)
+
+
+def _render_all(res: Result, source: str, parts: list[tuple[str, list[_Block]]], group_of: dict[str, str]) -> str:
+    lines = [f"# converted from {source}, every vrrp_instance ({res.instance}), by failoverctl import-keepalived"]
+    lines += [f"# NEEDS REVIEW: {item}" for item in res.review]
+    lines += [f"# REVIEW: {item}" for item in res.warnings]
+    for title, items in (("replaced", res.replaced), ("not mapped", res.unmapped)):
+        lines += [f"# {title}: {item}" for item in items]
+    for name, blocks in parts:
+        lines += ["", "[[instance]]", f"name = \"{_table_name(name)}\""]
+        if name in group_of:
+            lines.append(f"sync_group = \"{_table_name(group_of[name])}\"")
+        for block in blocks:
+            lines += _nested(block).render()
     return "\n".join(lines) + "\n"

@@ -351,3 +351,50 @@ def test_simple_commands_of_a_shell_text() -> None:
     cmds = [(n, argv) for n, argv, _ in ki.simple_commands(text)]
     assert cmds == [(2, ["drbdadm", "primary", "r0"]), (2, ["mount", "/dev/drbd0", "/srv"]),
                     (3, ["systemctl", "start", "nfs-server"]), (3, ["logger"]), (5, None)]
+
+
+def test_every_instance_and_sync_group(tmp_path: Path) -> None:
+    """Without --instance every vrrp_instance becomes an [[instance]]; a sync group, their sync_group.
+    The group's notify script drafts the same storage for both members: the second draft is
+    commented out for review (a DRBD resource belongs to one instance)."""
+    notify = write(tmp_path / "notify.sh", "#!/bin/bash\ncase $3 in\n  MASTER) /sbin/drbdadm primary r1 && "
+                   "/bin/mount -t ext4 /dev/drbd/by-res/r1 /export ;;\n  BACKUP|FAULT) umount /export; "
+                   "drbdadm secondary r1 ;;\nesac\n")
+    second = INSTANCE.format(advert="1", extra="").replace("VI_NFS", "VI_DB").replace(
+        "virtual_router_id 51", "virtual_router_id 52").replace("192.0.2.100/24", "192.0.2.101/24")
+    text = INSTANCE.format(advert="1", extra="") + second + f"""
+vrrp_sync_group G1 {{
+    group {{
+        VI_NFS
+        VI_DB
+    }}
+    notify "{notify}"
+}}
+"""
+    path = write(tmp_path / "keepalived.conf", text)
+    res = ki.convert_all(path.read_text(), source=str(path), exports_files=[])
+    process = configmod.parse_process(res.toml)
+    assert process.names == ("VI_NFS", "VI_DB")
+    assert [c.sync_group for c in process.instances] == ["G1", "G1"]
+    assert [c.vrrp.vrid for c in process.instances] == [51, 52]
+    nfs, db = process.instances
+    assert nfs.drbd is not None and nfs.drbd.resource == "r1" and db.drbd is None
+    assert any("instance[2].drbd.resource" in item for item in res.review), res.review
+    assert "# [instance.drbd]" in res.toml, "the refused draft stays, commented out"
+    assert 'vrrp_sync_group G1 -> sync_group = "G1" in VI_DB, VI_NFS' in res.mapped
+    assert any(item.startswith("VI_DB: ") for item in res.mapped)
+
+
+def test_one_instance_converts_as_before_and_the_command_takes_every_instance(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = write(tmp_path / "one.conf", INSTANCE.format(advert="1", extra=""))
+    assert ki.convert_all(one.read_text(), source=str(one)).toml == ki.convert(one.read_text(), source=str(one)).toml
+    second = INSTANCE.format(advert="1", extra="").replace("VI_NFS", "VI_WEB").replace(
+        "virtual_router_id 51", "virtual_router_id 53").replace("192.0.2.100/24", "192.0.2.102/24")
+    two = write(tmp_path / "two.conf", INSTANCE.format(advert="1", extra="") + second)
+    out = tmp_path / "agent.toml"
+    assert cli.main(["import-keepalived", str(two), "-o", str(out)]) == 0
+    assert configmod.load_process(out).names == ("VI_NFS", "VI_WEB")
+    assert "vrrp_instance VI_NFS, VI_WEB:" in capsys.readouterr().err
+    assert cli.main(["import-keepalived", str(two), "--instance", "VI_WEB", "-o", str(out)]) == 0
+    assert configmod.load(out).vrrp.vrid == 53

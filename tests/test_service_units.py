@@ -149,6 +149,8 @@ def test_failoverctl_import_command(tmp_path: Path) -> None:
     src, out = tmp_path / "keepalived.conf", tmp_path / "agent.toml"
     src.write_text(SAMPLE)
     assert cli.main(["import-keepalived", str(src), "-o", str(out)]) == 3  # needs review: unreadable notify scripts
+    assert [c.vrrp.vrid for c in configmod.load_process(out).instances][:1] == [51]  # every vrrp_instance
+    assert cli.main(["import-keepalived", str(src), "--instance", "VI_1", "-o", str(out)]) == 3
     assert configmod.load(out).vrrp.vrid == 51
     assert cli.main(["import-keepalived", str(tmp_path / "missing.conf")]) == 2
 
